@@ -1,0 +1,1 @@
+"""Ordered SQL migrations of the outbox, installed as the package ``relay.migrations``."""

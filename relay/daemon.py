@@ -1,0 +1,96 @@
+"""Wiring of the running relay: outbox, HTTP server, flusher, signals and shutdown.
+
+Shutdown order keeps the promise of a 202: stop accepting connections, let the requests
+in progress finish their commits, give the flusher a bounded final flush, then close the
+database. A side task (outbox writer, flusher) that dies stops the whole process with a
+non-zero status rather than leaving a relay that accepts events and forwards none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import structlog
+from aiohttp import web
+
+from relay import __version__
+from relay.config import Settings
+from relay.flusher import Flusher
+from relay.outbox import Outbox
+from relay.server import create_app, runner
+from relay.upstream import Upstream
+
+logger = structlog.get_logger(__name__)
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT (exit status 0) or until a side task dies (status 1)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    started = time.monotonic()
+    outbox = await Outbox.open(settings.outbox)
+    upstream = Upstream(settings.upstream)
+    flusher = Flusher(outbox, upstream, settings.flusher, settings.retry)
+    app = create_app(outbox, settings.server.max_body_bytes, settings.outbox.retry_after_s)
+    web_runner = runner(app)
+    await web_runner.setup()
+    site = web.TCPSite(
+        web_runner,
+        settings.server.host,
+        settings.server.port,
+        shutdown_timeout=settings.flusher.shutdown_grace_s,
+    )
+    await site.start()
+    host, port = web_runner.addresses[0][:2]
+    logger.info(
+        "listening",
+        version=__version__,
+        host=host,
+        port=port,
+        pending_events=outbox.counts.events,
+        config=settings.redacted(),
+    )
+    flusher_task = asyncio.create_task(flusher.run(), name="flusher")
+
+    status = await _wait_for_stop(stop, outbox.task, flusher_task)
+    logger.info("stopping", reason="signal" if status == 0 else "task failed")
+    await web_runner.cleanup()  # stops accepting; requests in progress finish their commits
+    await _finish_flusher(flusher, flusher_task, settings.flusher.shutdown_grace_s)
+    await upstream.close()
+    await outbox.close()
+    logger.info(
+        "stopped",
+        uptime_s=round(time.monotonic() - started, 1),
+        accepted=outbox.counts.accepted_total,
+        delivered=flusher.stats.delivered,
+        dead_lettered=flusher.stats.dead_lettered,
+        pending=outbox.counts.events,
+    )
+    return status
+
+
+async def _finish_flusher(flusher: Flusher, task: asyncio.Task[None], grace_s: float) -> None:
+    """A final flush bounded by ``grace_s``; what is left stays on disk for the next start."""
+    flusher.stop()
+    await asyncio.wait({task}, timeout=grace_s)
+    if not task.done():
+        # Cancelling mid-request is safe: events are deleted only after a 2xx.
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _wait_for_stop(stop: asyncio.Event, *tasks: asyncio.Task[None]) -> int:
+    stopped = asyncio.create_task(stop.wait(), name="stop-signal")
+    done, _ = await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    if stopped in done:
+        return 0
+    stopped.cancel()
+    for task in done:
+        exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
+        logger.error("task died", task=task.get_name(), exc_info=exc)
+    return 1

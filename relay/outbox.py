@@ -1,0 +1,365 @@
+"""The SQLite outbox: accepted events stay here until the upstream answers 2xx for them.
+
+One writer task owns the write connection. Request handlers hand it their rows and await
+the commit; rows that arrive together share one transaction (group commit), so durable
+ingest is not capped at one fsync per request, and one request's failure never rolls back
+a neighbour's rows. Reads (the flusher's batches) use a second connection: in WAL mode
+they never block the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import aiosqlite
+import structlog
+
+from relay.config import OutboxSettings
+from relay.migrate import migrate
+from relay.schema import AcceptedEvent
+
+logger = structlog.get_logger(__name__)
+
+DeadLetterReason = Literal["rejected", "too_large", "expired"]
+
+# A group commit stops growing at this many rows, so one transaction stays short.
+_MAX_GROUP_ROWS = 20_000
+
+_INSERT = "INSERT INTO events (received_at, end_at, size, body) VALUES (?, ?, ?, ?)"
+_OLDEST_FIRST = (
+    "SELECT id, received_at, end_at, size, attempts, first_failure_at, body "
+    "FROM events ORDER BY id LIMIT ?"
+)
+
+
+class OutboxFull(Exception):
+    """Accepting the request would exceed outbox.max_events or outbox.max_bytes."""
+
+
+class OutboxUnavailable(Exception):
+    """The commit failed (disk full, I/O error); nothing of the request was stored."""
+
+
+class OutboxClosed(Exception):
+    """The outbox is shutting down and takes no more writes."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event waiting in the outbox."""
+
+    id: int
+    received_at: float
+    end_at: float | None
+    size: int
+    attempts: int
+    first_failure_at: float | None
+    body: bytes
+
+
+@dataclass(slots=True)
+class _Append:
+    rows: list[tuple[float, float | None, int, bytes]]
+    size: int
+    done: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _Apply:
+    """A maintenance write (ack, dead-letter) run in a transaction of its own."""
+
+    work: Callable[[aiosqlite.Connection], Awaitable[tuple[int, int]]]
+    done: asyncio.Future[None]
+
+
+_Op = _Append | _Apply
+
+
+@dataclass
+class OutboxCounts:
+    events: int = 0
+    bytes: int = 0
+    accepted_total: int = field(default=0)
+
+
+async def connect(path: Path, synchronous: str = "FULL") -> aiosqlite.Connection:
+    """A connection to the outbox file, created owner-only if new, with the schema current."""
+    _create_private(path)
+    conn = await aiosqlite.connect(path)
+    await conn.execute("PRAGMA busy_timeout = 10000")
+    await conn.execute("PRAGMA journal_mode = WAL")
+    await conn.execute(f"PRAGMA synchronous = {synchronous}")
+    await migrate(conn, str(path))
+    return conn
+
+
+def _create_private(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    # SQLite gives the -wal and -shm files the database file's mode, so they stay private too.
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, 0o600)
+
+
+class Outbox:
+    """Durable FIFO of events. Use ``await Outbox.open(settings)``, then ``close()``."""
+
+    def __init__(
+        self, settings: OutboxSettings, writer: aiosqlite.Connection, reader: aiosqlite.Connection
+    ) -> None:
+        self._settings = settings
+        self._writer = writer
+        self._reader = reader
+        self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
+        self._closing = False
+        self.counts = OutboxCounts()
+        # Set after each commit that added events: the flusher waits on it instead of polling.
+        self.appended = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, settings: OutboxSettings) -> Outbox:
+        writer = await connect(settings.path, settings.synchronous)
+        reader = await aiosqlite.connect(settings.path)
+        await reader.execute("PRAGMA busy_timeout = 10000")
+        outbox = cls(settings, writer, reader)
+        rows = list(await reader.execute_fetchall(_COUNT))
+        outbox.counts.events, outbox.counts.bytes = rows[0][0], rows[0][1]
+        outbox._task = asyncio.create_task(outbox._write_loop(), name="outbox-writer")
+        return outbox
+
+    @property
+    def task(self) -> asyncio.Task[None]:
+        """The writer task, for the daemon to supervise."""
+        assert self._task is not None
+        return self._task
+
+    async def append(self, events: Sequence[AcceptedEvent]) -> None:
+        """Store ``events`` durably, all or none; returns once they are committed."""
+        if self._closing:
+            raise OutboxClosed("the relay is shutting down")
+        now = time.time()
+        rows = [(now, e.end_at, len(e.body), e.body) for e in events]
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Append(rows, sum(r[2] for r in rows), done))
+        await done
+
+    async def apply(
+        self, work: Callable[[aiosqlite.Connection], Awaitable[tuple[int, int]]]
+    ) -> None:
+        """Run ``work`` in a write transaction of its own, serialised with the appends.
+
+        ``work`` returns how many events and bytes it removed from the outbox.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Apply(work, done))
+        await done
+
+    async def ack(self, events: Sequence[StoredEvent]) -> None:
+        """Delete events the upstream answered 2xx for, in one transaction."""
+        ids = _ids(events)
+
+        async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
+            await conn.execute(_DELETE, (ids,))
+            return len(events), sum(e.size for e in events)
+
+        await self.apply(work)
+
+    async def record_failure(self, events: Sequence[StoredEvent], now: float) -> None:
+        """Count one more failed attempt for ``events``."""
+        ids = _ids(events)
+
+        async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
+            await conn.execute(_FAILED, (now, ids))
+            return 0, 0
+
+        await self.apply(work)
+
+    async def dead_letter(
+        self,
+        events: Sequence[StoredEvent],
+        reason: DeadLetterReason,
+        upstream_status: int | None,
+        detail: str,
+        now: float,
+    ) -> None:
+        """Move ``events`` to the dead-letter table with the reason, in one transaction."""
+        ids = _ids(events)
+
+        async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
+            await conn.execute(_TO_DEAD_LETTERS, (reason, upstream_status, detail, now, now, ids))
+            await conn.execute(_DELETE, (ids,))
+            return len(events), sum(e.size for e in events)
+
+        await self.apply(work)
+
+    async def next_batch(self, max_events: int, max_bytes: int) -> list[StoredEvent]:
+        """The oldest events, at most ``max_events`` and ``max_bytes`` (at least one event)."""
+        rows = await self._reader.execute_fetchall(_OLDEST_FIRST, (max_events,))
+        batch: list[StoredEvent] = []
+        total = 0
+        for row in rows:
+            event = StoredEvent(*row)
+            if batch and total + event.size > max_bytes:
+                break
+            batch.append(event)
+            total += event.size + 1  # the comma between events in the request body
+        return batch
+
+    async def oldest_received_at(self) -> float | None:
+        rows = list(await self._reader.execute_fetchall(_OLDEST_RECEIVED))
+        return rows[0][0] if rows else None
+
+    async def refresh_counts(self) -> None:
+        """Recount from the file: another process (a dead-letter replay) may have written.
+
+        The recount runs in the writer's queue, so no commit of ours can slip between the
+        count and its use.
+        """
+
+        async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
+            rows = list(await conn.execute_fetchall(_COUNT))
+            return self.counts.events - rows[0][0], self.counts.bytes - rows[0][1]
+
+        await self.apply(work)
+
+    async def close(self) -> None:
+        """Commit what was handed in, then close both connections."""
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self._queue.put_nowait(None)
+            await self._task
+        await self._reader.close()
+        await self._writer.close()
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                op = await self._queue.get()
+                if op is None:
+                    return
+                group, stop = self._drain(op)
+                await self._write_group(group)
+                if stop:
+                    return
+        except BaseException as exc:
+            self._fail_pending(exc)
+            raise
+
+    def _drain(self, first: _Op) -> tuple[list[_Op], bool]:
+        group = [first]
+        rows = len(first.rows) if isinstance(first, _Append) else 0
+        while rows < _MAX_GROUP_ROWS and not self._queue.empty():
+            op = self._queue.get_nowait()
+            if op is None:
+                return group, True
+            group.append(op)
+            rows += len(op.rows) if isinstance(op, _Append) else 0
+        return group, False
+
+    async def _write_group(self, group: list[_Op]) -> None:
+        appends: list[_Append] = []
+        for op in group:
+            if isinstance(op, _Append):
+                appends.append(op)
+                continue
+            await self._commit_appends(appends)
+            appends = []
+            await self._run_apply(op)
+        await self._commit_appends(appends)
+
+    async def _commit_appends(self, ops: list[_Append]) -> None:
+        if not ops:
+            return
+        events, size = self.counts.events, self.counts.bytes
+        accepted: list[_Append] = []
+        rows: list[tuple[float, float | None, int, bytes]] = []
+        for op in ops:
+            if (
+                events + len(op.rows) > self._settings.max_events
+                or size + op.size > self._settings.max_bytes
+            ):
+                _settle(op.done, OutboxFull("the outbox is full"))
+                continue
+            events += len(op.rows)
+            size += op.size
+            rows.extend(op.rows)
+            accepted.append(op)
+        if not accepted:
+            return
+        try:
+            await self._writer.executemany(_INSERT, rows)
+            await self._writer.commit()
+        except sqlite3.Error as exc:
+            await self._rollback()
+            logger.error("outbox commit failed", error=str(exc), requests=len(accepted))
+            for op in accepted:
+                _settle(op.done, OutboxUnavailable(str(exc)))
+            return
+        self.counts.events, self.counts.bytes = events, size
+        self.counts.accepted_total += len(rows)
+        for op in accepted:
+            _settle(op.done, None)
+        self.appended.set()
+
+    async def _run_apply(self, op: _Apply) -> None:
+        try:
+            removed_events, removed_bytes = await op.work(self._writer)
+            await self._writer.commit()
+        except sqlite3.Error as exc:
+            await self._rollback()
+            _settle(op.done, OutboxUnavailable(str(exc)))
+            return
+        self.counts.events -= removed_events
+        self.counts.bytes -= removed_bytes
+        _settle(op.done, None)
+
+    async def _rollback(self) -> None:
+        try:
+            await self._writer.rollback()
+        except sqlite3.Error as exc:  # the connection is unusable; the next op will say so
+            logger.error("outbox rollback failed", error=str(exc))
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        while not self._queue.empty():
+            op = self._queue.get_nowait()
+            if op is not None:
+                _settle(op.done, OutboxClosed(f"outbox writer stopped: {exc!r}"))
+
+
+# Ids travel as one JSON array parameter, whatever their number.
+_DELETE = "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?))"
+_FAILED = (
+    "UPDATE events SET attempts = attempts + 1, first_failure_at = coalesce(first_failure_at, ?) "
+    "WHERE id IN (SELECT value FROM json_each(?))"
+)
+_TO_DEAD_LETTERS = (
+    "INSERT INTO dead_letters (event_id, received_at, reason, upstream_status, detail, attempts, "
+    "first_failure_at, last_failure_at, end_at, body) "
+    "SELECT id, received_at, ?, ?, ?, attempts + 1, coalesce(first_failure_at, ?), ?, end_at, body "
+    "FROM events WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
+)
+_OLDEST_RECEIVED = "SELECT received_at FROM events ORDER BY id LIMIT 1"
+_COUNT = "SELECT count(*), coalesce(sum(size), 0) FROM events"
+
+
+def _ids(events: Sequence[StoredEvent]) -> str:
+    return "[" + ",".join(str(e.id) for e in events) + "]"
+
+
+def _settle(future: asyncio.Future[None], outcome: BaseException | None) -> None:
+    # A handler whose client went away may have stopped waiting; its rows are still committed.
+    if future.done():
+        return
+    if outcome is None:
+        future.set_result(None)
+    else:
+        future.set_exception(outcome)

@@ -1,0 +1,373 @@
+"""The intake's request model (the seed's Model tables), and validation of a request body.
+
+The models only validate: what the relay stores and forwards is each event exactly as the
+runner sent it (re-encoded compactly), never a dump of these models, which would drop
+unknown fields, reformat times or add defaults.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+MAX_EVENTS_PER_REQUEST = 1000
+# The intake refuses events whose end is older than this.
+UPSTREAM_WINDOW = timedelta(hours=18)
+MAX_DURATION = timedelta(days=365)
+INT64_MAX = 2**63 - 1
+
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?P<frac>\.\d+)?(?P<tz>[Zz]|[+-]\d{2}:\d{2})"
+)
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+
+
+def _rfc3339(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise PydanticCustomError("rfc3339", "must be an RFC3339 time string")
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise PydanticCustomError(
+            "rfc3339", "must be an RFC3339 time with a time zone, such as 2024-11-25T20:08:11.018Z"
+        )
+    frac = match["frac"] or ""
+    tz = match["tz"].upper()
+    text = value[: match.start("frac") if frac else match.start("tz")]
+    try:
+        # datetime keeps microseconds: finer digits (nanoseconds) are dropped, not rounded.
+        return datetime.fromisoformat(f"{text.upper()}{frac[:7]}{tz}")
+    except ValueError:
+        raise PydanticCustomError("rfc3339", "is not a valid date and time") from None
+
+
+def _key_value(value: Any) -> str:
+    if not isinstance(value, str):
+        raise PydanticCustomError("tag", "must be a string")
+    key, sep, rest = value.partition(":")
+    if not (key and sep and rest):
+        raise PydanticCustomError("tag", "must follow the key:value pattern")
+    return value
+
+
+def _metric(value: Any) -> str:
+    text = _key_value(value)
+    number = text.partition(":")[2]
+    if not _NUMBER.fullmatch(number) or not math.isfinite(float(number)):
+        raise PydanticCustomError(
+            "metric", "must follow the key:value pattern with a numeric value"
+        )
+    return text
+
+
+Time = Annotated[datetime, BeforeValidator(_rfc3339)]
+KeyValue = Annotated[str, BeforeValidator(_key_value)]
+Metric = Annotated[str, BeforeValidator(_metric)]
+QueueTime = Annotated[int, Field(ge=0, le=INT64_MAX)]
+
+
+class _Model(BaseModel):
+    # strict: "false" is not a boolean and 1.5 is not an int64, as for the intake's JSON decoder.
+    # ignore: unknown fields are not validated here, and are kept in the stored original.
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class Git(_Model):
+    repository_url: str
+    sha: str
+    author_email: str
+    author_name: str | None = None
+    author_time: str | None = None
+    branch: str | None = None
+    commit_time: str | None = None
+    committer_email: str | None = None
+    committer_name: str | None = None
+    default_branch: str | None = None
+    message: str | None = None
+    tag: str | None = None
+
+    @model_validator(mode="after")
+    def _tag_or_branch(self) -> Git:
+        if self.tag is not None and self.branch is not None:
+            raise PydanticCustomError("tag_and_branch", "has both tag and branch; send only one")
+        return self
+
+
+class Node(_Model):
+    hostname: str | None = None
+    labels: list[str] | None = None
+    name: str | None = None
+    workspace: str | None = None
+
+
+class CIError(_Model):
+    domain: Literal["provider", "user", "unknown"] | None = None
+    message: Annotated[str, Field(max_length=5000)] | None = None
+    stack: str | None = None
+    type: Annotated[str, Field(max_length=100)] | None = None
+
+
+class PipelineRef(_Model):
+    id: str
+    url: str | None = None
+
+
+class _Resource(_Model):
+    """Fields every level has."""
+
+    name: str
+    start: Time
+    error: CIError | None = None
+    git: Git | None = None
+    node: Node | None = None
+    metrics: list[Metric] | None = None
+    tags: list[KeyValue] | None = None
+    parameters: dict[str, str] | None = None
+
+
+class _Finished(_Model):
+    """A finished run: its end is checked against its start and the upstream's window."""
+
+    start: Time
+    end: Time
+
+    @field_validator("end")
+    @classmethod
+    def _end_in_range(cls, end: datetime, info: ValidationInfo) -> datetime:
+        start = info.data.get("start")
+        if start is not None and end < start:
+            raise PydanticCustomError("end_before_start", "is before start")
+        if start is not None and end - start > MAX_DURATION:
+            raise PydanticCustomError("too_long", "is more than 1 year after start")
+        if datetime.now(UTC) - end > UPSTREAM_WINDOW:
+            raise PydanticCustomError(
+                "expired",
+                "is more than 18 hours in the past; the Datadog intake refuses such events",
+            )
+        return end
+
+
+class _PipelineFields(_Resource):
+    level: Literal["pipeline"]
+    unique_id: str
+    url: str
+    partial_retry: bool
+    pipeline_id: str | None = None
+    is_manual: bool | None = None
+    is_resumed: bool | None = None
+    parent_pipeline: PipelineRef | None = None
+    previous_attempt: PipelineRef | None = None
+    queue_time: QueueTime | None = None
+
+
+class FinishedPipeline(_PipelineFields, _Finished):
+    status: Literal["success", "error", "canceled", "skipped", "blocked"]
+
+
+class RunningPipeline(_PipelineFields):
+    status: Literal["running"]
+
+
+class _ChildFields(_Resource):
+    """Stages, jobs and steps name the pipeline they belong to."""
+
+    id: str
+    pipeline_name: str
+    pipeline_unique_id: str
+
+
+class Stage(_ChildFields, _Finished):
+    level: Literal["stage"]
+    status: Literal["success", "error", "canceled", "skipped"]
+    dependencies: list[str] | None = None
+    queue_time: QueueTime | None = None
+
+
+class _JobFields(_ChildFields):
+    level: Literal["job"]
+    url: str
+    dependencies: list[str] | None = None
+    queue_time: QueueTime | None = None
+    stage_id: str | None = None
+    stage_name: str | None = None
+
+
+class FinishedJob(_JobFields, _Finished):
+    status: Literal["success", "error", "canceled", "skipped"]
+
+
+class RunningJob(_JobFields):
+    status: Literal["running"]
+
+
+class Step(_ChildFields, _Finished):
+    level: Literal["step"]
+    status: Literal["success", "error"]
+    url: str | None = None
+    job_id: str | None = None
+    job_name: str | None = None
+    stage_id: str | None = None
+    stage_name: str | None = None
+
+
+_VARIANTS = frozenset({"pipeline", "running_pipeline", "stage", "job", "running_job", "step"})
+
+
+def _variant(resource: Any) -> str | None:
+    """Which model validates a resource: its level, and for pipelines and jobs its status."""
+    if not isinstance(resource, dict):
+        return None
+    level = resource.get("level")
+    if level in ("pipeline", "job") and resource.get("status") == "running":
+        return f"running_{level}"
+    return level if level in ("pipeline", "stage", "job", "step") else None
+
+
+Resource = Annotated[
+    Annotated[FinishedPipeline, Tag("pipeline")]
+    | Annotated[RunningPipeline, Tag("running_pipeline")]
+    | Annotated[Stage, Tag("stage")]
+    | Annotated[FinishedJob, Tag("job")]
+    | Annotated[RunningJob, Tag("running_job")]
+    | Annotated[Step, Tag("step")],
+    Discriminator(
+        _variant,
+        custom_error_type="level",
+        custom_error_message="must be an object whose level is one of: pipeline, stage, job, step",
+    ),
+]
+
+
+class Attributes(_Model):
+    resource: Resource
+    env: str | None = None
+    provider_name: str | None = None
+    service: str | None = None
+
+
+class Event(_Model):
+    attributes: Attributes
+    type: Literal["cipipeline_resource_request"] | None = None
+
+
+_EVENT = TypeAdapter(Event)
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedEvent:
+    """One valid event: its original JSON, and its end (epoch seconds) if it has one."""
+
+    body: bytes
+    end_at: float | None
+
+
+class InvalidRequest(Exception):
+    """The request cannot be accepted; ``problems`` lists each reason with its JSON path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+MAX_LISTED_PROBLEMS = 100
+
+
+def parse_request(body: bytes) -> list[AcceptedEvent]:
+    """The events of a request body, all valid, or InvalidRequest listing every problem."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest([f"body is not valid JSON: {exc}"]) from None
+    raw_events, paths = _split_data(document)
+    accepted: list[AcceptedEvent] = []
+    problems: list[str] = []
+    for raw, path in zip(raw_events, paths, strict=True):
+        try:
+            event = _EVENT.validate_python(raw)
+        except ValidationError as exc:
+            problems.extend(_describe(path, exc))
+            continue
+        resource = event.attributes.resource
+        end = resource.end.timestamp() if isinstance(resource, _Finished) else None
+        accepted.append(AcceptedEvent(orjson.dumps(raw), end))
+    if problems:
+        raise InvalidRequest(_cap(problems))
+    return accepted
+
+
+def _split_data(document: Any) -> tuple[list[Any], list[str]]:
+    if not isinstance(document, dict):
+        raise InvalidRequest(["body must be a JSON object with a data field"])
+    if "data" not in document:
+        raise InvalidRequest(["data: field required"])
+    data = document["data"]
+    if isinstance(data, dict):
+        if not data:
+            raise InvalidRequest(
+                [
+                    "data: is an empty object; send one event object or an array of 1 to "
+                    f"{MAX_EVENTS_PER_REQUEST} events (an empty data object usually means the "
+                    "client failed to serialise its batch)"
+                ]
+            )
+        return [data], ["data"]
+    if isinstance(data, list):
+        if not 1 <= len(data) <= MAX_EVENTS_PER_REQUEST:
+            raise InvalidRequest(
+                [f"data: holds {len(data)} events; send 1 to {MAX_EVENTS_PER_REQUEST} per request"]
+            )
+        return data, [f"data[{i}]" for i in range(len(data))]
+    raise InvalidRequest(["data: must be an event object or an array of event objects"])
+
+
+def _describe(prefix: str, exc: ValidationError) -> list[str]:
+    return [
+        f"{_path(prefix, error['loc'])}: {error['msg']}{_got(error)}"
+        for error in exc.errors(include_url=False)
+    ]
+
+
+def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    # The discriminator's tag (e.g. "running_job") is not part of the JSON path.
+    if len(loc) > 2 and loc[:2] == ("attributes", "resource") and loc[2] in _VARIANTS:
+        loc = loc[:2] + loc[3:]
+    parts = [prefix]
+    for part in loc:
+        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+    return "".join(parts)
+
+
+def _got(error: Any) -> str:
+    """The offending value, when it is a short scalar that helps to read the error."""
+    if error["type"] in ("missing", "level") or "input" not in error:
+        return ""
+    value = error["input"]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        text = orjson.dumps(value).decode()
+        return f" (got {text})" if len(text) <= 80 else ""
+    return ""
+
+
+def _cap(problems: list[str]) -> list[str]:
+    if len(problems) <= MAX_LISTED_PROBLEMS:
+        return problems
+    more = len(problems) - MAX_LISTED_PROBLEMS
+    return [*problems[:MAX_LISTED_PROBLEMS], f"... and {more} more problems"]

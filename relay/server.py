@@ -1,0 +1,150 @@
+"""The runner-facing HTTP API: Datadog's ``POST /api/v2/ci/pipeline``, answered locally.
+
+A request is decoded (content type, encoding, size), parsed and validated whole, and
+committed to the outbox; only then does the runner get ``202 {}``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from relay.errors import error_response
+from relay.outbox import Outbox, OutboxClosed, OutboxFull, OutboxUnavailable
+from relay.schema import InvalidRequest, parse_request
+
+logger = structlog.get_logger(__name__)
+
+PIPELINE_PATH = "/api/v2/ci/pipeline"
+
+OUTBOX = web.AppKey("outbox", Outbox)
+MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
+RETRY_AFTER_S = web.AppKey("retry_after_s", int)
+
+_ACCEPTED = b"{}"
+
+
+class _Refused(Exception):
+    """The request is refused with ``status``; ``details`` say why."""
+
+    def __init__(self, status: int, *details: str) -> None:
+        super().__init__(details[0])
+        self.status = status
+        self.details = details
+
+
+async def post_pipeline(request: web.Request) -> web.Response:
+    """Validate the events of one request and answer 202 once they are durable."""
+    app = request.app
+    try:
+        body = await _read_body(request, app[MAX_BODY_BYTES])
+        events = parse_request(body)
+        await app[OUTBOX].append(events)
+    except InvalidRequest as exc:
+        return _refuse(request, 400, *exc.problems)
+    except _Refused as exc:
+        return _refuse(request, exc.status, *exc.details)
+    except (OutboxFull, OutboxUnavailable, OutboxClosed) as exc:
+        retry = {"Retry-After": str(app[RETRY_AFTER_S])}
+        return _refuse(request, 503, f"the relay cannot store events now: {exc}", headers=retry)
+    return web.Response(status=202, body=_ACCEPTED, content_type="application/json")
+
+
+async def get_health(request: web.Request) -> web.Response:
+    """Liveness for container health checks: the process serves HTTP."""
+    return web.json_response({"status": "ok"})
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_type != "application/json":
+        raise _Refused(
+            400, f"Content-Type must be application/json, not {request.content_type or 'missing'}"
+        )
+    if request.content_length is not None and request.content_length > limit:
+        raise _Refused(413, f"body of {request.content_length} bytes exceeds the {limit} limit")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise _Refused(413, f"body exceeds the {limit} byte limit")
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    return _decode(raw, encoding, limit)
+
+
+def _decode(raw: bytes, encoding: str, limit: int) -> bytes:
+    """The body without its Content-Encoding, refused past ``limit`` bytes (no zip bombs)."""
+    if encoding in ("identity", ""):
+        return raw
+    if encoding in ("gzip", "x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif encoding == "deflate":
+        # HTTP's deflate is zlib-wrapped, but some clients send a raw deflate stream.
+        wbits = zlib.MAX_WBITS if raw[:1] == b"\x78" else -zlib.MAX_WBITS
+    else:
+        raise _Refused(415, f"Content-Encoding {encoding} is not supported; use gzip or deflate")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        body = inflater.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise _Refused(400, f"body is not valid {encoding} data: {exc}") from None
+    if len(body) > limit:
+        raise _Refused(413, f"decompressed body exceeds the {limit} byte limit")
+    if not inflater.eof:
+        raise _Refused(400, f"body is truncated {encoding} data")
+    return body
+
+
+def _refuse(
+    request: web.Request, status: int, *details: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    logger.info(
+        "request refused",
+        status=status,
+        reason=details[0],
+        problems=len(details),
+        path=request.path,
+        peer=request.remote,
+    )
+    return error_response(status, *details, headers=headers)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def datadog_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error the relay answers, 404 and 405 included, is in Datadog's shape."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        detail = f"method {request.method} is not allowed on {request.path}; use {allowed}"
+        return _refuse(request, 405, detail, headers={"Allow": allowed})
+    except web.HTTPNotFound:
+        detail = f"no such path {request.path}; the relay serves POST {PIPELINE_PATH}"
+        return _refuse(request, 404, detail)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _refuse(request, exc.status, exc.reason)
+    except Exception:
+        # A bug must not leak a traceback to the runner; the log keeps it for the operator.
+        logger.exception("request failed", path=request.path)
+        return error_response(500, "the relay failed to handle this request; see its log")
+
+
+def create_app(outbox: Outbox, max_body_bytes: int, retry_after_s: int) -> web.Application:
+    """The aiohttp application; run it with ``runner()`` so bodies arrive undecoded."""
+    app = web.Application(middlewares=[datadog_errors], client_max_size=max_body_bytes)
+    app[OUTBOX] = outbox
+    app[MAX_BODY_BYTES] = max_body_bytes
+    app[RETRY_AFTER_S] = retry_after_s
+    app.router.add_post(PIPELINE_PATH, post_pipeline)
+    app.router.add_get("/health", get_health)
+    return app
+
+
+def runner(app: web.Application) -> web.AppRunner:
+    """An AppRunner that leaves decompression to ``_decode``, which bounds its output."""
+    return web.AppRunner(app, auto_decompress=False, access_log=None, handle_signals=False)

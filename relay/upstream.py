@@ -1,0 +1,194 @@
+"""The upstream intake: one keep-alive HTTP client, and the one place that maps answers to outcomes.
+
+The flusher acts on outcomes (``Delivered``, ``Retry``, ``Split``, ``Reject``,
+``Unauthorized``), never on raw status codes.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+import orjson
+import structlog
+
+from relay import __version__
+from relay.config import UpstreamSettings
+
+logger = structlog.get_logger(__name__)
+
+PIPELINE_PATH = "/api/v2/ci/pipeline"
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """2xx: the upstream has the events."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Send the same events again later; ``after_s`` is the upstream's minimum wait, if any."""
+
+    reason: str
+    after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Split:
+    """413: the batch is too large; halves may pass."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class Reject:
+    """400: the upstream refuses something in the batch."""
+
+    status: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class Unauthorized:
+    """401/403: the API key is missing, wrong or lacks permission; nothing will pass."""
+
+    status: int
+    detail: str
+
+
+Outcome = Delivered | Retry | Split | Reject | Unauthorized
+
+
+def outcome_of(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+    """What an upstream answer means for the batch that was sent."""
+    if 200 <= status < 300:
+        return Delivered()
+    detail = _detail(status, body)
+    if status in (400, 422):
+        return Reject(status, detail)
+    if status == 413:
+        return Split(detail)
+    if status in (401, 403):
+        return Unauthorized(status, detail)
+    if status == 429:
+        return Retry(f"429 rate limited: {detail}", _rate_limit_wait(headers))
+    # 408, 5xx, and anything unexpected (a proxy's 404, say): keep the events and try again.
+    return Retry(f"{status}: {detail}", _retry_after(headers.get("Retry-After")))
+
+
+def _detail(status: int, body: bytes) -> str:
+    """The upstream's error details, joined; the raw text when it is not Datadog's shape."""
+    try:
+        errors = orjson.loads(body)["errors"]
+        details = [
+            str(e.get("detail") or e.get("title") or e) if isinstance(e, dict) else str(e)
+            for e in errors
+        ]
+        if details:
+            return "; ".join(details)[:2000]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        pass
+    text = body.decode("utf-8", errors="replace").strip()
+    return text[:2000] or f"HTTP {status}"
+
+
+def _rate_limit_wait(headers: Mapping[str, str]) -> float | None:
+    wait = _retry_after(headers.get("Retry-After"))
+    if wait is None:
+        wait = _seconds(headers.get("X-RateLimit-Reset"))
+    return wait
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: either delta-seconds or an HTTP date."""
+    if value is None:
+        return None
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < 86_400 else None
+
+
+def request_body(events: Sequence[bytes]) -> bytes:
+    """``{"data":[...]}`` from the events' stored original JSON, without re-encoding them."""
+    return b'{"data":[' + b",".join(events) + b"]}"
+
+
+class Upstream:
+    """The HTTP client for the intake: one session per process, keep-alive."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self._settings = settings
+        self._url = settings.base_url + PIPELINE_PATH
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def has_api_key(self) -> bool:
+        return self._settings.api_key is not None and bool(
+            self._settings.api_key.get_secret_value()
+        )
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def send(self, events: Sequence[bytes]) -> Outcome:
+        """POST the events as one request; transport failures become ``Retry``."""
+        body = request_body(events)
+        headers = self._headers()
+        if self._settings.compress:
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        try:
+            async with self._client().post(self._url, data=body, headers=headers) as response:
+                answer = await response.read()
+                return outcome_of(response.status, response.headers, answer)
+        except TimeoutError:
+            return Retry("timeout")
+        except aiohttp.ClientError as exc:
+            return Retry(f"connection error: {type(exc).__name__}: {exc}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(
+                total=self._settings.request_timeout_s,
+                sock_connect=self._settings.connect_timeout_s,
+            )
+            self._session = aiohttp.ClientSession(
+                timeout=timeout, auto_decompress=True, raise_for_status=False
+            )
+        return self._session
+
+    def _headers(self) -> dict[str, str]:
+        key = self._settings.api_key.get_secret_value() if self._settings.api_key else ""
+        return {
+            "DD-API-KEY": key,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"ci-relay/{__version__}",
+        }

@@ -1,0 +1,124 @@
+"""The relay as a real subprocess (``python -m relay serve``), for crash and signal tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from relay.server import PIPELINE_PATH
+
+START_TIMEOUT_S = 20.0
+
+
+def write_config(path: Path, **groups: dict[str, Any]) -> Path:
+    """A TOML config file with the given groups, e.g. ``outbox={"path": "..."}``."""
+    lines: list[str] = []
+    for group, values in groups.items():
+        lines.append(f"[{group}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml(value)}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return orjson.dumps(str(value)).decode()
+
+
+class RelayProcess:
+    """A started ``ci-relay serve``: its port, its JSON log lines, and signals to end it."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))}
+        self.env.update(env or {})
+        self.logs: list[dict[str, Any]] = []
+        self.port = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{PIPELINE_PATH}"
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    async def start(self) -> RelayProcess:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay",
+            "serve",
+            "--config",
+            str(self.config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=self.env | {"CI_RELAY_LOG__FORMAT": "json"},
+        )
+        self._reader = asyncio.create_task(self._read_logs())
+        waiter = asyncio.create_task(self._listening.wait())
+        await asyncio.wait({waiter, self._reader}, timeout=START_TIMEOUT_S)
+        if not self._listening.is_set():
+            waiter.cancel()
+            await self.kill()
+            raise RuntimeError(f"relay did not start: {self.logs[-5:]}")
+        return self
+
+    async def _read_logs(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        async for line in self._proc.stdout:
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                entry = {"event": "raw", "text": line.decode(errors="replace").rstrip()}
+            self.logs.append(entry)
+            if entry.get("event") == "listening":
+                self.port = int(entry["port"])
+                self._listening.set()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The log lines whose event is ``name``."""
+        return [entry for entry in self.logs if entry.get("event") == name]
+
+    async def signal(self, signum: signal.Signals) -> None:
+        assert self._proc is not None
+        if self._proc.returncode is None:
+            os.kill(self._proc.pid, signum)
+
+    async def kill(self) -> int:
+        """SIGKILL: no chance to flush or close anything."""
+        await self.signal(signal.SIGKILL)
+        return await self.wait()
+
+    async def terminate(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then the exit status."""
+        await self.signal(signal.SIGTERM)
+        return await self.wait(timeout_s)
+
+    async def wait(self, timeout_s: float = 30.0) -> int:
+        assert self._proc is not None
+        status = await asyncio.wait_for(self._proc.wait(), timeout_s)
+        if self._reader is not None:
+            await asyncio.wait_for(self._reader, timeout_s)
+        return status
+
+    async def __aenter__(self) -> RelayProcess:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            await self.kill()

@@ -79,7 +79,8 @@ class RelayProcess:
         return self
 
     async def _read_logs(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
+        assert self._proc is not None
+        assert self._proc.stdout is not None
         async for line in self._proc.stdout:
             try:
                 entry = orjson.loads(line)

@@ -71,7 +71,9 @@ class RelayProcess:
         )
         self._reader = asyncio.create_task(self._read_logs())
         waiter = asyncio.create_task(self._listening.wait())
-        await asyncio.wait({waiter, self._reader}, timeout=START_TIMEOUT_S)
+        await asyncio.wait(
+            {waiter, self._reader}, timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
         if not self._listening.is_set():
             waiter.cancel()
             await self.kill()

@@ -171,7 +171,10 @@ def _error_reply(
     status: int, details: list[str], headers: Mapping[str, str] | None = None
 ) -> _Reply:
     """A reply with Datadog's error body: one `errors` entry per detail."""
-    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = ""
     errors = [{"status": str(status), "title": title, "detail": d} for d in details]
     return _Reply(status=status, body=orjson.dumps({"errors": errors}), headers=headers or {})
 
@@ -234,6 +237,13 @@ def _resolve(answer: Answer, body: bytes, events: list[dict[str, Any]] | None) -
             return _resolve(failure, body, events) if answer.fails() else _accept(events)
 
 
+def _response(reply: _Reply) -> web.Response:
+    """The aiohttp response for a reply that is sent (status is not 0)."""
+    headers = CIMultiDict(reply.headers)
+    headers.setdefault("Content-Type", "application/json")
+    return web.Response(status=reply.status, body=reply.body, headers=headers)
+
+
 def _decode(raw: bytes, content_encoding: str) -> bytes | None:
     """Undo a `Content-Encoding` of gzip, deflate or identity; None if it cannot be undone."""
     codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
@@ -272,9 +282,9 @@ def _parse_events(body: bytes) -> list[dict[str, Any]] | None:
 class FakeIntake:
     """Datadog's CI pipeline intake, served on 127.0.0.1 for the relay's delivery tests."""
 
-    def __init__(self, default: Answer | None = None) -> None:
-        """Prepare an intake that answers `default` (202 if None) when its queue is empty."""
-        self.default: Answer = Accept() if default is None else default
+    def __init__(self, default: Answer = Accept()) -> None:
+        """Prepare an intake that answers `default` whenever its queue is empty."""
+        self.default: Answer = default
         """The answer for a request when the queue is empty."""
         self.received: list[Received] = []
         """Every request, including failed and dropped ones, in the order they were answered."""
@@ -386,7 +396,7 @@ class FakeIntake:
         except ConnectionError:
             # The client went away while sending the body: nothing can be answered.
             await self._record(Received(request.path, headers, b"", b"", [], 0))
-            return web.Response()
+            return web.Response(status=499, reason="Client Closed Request")
         decoded = _decode(raw, request.headers.get("Content-Encoding", ""))
         events = None if decoded is None else _parse_events(decoded)
         body = raw if decoded is None else decoded
@@ -401,14 +411,10 @@ class FakeIntake:
         if reply.status == 0:
             if transport is not None:
                 transport.close()
-            # aiohttp fails to write this to the closed transport and ignores that quietly.
-            return web.Response()
-        return web.Response(
-            status=reply.status,
-            body=reply.body,
-            headers=reply.headers,
-            content_type="application/json",
-        )
+            # Never sent: aiohttp fails to write it to the closed transport and ignores that
+            # quietly. 499 ("client closed request") only shows up in the access log.
+            return web.Response(status=499, reason="Dropped By Fake Intake")
+        return _response(reply)
 
     async def _handle_other(self, request: web.Request) -> web.StreamResponse:
         """Record a request for any other path or method and answer 404 or 405."""
@@ -417,7 +423,5 @@ class FakeIntake:
         headers = CIMultiDictProxy(CIMultiDict(request.headers))
         await self._record(Received(request.path, headers, raw, raw, [], status))
         detail = f"{request.method} {request.path} is not served by the fake intake"
-        reply = _error_reply(status, [detail], {"Allow": "POST"} if status == 405 else None)
-        return web.Response(
-            status=status, body=reply.body, headers=reply.headers, content_type="application/json"
-        )
+        allow = {"Allow": "POST"} if status == 405 else None
+        return _response(_error_reply(status, [detail], allow))

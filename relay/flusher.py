@@ -168,11 +168,12 @@ class Flusher:
                 waiter.cancel()
 
     async def _final_flush(self) -> None:
-        if not self._upstream.has_api_key or self.state == "unauthorized":
+        """Send what is pending, unless the upstream asked us to wait (backoff, bad key)."""
+        if not self._upstream.has_api_key or self._clock() < self._resume_at:
             return
         while self._outbox.counts.events:
             result = await self.flush_once()
-            if result.blocked_by is not None or result.requests == 0:
+            if result.blocked_by is not None or not (result.requests or result.dead_lettered):
                 return
 
     async def _drop_expired(self, batch: Sequence[StoredEvent], tally: _Tally) -> list[StoredEvent]:

@@ -65,9 +65,10 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         )
     if request.content_length is not None and request.content_length > limit:
         raise _Refused(413, f"body of {request.content_length} bytes exceeds the {limit} limit")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise _Refused(413, f"body exceeds the {limit} byte limit")
+    try:
+        raw = await request.read()  # bounded by client_max_size, which create_app sets to limit
+    except web.HTTPRequestEntityTooLarge:
+        raise _Refused(413, f"body exceeds the {limit} byte limit") from None
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     return _decode(raw, encoding, limit)
 

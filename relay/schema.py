@@ -7,6 +7,7 @@ unknown fields, reformat times or add defaults.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -284,8 +285,8 @@ MAX_LISTED_PROBLEMS = 100
 def parse_request(body: bytes) -> list[AcceptedEvent]:
     """The events of a request body, all valid, or InvalidRequest listing every problem."""
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        document = _loads(body)
+    except ValueError as exc:  # orjson.JSONDecodeError and json.JSONDecodeError are both
         raise InvalidRequest([f"body is not valid JSON: {exc}"]) from None
     raw_events, paths = _split_data(document)
     accepted: list[AcceptedEvent] = []
@@ -298,10 +299,32 @@ def parse_request(body: bytes) -> list[AcceptedEvent]:
             continue
         resource = event.attributes.resource
         end = resource.end.timestamp() if isinstance(resource, _Finished) else None
-        accepted.append(AcceptedEvent(orjson.dumps(raw), end))
+        accepted.append(AcceptedEvent(_dumps(raw), end))
     if problems:
         raise InvalidRequest(_cap(problems))
     return accepted
+
+
+# An integer literal of 19 digits or more may not fit 64 bits, which orjson would turn into
+# a float; such (rare) bodies go through the standard library, which keeps every digit.
+_LONG_NUMBER = re.compile(rb"\d{19,}")
+
+
+def _loads(body: bytes) -> Any:
+    if _LONG_NUMBER.search(body) is None:
+        return orjson.loads(body)
+    return json.loads(body, parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # an integer beyond 64 bits, read by the standard library
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _split_data(document: Any) -> tuple[list[Any], list[str]]:
@@ -352,7 +375,7 @@ def _got(error: Any) -> str:
         return ""
     value = error["input"]
     if isinstance(value, (str, int, float, bool)) or value is None:
-        text = orjson.dumps(value).decode()
+        text = _dumps(value).decode()
         return f" (got {text})" if len(text) <= 80 else ""
     return ""
 

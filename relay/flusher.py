@@ -28,8 +28,8 @@ State = Literal["delivering", "retrying", "unauthorized", "no_api_key"]
 
 # How often a persisting condition (no key, bad key, old events) is logged again.
 _REMIND_S = 60.0
-# How often the outbox is recounted, in case another process (a replay) added events.
-_RECOUNT_S = 30.0
+# How often the flusher checks whether another process (a replay) wrote to the outbox.
+_RECOUNT_S = 1.0
 
 
 @dataclass
@@ -139,7 +139,7 @@ class Flusher:
                     pending=self._outbox.counts.events,
                     hint="set DD_API_KEY or upstream.api_key",
                 )
-            return _REMIND_S
+            return _RECOUNT_S
         if now < self._resume_at:
             return self._resume_at - now
         self._outbox.appended.clear()
@@ -171,6 +171,7 @@ class Flusher:
         """Send what is pending, unless the upstream asked us to wait (backoff, bad key)."""
         if not self._upstream.has_api_key or self._clock() < self._resume_at:
             return
+        await self._outbox.refresh_counts()
         while self._outbox.counts.events:
             result = await self.flush_once()
             if result.blocked_by is not None or not (result.requests or result.dead_lettered):

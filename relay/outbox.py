@@ -124,6 +124,7 @@ class Outbox:
         # Set after each commit that added events: the flusher waits on it instead of polling.
         self.appended = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._data_version = -1
 
     @classmethod
     async def open(cls, settings: OutboxSettings) -> Outbox:
@@ -219,15 +220,20 @@ class Outbox:
         return rows[0][0] if rows else None
 
     async def refresh_counts(self) -> None:
-        """Recount from the file: another process (a dead-letter replay) may have written.
+        """Recount from the file if another process (a dead-letter replay) committed to it.
 
-        The recount runs in the writer's queue, so no commit of ours can slip between the
-        count and its use.
+        SQLite's data_version on the writer connection changes only on other connections'
+        commits, so this costs one cheap query when nothing happened. It runs in the
+        writer's queue, so no commit of ours can slip between the count and its use.
         """
 
         async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
-            rows = list(await conn.execute_fetchall(_COUNT))
-            return self.counts.events - rows[0][0], self.counts.bytes - rows[0][1]
+            rows = list(await conn.execute_fetchall("PRAGMA data_version"))
+            if rows[0][0] == self._data_version:
+                return 0, 0
+            self._data_version = rows[0][0]
+            counted = list(await conn.execute_fetchall(_COUNT))
+            return self.counts.events - counted[0][0], self.counts.bytes - counted[0][1]
 
         await self.apply(work)
 
@@ -318,8 +324,9 @@ class Outbox:
             await self._rollback()
             _settle(op.done, OutboxUnavailable(str(exc)))
             return
-        self.counts.events -= removed_events
-        self.counts.bytes -= removed_bytes
+        # Never below zero, even if rows another process added were removed before a recount.
+        self.counts.events = max(0, self.counts.events - removed_events)
+        self.counts.bytes = max(0, self.counts.bytes - removed_bytes)
         _settle(op.done, None)
 
     async def _rollback(self) -> None:

@@ -9,6 +9,7 @@ non-zero status rather than leaving a relay that accepts events and forwards non
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 
@@ -24,45 +25,58 @@ from relay.upstream import Upstream
 
 logger = structlog.get_logger(__name__)
 
+EXIT_CANNOT_LISTEN = 2
+
 
 async def serve(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT (exit status 0) or until a side task dies (status 1)."""
+    """Run until SIGTERM/SIGINT (status 0), a side task dies (1), or listening fails (2)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
     started = time.monotonic()
-    outbox = await Outbox.open(settings.outbox)
-    upstream = Upstream(settings.upstream)
-    flusher = Flusher(outbox, upstream, settings.flusher, settings.retry)
-    app = create_app(outbox, settings.server.max_body_bytes, settings.outbox.retry_after_s)
-    web_runner = runner(app)
-    await web_runner.setup()
-    site = web.TCPSite(
-        web_runner,
-        settings.server.host,
-        settings.server.port,
-        shutdown_timeout=settings.flusher.shutdown_grace_s,
-    )
-    await site.start()
-    host, port = web_runner.addresses[0][:2]
-    logger.info(
-        "listening",
-        version=__version__,
-        host=host,
-        port=port,
-        pending_events=outbox.counts.events,
-        config=settings.redacted(),
-    )
-    flusher_task = asyncio.create_task(flusher.run(), name="flusher")
-
-    status = await _wait_for_stop(stop, outbox.task, flusher_task)
-    logger.info("stopping", reason="signal" if status == 0 else "task failed")
-    await web_runner.cleanup()  # stops accepting; requests in progress finish their commits
-    await _finish_flusher(flusher, flusher_task, settings.flusher.shutdown_grace_s)
-    await upstream.close()
-    await outbox.close()
+    # Unwinds in reverse: stop accepting (requests in progress finish their commits), final
+    # flush, close the upstream client, close the outbox. Also on a failed start, so that no
+    # database thread keeps the process alive.
+    async with contextlib.AsyncExitStack() as stack:
+        outbox = await Outbox.open(settings.outbox)
+        stack.push_async_callback(outbox.close)
+        upstream = Upstream(settings.upstream)
+        stack.push_async_callback(upstream.close)
+        flusher = Flusher(outbox, upstream, settings.flusher, settings.retry)
+        flusher_task = asyncio.create_task(flusher.run(), name="flusher")
+        grace_s = settings.flusher.shutdown_grace_s
+        stack.push_async_callback(_finish_flusher, flusher, flusher_task, grace_s)
+        app = create_app(outbox, settings.server.max_body_bytes, settings.outbox.retry_after_s)
+        web_runner = runner(app)
+        await web_runner.setup()
+        stack.push_async_callback(web_runner.cleanup)
+        site = web.TCPSite(
+            web_runner, settings.server.host, settings.server.port, shutdown_timeout=grace_s
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            where = f"{settings.server.host}:{settings.server.port}"
+            logger.error("cannot listen", address=where, error=exc.strerror or str(exc))
+            return EXIT_CANNOT_LISTEN
+        host, port = web_runner.addresses[0][:2]
+        logger.info(
+            "listening",
+            version=__version__,
+            host=host,
+            port=port,
+            pending_events=outbox.counts.events,
+            config=settings.redacted(),
+        )
+        if not upstream.has_api_key:
+            logger.warning(
+                "no API key: events are accepted and kept, delivery waits for a key",
+                hint="set DD_API_KEY or upstream.api_key",
+            )
+        status = await _wait_for_stop(stop, outbox.task, flusher_task)
+        logger.info("stopping", reason="signal" if status == 0 else "task failed")
     logger.info(
         "stopped",
         uptime_s=round(time.monotonic() - started, 1),

@@ -111,8 +111,6 @@ class Flusher:
 
     async def run(self) -> None:
         """Deliver until ``stop()``, then make a final flush; the caller bounds its time."""
-        if not self._upstream.has_api_key:
-            logger.warning("no API key: events are accepted and kept, delivery waits for a key")
         last_recount = self._clock()
         while not self._stop.is_set():
             if self._clock() - last_recount >= _RECOUNT_S:

@@ -93,10 +93,15 @@ async def connect(path: Path, synchronous: str = "FULL") -> aiosqlite.Connection
     """A connection to the outbox file, created owner-only if new, with the schema current."""
     _create_private(path)
     conn = await aiosqlite.connect(path)
-    await conn.execute("PRAGMA busy_timeout = 10000")
-    await conn.execute("PRAGMA journal_mode = WAL")
-    await conn.execute(f"PRAGMA synchronous = {synchronous}")
-    await migrate(conn, str(path))
+    try:
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute(f"PRAGMA synchronous = {synchronous}")
+        await migrate(conn, str(path))
+    except BaseException:
+        # aiosqlite's worker thread would keep the process alive after the error.
+        await conn.close()
+        raise
     return conn
 
 
@@ -129,8 +134,12 @@ class Outbox:
     @classmethod
     async def open(cls, settings: OutboxSettings) -> Outbox:
         writer = await connect(settings.path, settings.synchronous)
-        reader = await aiosqlite.connect(settings.path)
-        await reader.execute("PRAGMA busy_timeout = 10000")
+        try:
+            reader = await aiosqlite.connect(settings.path)
+            await reader.execute("PRAGMA busy_timeout = 10000")
+        except BaseException:
+            await writer.close()
+            raise
         outbox = cls(settings, writer, reader)
         rows = list(await reader.execute_fetchall(_COUNT))
         outbox.counts.events, outbox.counts.bytes = rows[0][0], rows[0][1]
@@ -240,11 +249,13 @@ class Outbox:
     async def close(self) -> None:
         """Commit what was handed in, then close both connections."""
         self._closing = True
-        if self._task is not None and not self._task.done():
-            self._queue.put_nowait(None)
-            await self._task
-        await self._reader.close()
-        await self._writer.close()
+        try:
+            if self._task is not None and not self._task.done():
+                self._queue.put_nowait(None)
+                await self._task
+        finally:
+            await self._reader.close()
+            await self._writer.close()
 
     async def _write_loop(self) -> None:
         try:

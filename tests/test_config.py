@@ -1,0 +1,351 @@
+"""Settings: defaults, the example file, the TOML file, the environment, and refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, get_args
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from pydantic import BaseModel
+
+from relay.config import ConfigError, Settings, Site, load_settings
+from tests.daemon import RelayProcess, write_config
+from tests.events import event, request
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config.example.toml"
+JSON = {"Content-Type": "application/json"}
+# A stand-in API key the test looks for in places it must never appear.
+SECRET = "some-secret-value"  # noqa: S105
+
+SITE_URLS = {
+    "datadoghq.com": "https://api.datadoghq.com",
+    "us3.datadoghq.com": "https://api.us3.datadoghq.com",
+    "us5.datadoghq.com": "https://api.us5.datadoghq.com",
+    "datadoghq.eu": "https://api.datadoghq.eu",
+    "ap1.datadoghq.com": "https://api.ap1.datadoghq.com",
+    "ap2.datadoghq.com": "https://api.ap2.datadoghq.com",
+    "ddog-gov.com": "https://api.ddog-gov.com",
+    "us2.ddog-gov.com": "https://api.us2.ddog-gov.com",
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CI_RELAY_* or DD_* variable of the outer environment leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith(("CI_RELAY_", "DD_")):
+            monkeypatch.delenv(name)
+
+
+def _subprocess_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("CI_RELAY_", "DD_"))}
+
+
+def _groups() -> dict[str, type[BaseModel]]:
+    """Every settings group (server, outbox, ...) and its pydantic model."""
+    groups: dict[str, type[BaseModel]] = {}
+    for name, field in Settings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type), name
+        assert issubclass(model, BaseModel), name
+        groups[name] = model
+    return groups
+
+
+def _documented_keys(text: str) -> set[tuple[str, str]]:
+    """(group, key) of every key the file sets or shows commented out (``# key = ...``)."""
+    documented: set[tuple[str, str]] = set()
+    group = ""
+    for line in text.splitlines():
+        if header := re.fullmatch(r"\s*\[(\w+)\]\s*", line):
+            group = header[1]
+        elif key := re.match(r"\s*#?\s*(\w+)\s*=", line):
+            documented.add((group, key[1]))
+    return documented
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without file or environment the relay listens on 127.0.0.1:8780, FULL sync, US1 site."""
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    settings = load_settings(None)
+    assert ("127.0.0.1", 8780) == (settings.server.host, settings.server.port)
+    assert "FULL" == settings.outbox.synchronous
+    assert "datadoghq.com" == settings.upstream.site
+    assert "https://api.datadoghq.com" == settings.upstream.base_url
+    assert settings.upstream.api_key is None
+    expected_path = Path.home() / ".local" / "state" / "ci-relay" / "outbox.db"
+    assert expected_path == settings.outbox.path
+
+
+def test_default_outbox_path_follows_xdg_state_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The default outbox lives under $XDG_STATE_HOME/ci-relay when that variable is set."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert tmp_path / "ci-relay" / "outbox.db" == load_settings(None).outbox.path
+
+
+def test_example_config_loads_and_equals_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.example.toml loads, and its values are the defaults (its path with ~ expanded)."""
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    example = load_settings(EXAMPLE)
+    defaults = load_settings(None)
+    example_data = example.model_dump(mode="json")
+    default_data = defaults.model_dump(mode="json")
+    example_path = example_data["outbox"].pop("path")
+    default_data["outbox"].pop("path")
+    assert default_data == example_data
+    assert str(Path.home() / ".local" / "state" / "ci-relay" / "outbox.db") == example_path
+    assert "~" not in example_path
+
+
+def test_example_config_documents_every_key() -> None:
+    """Every key of every settings group appears in config.example.toml, set or commented out."""
+    expected = {(group, key) for group, model in _groups().items() for key in model.model_fields}
+    documented = _documented_keys(EXAMPLE.read_text(encoding="utf-8"))
+    assert set() == expected - documented
+
+
+def test_toml_file_values_apply(tmp_path: Path) -> None:
+    """Values from the TOML file replace the defaults, in every group."""
+    config = write_config(
+        tmp_path / "relay.toml",
+        server={"host": "0.0.0.0", "port": 9000},  # noqa: S104
+        outbox={"path": str(tmp_path / "o.db"), "synchronous": "NORMAL", "max_events": 10},
+        upstream={"site": "us5.datadoghq.com", "compress": True},
+        flusher={"batch_max_events": 50},
+        retry={"multiplier": 3.0},
+        log={"format": "json", "level": "debug"},
+    )
+    settings = load_settings(config)
+    actual = (
+        settings.server.host,
+        settings.server.port,
+        settings.outbox.path,
+        settings.outbox.synchronous,
+        settings.outbox.max_events,
+        settings.upstream.site,
+        settings.upstream.compress,
+        settings.flusher.batch_max_events,
+        settings.retry.multiplier,
+        settings.log.format,
+        settings.log.level,
+    )
+    expected = (
+        "0.0.0.0",  # noqa: S104
+        9000,
+        tmp_path / "o.db",
+        "NORMAL",
+        10,
+        "us5.datadoghq.com",
+        True,
+        50,
+        3.0,
+        "json",
+        "debug",
+    )
+    assert expected == actual
+
+
+def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI_RELAY_SERVER__PORT overrides the port of the file; the file's other keys stay."""
+    config = write_config(tmp_path / "relay.toml", server={"host": "127.0.0.2", "port": 9000})
+    monkeypatch.setenv("CI_RELAY_SERVER__PORT", "9001")
+    settings = load_settings(config)
+    assert ("127.0.0.2", 9001) == (settings.server.host, settings.server.port)
+
+
+def test_dd_api_key_and_dd_site_are_honoured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DD_API_KEY sets the API key and DD_SITE the site, over the file's site."""
+    config = write_config(tmp_path / "relay.toml", upstream={"site": "us3.datadoghq.com"})
+    monkeypatch.setenv("DD_API_KEY", "dd-key")
+    monkeypatch.setenv("DD_SITE", "datadoghq.eu")
+    upstream = load_settings(config).upstream
+    assert upstream.api_key is not None
+    assert ("dd-key", "datadoghq.eu", "https://api.datadoghq.eu") == (
+        upstream.api_key.get_secret_value(),
+        upstream.site,
+        upstream.base_url,
+    )
+
+
+def test_ci_relay_api_key_wins_over_dd_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI_RELAY_UPSTREAM__API_KEY takes precedence over DD_API_KEY."""
+    monkeypatch.setenv("DD_API_KEY", "dd-key")
+    monkeypatch.setenv("CI_RELAY_UPSTREAM__API_KEY", "relay-key")
+    api_key = load_settings(None).upstream.api_key
+    assert api_key is not None
+    assert "relay-key" == api_key.get_secret_value()
+
+
+def test_upstream_url_overrides_site(tmp_path: Path) -> None:
+    """upstream.url replaces the site's API host as the base URL (without a trailing slash)."""
+    config = write_config(
+        tmp_path / "relay.toml",
+        upstream={"site": "datadoghq.eu", "url": "http://127.0.0.1:9000/"},
+    )
+    assert "http://127.0.0.1:9000" == load_settings(config).upstream.base_url
+
+
+def test_sites_are_the_eight_documented_ones() -> None:
+    """The accepted sites are exactly Datadog's eight documented sites."""
+    assert set(SITE_URLS) == set(get_args(Site))
+
+
+@pytest.mark.parametrize(("site", "url"), sorted(SITE_URLS.items()))
+def test_each_site_maps_to_its_api_url(
+    site: str, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each site, from the file or from DD_SITE, sends to https://api.<site>."""
+    config = write_config(tmp_path / "relay.toml", upstream={"site": site})
+    assert url == load_settings(config).upstream.base_url
+    monkeypatch.setenv("DD_SITE", site)
+    assert url == load_settings(None).upstream.base_url
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[server]\nport = 70000\n", "server.port"),
+        ('[outbox]\nsynchronous = "OFF"\n', "outbox.synchronous"),
+        ("[server]\nprot = 8780\n", "server.prot"),
+        ('[upstream]\nsite = "datadoghq.example"\n', "upstream.site"),
+        ("[nosuchgroup]\nkey = 1\n", "nosuchgroup"),
+    ],
+    ids=["port-out-of-range", "synchronous-off", "unknown-key", "unknown-site", "unknown-group"],
+)
+def test_invalid_value_names_the_key(text: str, named: str, tmp_path: Path) -> None:
+    """An invalid or unknown key raises ConfigError whose message names the key."""
+    config = tmp_path / "bad.toml"
+    config.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config)
+    assert named in str(raised.value)
+
+
+def test_invalid_env_value_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An invalid CI_RELAY_* value raises ConfigError naming its key."""
+    monkeypatch.setenv("CI_RELAY_SERVER__PORT", "70000")
+    with pytest.raises(ConfigError, match=r"server\.port"):
+        load_settings(None)
+
+
+def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    """A TOML syntax error raises ConfigError naming the file and the line."""
+    config = tmp_path / "bad.toml"
+    config.write_text("[server]\nport = \n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config)
+    message = str(raised.value)
+    assert (True, True) == (str(config) in message, "line 2" in message)
+
+
+def test_missing_config_file_is_refused(tmp_path: Path) -> None:
+    """A config file that does not exist raises ConfigError naming it."""
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as raised:
+        load_settings(missing)
+    message = str(raised.value)
+    assert (True, True) == (str(missing) in message, "not found" in message)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [("[server]\nport = 70000\n", "server.port"), ("[server]\nprot = 8780\n", "server.prot")],
+    ids=["port-out-of-range", "unknown-key"],
+)
+def test_cli_invalid_config_exits_2_with_one_line(text: str, named: str, tmp_path: Path) -> None:
+    """`ci-relay serve` with an invalid config prints one line naming the key and exits 2."""
+    config = tmp_path / "bad.toml"
+    config.write_text(text, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_subprocess_env(),
+        check=False,
+    )
+    lines = result.stderr.splitlines()
+    assert (2, 1, "") == (result.returncode, len(lines), result.stdout), result.stderr
+    assert named in lines[0]
+
+
+def test_redacted_settings_hide_the_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings.redacted() (the startup log's view) and repr() never contain the API key."""
+    monkeypatch.setenv("DD_API_KEY", SECRET)
+    settings = load_settings(None)
+    redacted = settings.redacted()
+    assert "set (redacted)" == redacted["upstream"]["api_key"]
+    assert SECRET not in orjson.dumps(redacted).decode()
+    assert SECRET not in repr(settings)
+    assert SECRET not in str(settings)
+
+
+class _RefusingIntake:
+    """An upstream that records the API keys it is sent and refuses them (403)."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.called = asyncio.Event()
+
+    async def handle(self, req: web.Request) -> web.Response:
+        await req.read()
+        self.keys.append(req.headers.get("DD-API-KEY", ""))
+        self.called.set()
+        body = {"errors": [{"status": "403", "title": "Forbidden", "detail": "Forbidden"}]}
+        return web.json_response(body, status=403)
+
+
+@pytest.fixture
+async def refusing_intake() -> AsyncIterator[tuple[_RefusingIntake, str]]:
+    intake = _RefusingIntake()
+    app = web.Application()
+    app.router.add_post("/api/v2/ci/pipeline", intake.handle)
+    web_runner = web.AppRunner(app, access_log=None)
+    await web_runner.setup()
+    site = web.TCPSite(web_runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = web_runner.addresses[0][:2]
+    yield intake, f"http://{host}:{port}"
+    await web_runner.cleanup()
+
+
+async def test_api_key_never_in_daemon_logs(
+    tmp_path: Path, refusing_intake: tuple[_RefusingIntake, str]
+) -> None:
+    """The daemon sends DD_API_KEY upstream but never writes it to its log."""
+    intake, intake_url = refusing_intake
+    config = write_config(
+        tmp_path / "relay.toml",
+        server={"port": 0},
+        outbox={"path": str(tmp_path / "outbox.db")},
+        upstream={"url": intake_url},
+        flusher={"flush_interval_s": 0.0},
+    )
+    relay = RelayProcess(config, env={"DD_API_KEY": SECRET})
+    async with relay:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(relay.url, data=orjson.dumps(request(event("job"))), headers=JSON) as resp,
+        ):
+            assert 202 == resp.status
+        await asyncio.wait_for(intake.called.wait(), 20)
+        assert 0 == await relay.terminate()
+    assert SECRET == intake.keys[0]
+    listening: dict[str, Any] = relay.events("listening")[0]
+    assert "set (redacted)" == listening["config"]["upstream"]["api_key"]
+    leaks = [entry for entry in relay.logs if SECRET in orjson.dumps(entry).decode()]
+    assert [] == leaks

@@ -1,0 +1,195 @@
+"""Schema migrations: the shipped SQL files, the ledger, and refusing a newer schema."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from types import SimpleNamespace
+
+import aiosqlite
+import pytest
+
+import relay.migrate
+from relay.migrate import SchemaTooNew, available, migrate
+from tests.daemon import write_config
+
+EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int]]] = {
+    "events": [
+        ("id", "INTEGER", 0),
+        ("received_at", "REAL", 1),
+        ("end_at", "REAL", 0),
+        ("size", "INTEGER", 1),
+        ("attempts", "INTEGER", 1),
+        ("first_failure_at", "REAL", 0),
+        ("body", "BLOB", 1),
+    ],
+    "dead_letters": [
+        ("id", "INTEGER", 0),
+        ("event_id", "INTEGER", 1),
+        ("received_at", "REAL", 1),
+        ("reason", "TEXT", 1),
+        ("upstream_status", "INTEGER", 0),
+        ("detail", "TEXT", 1),
+        ("attempts", "INTEGER", 1),
+        ("first_failure_at", "REAL", 1),
+        ("last_failure_at", "REAL", 1),
+        ("end_at", "REAL", 0),
+        ("body", "BLOB", 1),
+    ],
+    "schema_migrations": [
+        ("version", "INTEGER", 0),
+        ("name", "TEXT", 1),
+        ("applied_at", "TEXT", 1),
+    ],
+}
+
+
+def shipped_files() -> list[tuple[int, str]]:
+    """(version, name) of each NNNN_name.sql file of the installed relay.migrations package."""
+    found = []
+    for entry in resources.files("relay.migrations").iterdir():
+        if match := re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name):
+            found.append((int(match[1]), match[2]))
+    return sorted(found)
+
+
+@pytest.fixture
+async def conn(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
+    connection = await aiosqlite.connect(tmp_path / "outbox.db")
+    yield connection
+    await connection.close()
+
+
+async def ledger(conn: aiosqlite.Connection) -> list[tuple[int, str, str]]:
+    rows = await conn.execute_fetchall(
+        "SELECT version, name, applied_at FROM schema_migrations ORDER BY version"
+    )
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+async def test_migrations_on_empty_file_give_expected_schema(conn: aiosqlite.Connection) -> None:
+    """Replaying every migration on an empty file creates exactly the expected tables."""
+    await migrate(conn, "outbox.db")
+    tables = await conn.execute_fetchall(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%' "
+        "ORDER BY name"
+    )
+    assert sorted(EXPECTED_COLUMNS) == [row[0] for row in tables]
+    for table, expected in EXPECTED_COLUMNS.items():
+        info = await conn.execute_fetchall(f"PRAGMA table_info({table})")
+        assert expected == [(row[1], row[2], row[3]) for row in info], table
+
+
+async def test_ledger_has_a_row_per_migration_file(conn: aiosqlite.Connection) -> None:
+    """After migrating, schema_migrations holds one row per shipped migration file."""
+    applied = await migrate(conn, "outbox.db")
+    expected = shipped_files()
+    assert expected == [(m.version, m.name) for m in applied]
+    assert expected == [(version, name) for version, name, _ in await ledger(conn)]
+
+
+async def test_second_migrate_applies_nothing(conn: aiosqlite.Connection) -> None:
+    """Running migrate on an up-to-date database applies nothing and leaves the ledger alone."""
+    await migrate(conn, "outbox.db")
+    before = await ledger(conn)
+    assert [] == await migrate(conn, "outbox.db")
+    assert before == await ledger(conn)
+
+
+def _write_future_schema(path: Path) -> int:
+    """A database whose ledger holds a version newer than the newest shipped; that version."""
+    future = shipped_files()[-1][0] + 1
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO schema_migrations VALUES (?, 'from_the_future', '2099-01-01')", (future,)
+        )
+    db.close()
+    return future
+
+
+async def test_newer_schema_raises_schema_too_new(tmp_path: Path) -> None:
+    """A ledger with a version newer than any shipped file raises SchemaTooNew, explained."""
+    path = tmp_path / "outbox.db"
+    future = _write_future_schema(path)
+    newest = shipped_files()[-1][0]
+    async with aiosqlite.connect(path) as connection:
+        with pytest.raises(SchemaTooNew) as raised:
+            await migrate(connection, str(path))
+        tables = await connection.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+        )
+    message = str(raised.value)
+    expected = (True, True, True, True)
+    assert expected == (
+        str(path) in message,
+        f"schema version {future}" in message,
+        f"knows up to {newest}" in message,
+        "newer ci-relay" in message,
+    ), message
+    assert ["schema_migrations"] == [row[0] for row in tables]
+
+
+def test_serve_on_newer_schema_exits_2(tmp_path: Path) -> None:
+    """`ci-relay serve` on an outbox with a newer schema exits 2 with SchemaTooNew on stderr."""
+    path = tmp_path / "outbox.db"
+    _write_future_schema(path)
+    config = write_config(tmp_path / "relay.toml", server={"port": 0}, outbox={"path": str(path)})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CI_RELAY_", "DD_"))}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "relay", "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        stderr = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr
+        pytest.fail(f"ci-relay serve did not exit within 10 s; stderr so far: {stderr!r}")
+    lines = result.stderr.splitlines()
+    assert (2, 1) == (result.returncode, len(lines)), result.stderr
+    assert "newer ci-relay" in lines[0]
+    assert str(path) in lines[0]
+
+
+def test_available_matches_the_shipped_package() -> None:
+    """available() returns the SQL files of the installed relay.migrations package, in order."""
+    migrations = available()
+    assert shipped_files() == [(m.version, m.name) for m in migrations]
+    assert all(m.sql.strip() for m in migrations)
+
+
+def test_migrations_are_found_through_importlib_resources_and_ordered_by_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """available() lists the package through importlib.resources and sorts by version number."""
+    for name in ("0010_ten.sql", "0002_two.sql", "0009_nine.sql", "0001_one.sql"):
+        (tmp_path / name).write_text(f"-- {name}\n", encoding="utf-8")
+    (tmp_path / "__init__.py").write_text("", encoding="utf-8")
+    (tmp_path / "notes.sql.txt").write_text("", encoding="utf-8")
+    asked: list[str] = []
+
+    def files(package: str) -> Path:
+        asked.append(package)
+        return tmp_path
+
+    monkeypatch.setattr(relay.migrate, "resources", SimpleNamespace(files=files))
+    found = [(m.version, m.name, m.sql) for m in available()]
+    assert ["relay.migrations"] == asked
+    assert [
+        (1, "one", "-- 0001_one.sql\n"),
+        (2, "two", "-- 0002_two.sql\n"),
+        (9, "nine", "-- 0009_nine.sql\n"),
+        (10, "ten", "-- 0010_ten.sql\n"),
+    ] == found

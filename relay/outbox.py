@@ -154,8 +154,7 @@ class Outbox:
 
     async def append(self, events: Sequence[AcceptedEvent]) -> None:
         """Store ``events`` durably, all or none; returns once they are committed."""
-        if self._closing:
-            raise OutboxClosed("the relay is shutting down")
+        self._check_open()
         now = time.time()
         rows = [(now, e.end_at, len(e.body), e.body) for e in events]
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -169,6 +168,7 @@ class Outbox:
 
         ``work`` returns how many events and bytes it removed from the outbox.
         """
+        self._check_open()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Apply(work, done))
         await done
@@ -257,7 +257,12 @@ class Outbox:
             await self._reader.close()
             await self._writer.close()
 
+    def _check_open(self) -> None:
+        if self._closing or (self._task is not None and self._task.done()):
+            raise OutboxClosed("the outbox is closed")
+
     async def _write_loop(self) -> None:
+        group: list[_Op] = []
         try:
             while True:
                 op = await self._queue.get()
@@ -268,7 +273,12 @@ class Outbox:
                 if stop:
                     return
         except BaseException as exc:
-            self._fail_pending(exc)
+            # Nobody may wait forever on a writer that is gone: its group included.
+            self._closing = True
+            failure = OutboxClosed(f"outbox writer stopped: {exc!r}")
+            for op in group:
+                _settle(op.done, failure)
+            self._fail_pending(failure)
             raise
 
     def _drain(self, first: _Op) -> tuple[list[_Op], bool]:
@@ -346,11 +356,11 @@ class Outbox:
         except sqlite3.Error as exc:  # the connection is unusable; the next op will say so
             logger.error("outbox rollback failed", error=str(exc))
 
-    def _fail_pending(self, exc: BaseException) -> None:
+    def _fail_pending(self, failure: OutboxClosed) -> None:
         while not self._queue.empty():
             op = self._queue.get_nowait()
             if op is not None:
-                _settle(op.done, OutboxClosed(f"outbox writer stopped: {exc!r}"))
+                _settle(op.done, failure)
 
 
 # Ids travel as one JSON array parameter, whatever their number.

@@ -205,7 +205,10 @@ class Outbox:
         ids = _ids(events)
 
         async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
-            await conn.execute(_TO_DEAD_LETTERS, (reason, upstream_status, detail, now, now, ids))
+            # An expired event was never sent: its last failure is not one more attempt.
+            sent = 0 if reason == "expired" else 1
+            params = (reason, upstream_status, detail, sent, now, now, ids)
+            await conn.execute(_TO_DEAD_LETTERS, params)
             await conn.execute(_DELETE, (ids,))
             return len(events), sum(e.size for e in events)
 
@@ -372,7 +375,7 @@ _FAILED = (
 _TO_DEAD_LETTERS = (
     "INSERT INTO dead_letters (event_id, received_at, reason, upstream_status, detail, attempts, "
     "first_failure_at, last_failure_at, end_at, body) "
-    "SELECT id, received_at, ?, ?, ?, attempts + 1, coalesce(first_failure_at, ?), ?, end_at, body "
+    "SELECT id, received_at, ?, ?, ?, attempts + ?, coalesce(first_failure_at, ?), ?, end_at, body "
     "FROM events WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
 )
 _OLDEST_RECEIVED = "SELECT received_at FROM events ORDER BY id LIMIT 1"

@@ -111,10 +111,11 @@ class Flusher:
 
     async def run(self) -> None:
         """Deliver until ``stop()``, then make a final flush; the caller bounds its time."""
-        last_recount = self._clock()
+        last_recount = -_RECOUNT_S  # check at once on start: a backlog may be old already
         while not self._stop.is_set():
             if self._clock() - last_recount >= _RECOUNT_S:
                 await self._outbox.refresh_counts()
+                await self._warn_if_old()
                 last_recount = self._clock()
             wait = await self._seconds_until_due()
             if wait > 0:
@@ -184,16 +185,21 @@ class Flusher:
             await self._outbox.dead_letter(expired, "expired", None, detail, now)
             tally.dead_lettered += len(expired)
             logger.warning("events expired", count=len(expired), reason="expired")
-        live = [e for e in batch if e.end_at is None or now - e.end_at <= window]
-        self._warn_if_old(live, now)
-        return live
+        return [e for e in batch if e.end_at is None or now - e.end_at <= window]
 
-    def _warn_if_old(self, batch: Sequence[StoredEvent], now: float) -> None:
-        ends = [e.end_at for e in batch if e.end_at is not None]
-        if not ends:
+    async def _warn_if_old(self) -> None:
+        """Warn (once a minute) while pending events near the upstream's 18-hour window.
+
+        Checked from the loop, not from a send, so it also warns while delivery is paused.
+        """
+        now = self._clock()
+        if not self._reminder.due("old_events_check", now):
             return
-        age = now - min(ends)
-        if age > self._settings.expiry_warning_s and self._reminder.due("old_events", now):
+        oldest_end = await self._outbox.oldest_end_at()
+        if oldest_end is None:
+            return
+        age = now - oldest_end
+        if age > self._settings.expiry_warning_s:
             logger.warning(
                 "pending events are close to the upstream's 18-hour window",
                 oldest_end_age_h=round(age / 3600, 2),

@@ -227,6 +227,11 @@ class Outbox:
             total += event.size + 1  # the comma between events in the request body
         return batch
 
+    async def oldest_end_at(self) -> float | None:
+        """The earliest end among the oldest pending events (the next batches to go)."""
+        rows = list(await self._reader.execute_fetchall(_OLDEST_END))
+        return rows[0][0] if rows else None
+
     async def oldest_received_at(self) -> float | None:
         rows = list(await self._reader.execute_fetchall(_OLDEST_RECEIVED))
         return rows[0][0] if rows else None
@@ -379,6 +384,7 @@ _TO_DEAD_LETTERS = (
     "FROM events WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
 )
 _OLDEST_RECEIVED = "SELECT received_at FROM events ORDER BY id LIMIT 1"
+_OLDEST_END = "SELECT min(end_at) FROM (SELECT end_at FROM events ORDER BY id LIMIT 1000)"
 _COUNT = "SELECT count(*), coalesce(sum(size), 0) FROM events"
 
 

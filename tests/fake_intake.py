@@ -356,16 +356,24 @@ class FakeIntake:
 
     async def wait_for_events(self, n: int, timeout_s: float) -> None:
         """Return once `accepted_events` holds at least `n` events; TimeoutError after timeout_s."""
+        await self._wait_until(lambda: len(self.accepted_events), n, "accepted events", timeout_s)
+
+    async def wait_for_requests(self, n: int, timeout_s: float) -> None:
+        """Return once `received` holds at least `n` requests; TimeoutError after timeout_s."""
+        await self._wait_until(lambda: len(self.received), n, "requests", timeout_s)
+
+    async def _wait_until(
+        self, count: Callable[[], int], n: int, what: str, timeout_s: float
+    ) -> None:
         if self._changed is None:
             raise RuntimeError("the fake intake is not started")
         changed = self._changed
         try:
             async with asyncio.timeout(timeout_s), changed:
-                await changed.wait_for(lambda: len(self.accepted_events) >= n)
+                await changed.wait_for(lambda: count() >= n)
         except TimeoutError:
-            got = len(self.accepted_events)
             raise TimeoutError(
-                f"the fake intake accepted {got} of {n} events within {timeout_s} s"
+                f"the fake intake had {count()} of {n} {what} within {timeout_s} s"
             ) from None
 
     async def _record(self, received: Received) -> None:

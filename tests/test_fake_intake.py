@@ -480,7 +480,7 @@ async def test_wait_for_events_resolves_when_enough_are_accepted(
 async def test_wait_for_events_times_out(intake: FakeIntake) -> None:
     """wait_for_events raises TimeoutError when too few events arrive within timeout_s."""
     started = time.monotonic()
-    with pytest.raises(TimeoutError, match="0 of 1 events"):
+    with pytest.raises(TimeoutError, match="0 of 1 accepted events"):
         await intake.wait_for_events(1, timeout_s=0.1)
     assert 0.1 <= time.monotonic() - started < 1
 

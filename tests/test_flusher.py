@@ -614,19 +614,26 @@ async def test_events_inside_the_window_are_sent(rig: Rig) -> None:
 async def test_warns_when_pending_events_near_the_window(
     rig: Rig, offset_h: float, warns: bool
 ) -> None:
-    """A warning is logged when the oldest pending event ended more than expiry_warning_s ago."""
-    originals = jobs(2)
-    await rig.put(originals)
+    """run() warns, even while the upstream fails, when pending events ended long ago."""
+    await rig.put(jobs(2))
+    rig.intake.default = Status(503)
     flusher = rig.flusher(
-        settings=FlusherSettings(expiry_warning_s=HOUR), clock=ahead(offset_h * HOUR)
+        settings=FlusherSettings(expiry_warning_s=HOUR, flush_interval_s=0),
+        clock=ahead(offset_h * HOUR),
     )
 
     with capture_logs() as logs:
-        result = await flusher.flush_once()
+        task = asyncio.create_task(flusher.run())
+        try:
+            # The check comes before the first send of the loop.
+            await rig.intake.wait_for_requests(1, timeout_s=5)
+        finally:
+            flusher.stop()
+            await asyncio.wait_for(task, timeout=5)
 
-    assert FlushResult(delivered=2, requests=1) == result
     near = [e for e in logs if e["log_level"] == "warning" and "18-hour" in e["event"]]
     assert warns == bool(near), logs
+    assert 2 == rig.outbox.counts.events
 
 
 # --- order across retries ----------------------------------------------------------------

@@ -94,7 +94,8 @@ class Flusher:
         self._stop = asyncio.Event()
         self._attempt = 0
         self._resume_at = 0.0
-        self._reminder = _Reminder()
+        # The daemon says at start that delivery waits for a key; remind a minute later.
+        self._reminder = _Reminder({"no_api_key": clock()})
         self.state: State = "delivering" if upstream.has_api_key else "no_api_key"
         self.stats = FlushStats()
 

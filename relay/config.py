@@ -1,4 +1,4 @@
-"""Settings: a TOML file, overridden by CI_RELAY_* variables, overridden by nothing else.
+"""Settings: defaults, a TOML file, and the environment, in one validated model.
 
 Precedence, strongest first: ``CI_RELAY_*`` environment variables (``__`` nests),
 Datadog's own ``DD_API_KEY`` / ``DD_SITE``, the TOML file given with ``--config``,

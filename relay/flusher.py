@@ -98,9 +98,11 @@ class Flusher:
         self._reminder = _Reminder({"no_api_key": clock()})
         self.state: State = "delivering" if upstream.has_api_key else "no_api_key"
         self.stats = FlushStats()
+        self._oldest_received_at: float | None = None
 
     async def flush_once(self) -> FlushResult:
         """Send the oldest batch (expired events dead-lettered first) and act on the answer."""
+        self._oldest_received_at = None
         batch = await self._outbox.next_batch(
             self._settings.batch_max_events, self._settings.batch_max_bytes
         )
@@ -116,6 +118,7 @@ class Flusher:
         while not self._stop.is_set():
             if self._clock() - last_recount >= _RECOUNT_S:
                 await self._outbox.refresh_counts()
+                self._oldest_received_at = None  # another process may have written
                 await self._warn_if_old()
                 last_recount = self._clock()
             wait = await self._seconds_until_due()
@@ -151,10 +154,13 @@ class Flusher:
             or counts.bytes >= self._settings.batch_max_bytes
         ):
             return 0.0
-        oldest = await self._outbox.oldest_received_at()
-        if oldest is None:
-            return _RECOUNT_S
-        return max(0.0, oldest + self._settings.flush_interval_s - now)
+        if self._oldest_received_at is None:
+            # Cached until the next flush: every commit wakes this loop, and the oldest
+            # pending event only changes when a flush removes events.
+            self._oldest_received_at = await self._outbox.oldest_received_at()
+            if self._oldest_received_at is None:
+                return _RECOUNT_S
+        return max(0.0, self._oldest_received_at + self._settings.flush_interval_s - now)
 
     async def _sleep(self, seconds: float) -> None:
         """Wait ``seconds``, or less if stopped, or if new events arrive while not paused."""

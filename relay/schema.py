@@ -32,6 +32,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+# The intake's path, which the relay serves too.
+PIPELINE_PATH = "/api/v2/ci/pipeline"
 MAX_EVENTS_PER_REQUEST = 1000
 # The intake refuses events whose end is older than this.
 UPSTREAM_WINDOW = timedelta(hours=18)

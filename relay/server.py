@@ -13,11 +13,9 @@ from aiohttp import web
 
 from relay.errors import error_response
 from relay.outbox import Outbox, OutboxClosed, OutboxFull, OutboxUnavailable
-from relay.schema import InvalidRequest, parse_request
+from relay.schema import PIPELINE_PATH, InvalidRequest, parse_request
 
 logger = structlog.get_logger(__name__)
-
-PIPELINE_PATH = "/api/v2/ci/pipeline"
 
 OUTBOX = web.AppKey("outbox", Outbox)
 MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)

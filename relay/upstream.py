@@ -18,10 +18,9 @@ import structlog
 
 from relay import __version__
 from relay.config import UpstreamSettings
+from relay.schema import PIPELINE_PATH
 
 logger = structlog.get_logger(__name__)
-
-PIPELINE_PATH = "/api/v2/ci/pipeline"
 
 
 @dataclass(frozen=True)

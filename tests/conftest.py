@@ -12,7 +12,8 @@ from aiohttp import web
 
 from relay.config import OutboxSettings
 from relay.outbox import Outbox
-from relay.server import PIPELINE_PATH, create_app, runner
+from relay.schema import PIPELINE_PATH
+from relay.server import create_app, runner
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from relay.server import PIPELINE_PATH
+from relay.schema import PIPELINE_PATH
 
 START_TIMEOUT_S = 20.0
 

@@ -186,13 +186,16 @@ class Flusher:
     async def _drop_expired(self, batch: Sequence[StoredEvent], tally: _Tally) -> list[StoredEvent]:
         now = self._clock()
         window = UPSTREAM_WINDOW.total_seconds()
-        expired = [e for e in batch if e.end_at is not None and now - e.end_at > window]
+        expired: list[StoredEvent] = []
+        live: list[StoredEvent] = []
+        for e in batch:
+            (expired if e.end_at is not None and now - e.end_at > window else live).append(e)
         if expired:
             detail = "ended more than 18 hours ago; the Datadog intake refuses such events"
             await self._outbox.dead_letter(expired, "expired", None, detail, now)
             tally.dead_lettered += len(expired)
             logger.warning("events expired", count=len(expired), reason="expired")
-        return [e for e in batch if e.end_at is None or now - e.end_at <= window]
+        return live
 
     async def _warn_if_old(self) -> None:
         """Warn (once a minute) while pending events near the upstream's 18-hour window.

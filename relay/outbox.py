@@ -14,7 +14,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -86,7 +86,7 @@ _Op = _Append | _Apply
 class OutboxCounts:
     events: int = 0
     bytes: int = 0
-    accepted_total: int = field(default=0)
+    accepted_total: int = 0
 
 
 async def connect(path: Path, synchronous: str = "FULL") -> aiosqlite.Connection:
@@ -218,7 +218,7 @@ class Outbox:
         """The oldest events, at most ``max_events`` and ``max_bytes`` (at least one event)."""
         rows = await self._reader.execute_fetchall(_OLDEST_FIRST, (max_events,))
         batch: list[StoredEvent] = []
-        total = 0
+        total = len(_EMPTY_BODY)
         for row in rows:
             event = StoredEvent(*row)
             if batch and total + event.size > max_bytes:
@@ -383,6 +383,8 @@ _TO_DEAD_LETTERS = (
     "SELECT id, received_at, ?, ?, ?, attempts + ?, coalesce(first_failure_at, ?), ?, end_at, body "
     "FROM events WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
 )
+# The upstream body around the events: what the byte cap must leave room for.
+_EMPTY_BODY = b'{"data":[]}'
 _OLDEST_RECEIVED = "SELECT received_at FROM events ORDER BY id LIMIT 1"
 _OLDEST_END = "SELECT min(end_at) FROM (SELECT end_at FROM events ORDER BY id LIMIT 1000)"
 _COUNT = "SELECT count(*), coalesce(sum(size), 0) FROM events"

@@ -143,6 +143,8 @@ class _Resource(_Model):
 class _Finished(_Model):
     """A finished run: its end is checked against its start and the upstream's window."""
 
+    # start is declared here as well as in _Resource so that, in the subclasses' field
+    # order, it is validated before end and _end_in_range can read it.
     start: Time
     end: Time
 

@@ -15,6 +15,7 @@ import orjson
 from relay import __version__, log
 from relay.config import ConfigError, Settings, load_settings
 from relay.migrate import SchemaTooNew
+from relay.outbox import DEAD_LETTER_REASONS
 
 T = TypeVar("T")
 
@@ -57,13 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     dead_commands = dead.add_subparsers(required=True, metavar="ACTION")
     listing = dead_commands.add_parser("list", parents=[common], help="show dead letters")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    listing.add_argument("--reason", choices=["rejected", "too_large", "expired"])
+    listing.add_argument("--reason", choices=DEAD_LETTER_REASONS)
     listing.set_defaults(run=_list)
     replay = dead_commands.add_parser(
         "replay", parents=[common], help="move dead letters back to the outbox"
     )
     which = replay.add_mutually_exclusive_group()
-    which.add_argument("--reason", choices=["rejected", "too_large", "expired"])
+    which.add_argument("--reason", choices=DEAD_LETTER_REASONS)
     which.add_argument("--id", type=int, action="append", dest="ids", metavar="N")
     replay.set_defaults(run=_replay)
     purge = dead_commands.add_parser("purge", parents=[common], help="delete dead letters")

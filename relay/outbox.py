@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import aiosqlite
 import structlog
@@ -27,7 +27,8 @@ from relay.schema import AcceptedEvent
 
 logger = structlog.get_logger(__name__)
 
-DeadLetterReason = Literal["rejected", "too_large", "expired"]
+DeadLetterReason = Literal["rejected", "too_large", "expired", "upstream_error"]
+DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = get_args(DeadLetterReason)
 
 # A group commit stops growing at this many rows, so one transaction stays short.
 _MAX_GROUP_ROWS = 20_000

@@ -193,3 +193,35 @@ def test_migrations_are_found_through_importlib_resources_and_ordered_by_number(
         (9, "nine", "-- 0009_nine.sql\n"),
         (10, "ten", "-- 0010_ten.sql\n"),
     ] == found
+
+
+async def test_dead_letters_keep_their_rows_and_never_reuse_an_id(tmp_path: Path) -> None:
+    """Migration 3 keeps existing dead letters, takes 'upstream_error', and never reuses an id."""
+    path = tmp_path / "outbox.db"
+    row = "(1, 0, 'rejected', 400, 'bad', 1, 0, 0, NULL, x'7b7d')"
+    columns = (
+        "event_id, received_at, reason, upstream_status, detail, attempts, "
+        "first_failure_at, last_failure_at, end_at, body"
+    )
+    async with aiosqlite.connect(path) as connection:
+        for migration in available()[:2]:
+            await connection.executescript(migration.sql)
+        await connection.execute(f"INSERT INTO dead_letters ({columns}) VALUES {row}")
+        await connection.execute(
+            "CREATE TABLE schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        await connection.execute(
+            "INSERT INTO schema_migrations VALUES (1, 'outbox', ''), (2, 'dead_letters', '')"
+        )
+        await connection.commit()
+        await migrate(connection, str(path))
+        kept = await connection.execute_fetchall("SELECT id, reason, detail FROM dead_letters")
+        await connection.execute("DELETE FROM dead_letters")
+        await connection.execute(
+            f"INSERT INTO dead_letters ({columns}) VALUES "
+            "(2, 0, 'upstream_error', 503, 'down', 10, 0, 0, NULL, x'7b7d')"
+        )
+        ids = await connection.execute_fetchall("SELECT id, reason FROM dead_letters")
+    assert [(1, "rejected", "bad")] == [tuple(r) for r in kept]
+    assert [(2, "upstream_error")] == [tuple(r) for r in ids]

@@ -10,8 +10,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -44,6 +53,9 @@ Site = Literal[
 
 DEFAULT_PORT = 8780
 
+# The path the relay appends to upstream.url (the intake's, as in relay.schema).
+_INTAKE_PATH = "/api/v2/ci/pipeline"
+
 
 def default_outbox_path() -> Path:
     """The outbox under the user's state directory (XDG), as a laptop install expects."""
@@ -72,10 +84,63 @@ class OutboxSettings(_Group):
     retry_after_s: int = Field(default=5, ge=1)
 
 
+def _check_url(url: str) -> str:
+    """An http(s) base URL with a host and no path, query or fragment; scheme and host lowered.
+
+    The relay appends the intake path itself, so a path here would be posted to twice.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"must start with http:// or https://, e.g. {SITES['datadoghq.com']}")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    base = urlunsplit((scheme, parts.netloc, "", "", ""))
+    path = parts.path.rstrip("/")
+    if path.endswith(_INTAKE_PATH):
+        fixed = redact_url(urlunsplit((scheme, parts.netloc, path[: -len(_INTAKE_PATH)], "", "")))
+        raise ValueError(
+            f"ends in the intake path {_INTAKE_PATH}, which the relay adds itself: "
+            f'set url = "{fixed}"'
+        )
+    if path:
+        raise ValueError(f"takes no path (got {parts.path}); the relay posts to URL{_INTAKE_PATH}")
+    if parts.query or parts.fragment:
+        raise ValueError("takes no query or fragment")
+    return base
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _clean_api_key(value: Any) -> Any:
+    """Strip surrounding white space (a secret file's newline); refuse what a header cannot hold.
+
+    The message never repeats the key.
+    """
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        return value
+    key = value.strip()
+    if any(not (" " <= char <= "~") for char in key):
+        raise ValueError(
+            "holds a control or non-ASCII character; an API key is printable ASCII "
+            "(check the secret it was read from)"
+        )
+    return key or None
+
+
 class UpstreamSettings(_Group):
     site: Site = "datadoghq.com"
-    url: str | None = None
-    api_key: SecretStr | None = None
+    url: Annotated[str, AfterValidator(_check_url)] | None = None
+    api_key: Annotated[SecretStr | None, BeforeValidator(_clean_api_key)] = None
     compress: bool = False
     connect_timeout_s: float = Field(default=10.0, gt=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
@@ -83,7 +148,12 @@ class UpstreamSettings(_Group):
     @property
     def base_url(self) -> str:
         """Where batches go: ``url`` when set, else the site's API host."""
-        return (self.url or SITES[self.site]).rstrip("/")
+        return self.url or SITES[self.site]
+
+    @property
+    def intake_url(self) -> str:
+        """The URL batches are posted to, with any password in it redacted: safe to log."""
+        return redact_url(self.base_url + _INTAKE_PATH)
 
 
 class FlusherSettings(_Group):
@@ -142,6 +212,8 @@ class Settings(BaseSettings):
         """The effective settings for the startup log: the API key is never shown."""
         data = self.model_dump(mode="json")
         data["upstream"]["api_key"] = "set (redacted)" if self.upstream.api_key else None
+        if self.upstream.url is not None:
+            data["upstream"]["url"] = redact_url(self.upstream.url)
         return data
 
 
@@ -185,4 +257,5 @@ def _describe(exc: ValidationError) -> str:
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
     more = len(exc.errors()) - 1
     suffix = f" (and {more} more problem{'s' * (more > 1)})" if more else ""
-    return f"invalid config: {key}: {first['msg']}{suffix}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"invalid config: {key}: {message}{suffix}"

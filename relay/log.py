@@ -28,7 +28,10 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
         ]
         factory: structlog.typing.WrappedLogger = structlog.BytesLoggerFactory(sys.stdout.buffer)
     else:
-        processors = [*shared, structlog.dev.ConsoleRenderer()]
+        # Plain tracebacks: rich's or better-exceptions' would render local variables, and a
+        # local may hold the API key or an event.
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        processors = [*shared, renderer]
         factory = structlog.PrintLoggerFactory(sys.stdout)
     structlog.configure(
         processors=processors,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -349,3 +350,93 @@ async def test_api_key_never_in_daemon_logs(
     assert "set (redacted)" == listening["config"]["upstream"]["api_key"]
     leaks = [entry for entry in relay.logs if SECRET in orjson.dumps(entry).decode()]
     assert [] == leaks
+
+
+# --- upstream.url and upstream.api_key are checked at start -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://api.datadoghq.com", "https://api.datadoghq.com"),
+        ("https://api.datadoghq.com/", "https://api.datadoghq.com"),
+        ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+        ("HTTP://127.0.0.1:9000/", "http://127.0.0.1:9000"),
+    ],
+)
+def test_upstream_url_accepted_forms(url: str, expected: str, tmp_path: Path) -> None:
+    """An http or https URL with a host and no path beyond / is the base URL, scheme lowered."""
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[upstream]\nurl = "{url}"\n', encoding="utf-8")
+    assert expected == load_settings(config).upstream.base_url
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("ftp://intake.example", "http:// or https://"),
+        ("intake.example:9000", "http:// or https://"),
+        ("https://", "host"),
+        ("https://proxy.example/datadog", "no path"),
+        ("https://api.datadoghq.com/api/v2/ci/pipeline", 'url = "https://api.datadoghq.com"'),
+        ("https://api.datadoghq.com?x=1", "query"),
+    ],
+    ids=["ftp", "no-scheme", "no-host", "path", "intake-path", "query"],
+)
+def test_upstream_url_refused_with_the_fix(url: str, said: str, tmp_path: Path) -> None:
+    """A URL the relay cannot post to is refused at start, naming upstream.url and the fix."""
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[upstream]\nurl = "{url}"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config)
+    message = str(raised.value)
+    assert (True, True, 1) == ("upstream.url" in message, said in message, len(message.splitlines()))
+
+
+def test_redacted_settings_hide_url_credentials(tmp_path: Path) -> None:
+    """user:password in upstream.url never appears in the start-up view of the settings."""
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[upstream]\nurl = "https://relay:{SECRET}@proxy.example:8443"\n')
+    settings = load_settings(config)
+    redacted = settings.redacted()
+    assert "https://relay:***@proxy.example:8443" == redacted["upstream"]["url"]
+    assert SECRET not in orjson.dumps(redacted).decode()
+
+
+@pytest.mark.parametrize("raw", [f"{SECRET}\n", f"  {SECRET}\r\n", f"\t{SECRET} "])
+def test_api_key_surrounding_whitespace_is_stripped(
+    raw: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key read from a file with a trailing newline (a Kubernetes secret) is used stripped."""
+    monkeypatch.setenv("DD_API_KEY", raw)
+    api_key = load_settings(None).upstream.api_key
+    assert api_key is not None
+    assert SECRET == api_key.get_secret_value()
+
+
+@pytest.mark.parametrize("raw", ["abc\ndef", "abc\x00def", "clé", "abc\x7fdef"])
+def test_api_key_with_control_or_non_ascii_characters_is_refused(raw: str, tmp_path: Path) -> None:
+    """A key that cannot be sent as a header is a config error naming upstream.api_key, unechoed."""
+    config = tmp_path / "relay.toml"
+    # JSON's \\u escapes are TOML's too, so every character reaches the settings as written.
+    config.write_text(f"[upstream]\napi_key = {json.dumps(raw)}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config)
+    message = str(raised.value)
+    assert (True, False) == ("upstream.api_key" in message, raw in message)
+
+
+def test_cli_refuses_a_key_with_a_newline_inside(tmp_path: Path) -> None:
+    """`ci-relay serve` with a key holding a newline exits 2 with one line, key unechoed."""
+    config = write_config(tmp_path / "relay.toml", outbox={"path": str(tmp_path / "o.db")})
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_subprocess_env() | {"DD_API_KEY": f"{SECRET}\n{SECRET}"},
+        check=False,
+    )
+    lines = result.stderr.splitlines()
+    assert (2, 1) == (result.returncode, len(lines)), result.stderr
+    assert (True, False) == ("upstream.api_key" in lines[0], SECRET in result.stderr)

@@ -14,6 +14,8 @@ from relay.config import OutboxSettings
 from relay.outbox import Outbox
 from relay.schema import PIPELINE_PATH
 from relay.server import create_app, runner
+from tests.delivery_rig import Rig
+from tests.fake_intake import FakeIntake
 
 
 @dataclass
@@ -53,3 +55,21 @@ async def relay(outbox_settings: OutboxSettings) -> AsyncIterator[RunningRelay]:
         yield RunningRelay(base_url, outbox, client)
     await web_runner.cleanup()
     await outbox.close()
+
+
+@pytest.fixture
+async def intake() -> AsyncIterator[FakeIntake]:
+    """A started intake answering 202 by default, closed after the test."""
+    async with FakeIntake() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def rig(intake: FakeIntake, tmp_path: Path) -> AsyncIterator[Rig]:
+    """The rig; its upstream clients and (current) outbox are closed before the intake."""
+    db = tmp_path / "outbox.db"
+    setup = Rig(intake, await Outbox.open(OutboxSettings(path=db)), db)
+    yield setup
+    for client in setup.upstreams:
+        await client.close()
+    await setup.outbox.close()

@@ -390,7 +390,11 @@ def test_upstream_url_refused_with_the_fix(url: str, said: str, tmp_path: Path) 
     with pytest.raises(ConfigError) as raised:
         load_settings(config)
     message = str(raised.value)
-    assert (True, True, 1) == ("upstream.url" in message, said in message, len(message.splitlines()))
+    assert (True, True, 1) == (
+        "upstream.url" in message,
+        said in message,
+        len(message.splitlines()),
+    )
 
 
 def test_redacted_settings_hide_url_credentials(tmp_path: Path) -> None:

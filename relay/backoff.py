@@ -13,20 +13,28 @@ from relay.config import RetrySettings
 class Backoff:
     """How long to wait before retry number ``attempt`` (0 for the first retry).
 
-    ``delay = max(retry_after, U(0, 1) * min(max_s, initial_s * multiplier ** attempt))``
+    ``delay = max(min(retry_after, max_wait_s),
+                  U(0, 1) * min(max_s, initial_s * multiplier ** attempt))``
 
     Full jitter spreads the retries of many relays over the whole window, so an intake
     that comes back is not hit by all of them at once; ``retry_after`` (from Retry-After or
-    X-RateLimit-Reset) is a floor because the upstream said when it will take more.
+    X-RateLimit-Reset) is a floor because the upstream said when it will take more, capped
+    by ``max_wait_s`` so that no answer can hold a backlog past its 18-hour window.
     """
 
     initial_s: float = 1.0
     multiplier: float = 2.0
     max_s: float = 60.0
+    max_wait_s: float = 600.0
 
     @classmethod
     def from_settings(cls, settings: RetrySettings) -> Backoff:
-        return cls(settings.initial_backoff_s, settings.multiplier, settings.max_backoff_s)
+        return cls(
+            settings.initial_backoff_s,
+            settings.multiplier,
+            settings.max_backoff_s,
+            settings.max_wait_s,
+        )
 
     def ceiling(self, attempt: int) -> float:
         """The largest delay for ``attempt``, before jitter."""
@@ -45,5 +53,5 @@ class Backoff:
     ) -> float:
         delay = uniform() * self.ceiling(attempt)
         if retry_after is not None:
-            delay = max(delay, retry_after)
+            delay = max(delay, min(retry_after, self.max_wait_s))
         return delay

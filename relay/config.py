@@ -169,6 +169,17 @@ class RetrySettings(_Group):
     initial_backoff_s: float = Field(default=1.0, gt=0)
     multiplier: float = Field(default=2.0, ge=1)
     max_backoff_s: float = Field(default=60.0, gt=0)
+    # The longest wait an upstream's Retry-After or X-RateLimit-Reset is obeyed for.
+    max_wait_s: float = Field(default=600.0, gt=0)
+    # Consecutive 5xx/408/timeouts of the same batch before it is sent in halves.
+    isolate_after: int = Field(default=5, ge=1)
+    # A single event failing alone this many times, over at least single_failure_window_s,
+    # while other requests are delivered, goes to the dead letters as upstream_error.
+    max_attempts_single: int = Field(default=10, ge=1)
+    single_failure_window_s: float = Field(default=600.0, ge=0)
+    # Single-event 400s in a row with the same detail, nothing delivered in between, that
+    # mean the upstream refuses the requests themselves: delivery pauses instead.
+    systemic_reject_after: int = Field(default=20, ge=2)
 
 
 class LogSettings(_Group):

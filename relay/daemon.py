@@ -68,6 +68,7 @@ async def serve(settings: Settings) -> int:
             host=host,
             port=port,
             pending_events=outbox.counts.events,
+            upstream=upstream.display_url,
             config=settings.redacted(),
         )
         if not upstream.has_api_key:

@@ -13,7 +13,7 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -34,10 +34,22 @@ DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = get_args(DeadLetterReason)
 _MAX_GROUP_ROWS = 20_000
 
 _INSERT = "INSERT INTO events (received_at, end_at, size, body) VALUES (?, ?, ?, ?)"
-_OLDEST_FIRST = (
-    "SELECT id, received_at, end_at, size, attempts, first_failure_at, body "
-    "FROM events ORDER BY id LIMIT ?"
+_COLUMNS = "e.id, e.received_at, e.end_at, e.size, e.attempts, e.first_failure_at, e.body"
+# The oldest events (ids in ?2, a JSON array, left out) while their bodies fit in ?3 bytes,
+# and always the first. Sizes are summed before any body is read, so a batch never loads
+# more than its byte cap, however large the events behind it.
+_OLDEST_FIRST = f"""
+WITH head AS (
+    SELECT id, size FROM events WHERE id NOT IN (SELECT value FROM json_each(?2))
+    ORDER BY id LIMIT ?1
+), running AS (
+    SELECT id, sum(size + 1) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS upto FROM head
 )
+SELECT {_COLUMNS} FROM running JOIN events AS e ON e.id = running.id
+WHERE running.upto <= ?3 OR running.id = (SELECT min(id) FROM head)
+ORDER BY e.id
+"""
+_BY_ID = f"SELECT {_COLUMNS} FROM events AS e WHERE e.id IN (SELECT value FROM json_each(?))"
 
 
 class OutboxFull(Exception):
@@ -45,7 +57,38 @@ class OutboxFull(Exception):
 
 
 class OutboxUnavailable(Exception):
-    """The commit failed (disk full, I/O error); nothing of the request was stored."""
+    """The file could not be read or written; nothing of the operation took effect.
+
+    ``transient``: the cause can pass by itself (disk full, a lock held elsewhere, an I/O
+    error), so callers wait and try again. Otherwise the file or its schema is damaged
+    (a table gone, corrupt pages), which no retry mends.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# SQLite's primary result codes for failures that can pass without anyone mending the file.
+_TRANSIENT_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
+
+def unavailable(exc: sqlite3.Error) -> OutboxUnavailable:
+    """The OutboxUnavailable for a SQLite error, transient or not by its result code."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    transient = code is not None and code & 0xFF in _TRANSIENT_CODES
+    return OutboxUnavailable(str(exc), transient=transient)
 
 
 class OutboxClosed(Exception):
@@ -215,27 +258,36 @@ class Outbox:
 
         await self.apply(work)
 
-    async def next_batch(self, max_events: int, max_bytes: int) -> list[StoredEvent]:
-        """The oldest events, at most ``max_events`` and ``max_bytes`` (at least one event)."""
-        rows = await self._reader.execute_fetchall(_OLDEST_FIRST, (max_events,))
-        batch: list[StoredEvent] = []
-        total = len(_EMPTY_BODY)
-        for row in rows:
-            event = StoredEvent(*row)
-            if batch and total + event.size > max_bytes:
-                break
-            batch.append(event)
-            total += event.size + 1  # the comma between events in the request body
-        return batch
+    async def next_batch(
+        self, max_events: int, max_bytes: int, exclude: Collection[int] = ()
+    ) -> list[StoredEvent]:
+        """The oldest events but ``exclude``, at most ``max_events`` and ``max_bytes`` of
+        request body (at least one event)."""
+        # Each event costs its size plus a comma; the last needs no comma.
+        room = max_bytes - len(_EMPTY_BODY) + 1
+        rows = await self._read(_OLDEST_FIRST, (max_events, _json_ids(exclude), room))
+        return [StoredEvent(*row) for row in rows]
+
+    async def events(self, ids: Collection[int]) -> list[StoredEvent]:
+        """The pending events of ``ids`` (those still in the outbox), by id."""
+        rows = await self._read(_BY_ID + " ORDER BY e.id", (_json_ids(ids),))
+        return [StoredEvent(*row) for row in rows]
 
     async def oldest_end_at(self) -> float | None:
         """The earliest end among the oldest pending events (the next batches to go)."""
-        rows = list(await self._reader.execute_fetchall(_OLDEST_END))
+        rows = await self._read(_OLDEST_END)
         return rows[0][0] if rows else None
 
-    async def oldest_received_at(self) -> float | None:
-        rows = list(await self._reader.execute_fetchall(_OLDEST_RECEIVED))
+    async def oldest_received_at(self, exclude: Collection[int] = ()) -> float | None:
+        rows = await self._read(_OLDEST_RECEIVED, (_json_ids(exclude),))
         return rows[0][0] if rows else None
+
+    async def _read(self, query: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of a read on the reader connection; a failing file is OutboxUnavailable."""
+        try:
+            return list(await self._reader.execute_fetchall(query, params))
+        except sqlite3.Error as exc:
+            raise unavailable(exc) from exc
 
     async def refresh_counts(self) -> None:
         """Recount from the file if another process (a dead-letter replay) committed to it.
@@ -338,7 +390,7 @@ class Outbox:
             await self._rollback()
             logger.error("outbox commit failed", error=str(exc), requests=len(accepted))
             for op in accepted:
-                _settle(op.done, OutboxUnavailable(str(exc)))
+                _settle(op.done, unavailable(exc))
             return
         self.counts.events, self.counts.bytes = events, size
         self.counts.accepted_total += len(rows)
@@ -352,7 +404,7 @@ class Outbox:
             await self._writer.commit()
         except sqlite3.Error as exc:
             await self._rollback()
-            _settle(op.done, OutboxUnavailable(str(exc)))
+            _settle(op.done, unavailable(exc))
             return
         # Never below zero, even if rows another process added were removed before a recount.
         self.counts.events = max(0, self.counts.events - removed_events)
@@ -386,13 +438,21 @@ _TO_DEAD_LETTERS = (
 )
 # The upstream body around the events: what the byte cap must leave room for.
 _EMPTY_BODY = b'{"data":[]}'
-_OLDEST_RECEIVED = "SELECT received_at FROM events ORDER BY id LIMIT 1"
+_OLDEST_RECEIVED = (
+    "SELECT received_at FROM events WHERE id NOT IN (SELECT value FROM json_each(?)) "
+    "ORDER BY id LIMIT 1"
+)
 _OLDEST_END = "SELECT min(end_at) FROM (SELECT end_at FROM events ORDER BY id LIMIT 1000)"
 _COUNT = "SELECT count(*), coalesce(sum(size), 0) FROM events"
 
 
 def _ids(events: Sequence[StoredEvent]) -> str:
-    return "[" + ",".join(str(e.id) for e in events) + "]"
+    return _json_ids(e.id for e in events)
+
+
+def _json_ids(ids: Iterable[int]) -> str:
+    """Ids as one JSON array, the form every query here takes them in."""
+    return "[" + ",".join(str(i) for i in ids) + "]"
 
 
 def _settle(future: asyncio.Future[None], outcome: BaseException | None) -> None:

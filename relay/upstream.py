@@ -30,10 +30,18 @@ class Delivered:
 
 @dataclass(frozen=True)
 class Retry:
-    """Send the same events again later; ``after_s`` is the upstream's minimum wait, if any."""
+    """Send the same events again later; ``after_s`` is the upstream's minimum wait, if any.
+
+    ``batch_suspect``: the failure (a 5xx, a 408, a timeout) may come from the events
+    themselves, so a batch that keeps failing is worth isolating. A 429 or a refused
+    connection says nothing about the events.
+    """
 
     reason: str
     after_s: float | None = None
+    status: int | None = None
+    detail: str = ""
+    batch_suspect: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,14 +67,36 @@ class Unauthorized:
     detail: str
 
 
-Outcome = Delivered | Retry | Split | Reject | Unauthorized
+@dataclass(frozen=True)
+class Misconfigured:
+    """3xx, 404, 405, 415: the URL (or a proxy on the way) is wrong; nothing will pass.
+
+    A redirect is never followed: a 2xx from another URL must not acknowledge events, and
+    the API key goes to the configured origin only.
+    """
+
+    status: int
+    detail: str
+    location: str | None = None
+
+
+Outcome = Delivered | Retry | Split | Reject | Unauthorized | Misconfigured
+
+# An upstream answer is read up to this many bytes, decompressed: enough for any error
+# detail, and a huge or zip-bomb answer costs no memory.
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 def outcome_of(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
     """What an upstream answer means for the batch that was sent."""
     if 200 <= status < 300:
         return Delivered()
+    if 300 <= status < 400:
+        location = headers.get("Location")
+        return Misconfigured(status, f"redirect to {location or '(no Location)'}", location)
     detail = _detail(status, body)
+    if status in (404, 405, 415):
+        return Misconfigured(status, detail)
     if status in (400, 422):
         return Reject(status, detail)
     if status == 413:
@@ -74,9 +104,11 @@ def outcome_of(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
     if status in (401, 403):
         return Unauthorized(status, detail)
     if status == 429:
-        return Retry(f"429 rate limited: {detail}", _rate_limit_wait(headers))
-    # 408, 5xx, and anything unexpected (a proxy's 404, say): keep the events and try again.
-    return Retry(f"{status}: {detail}", _retry_after(headers.get("Retry-After")))
+        return Retry(f"429 rate limited: {detail}", _rate_limit_wait(headers), status, detail)
+    # 408, 5xx, and anything unexpected: keep the events and try again.
+    after_s = _retry_after(headers.get("Retry-After"))
+    suspect = status == 408 or status >= 500
+    return Retry(f"{status}: {detail}", after_s, status, detail, batch_suspect=suspect)
 
 
 def _detail(status: int, body: bytes) -> str:
@@ -125,12 +157,29 @@ def _seconds(value: str | None) -> float | None:
         seconds = float(value.strip())
     except ValueError:
         return None
-    return seconds if 0 <= seconds < 86_400 else None
+    # Any wait is taken at its word here; the flusher caps it at retry.max_wait_s.
+    return seconds if 0 <= seconds < float("inf") else None
 
 
 def request_body(events: Sequence[bytes]) -> bytes:
     """``{"data":[...]}`` from the events' stored original JSON, without re-encoding them."""
     return b'{"data":[' + b",".join(events) + b"]}"
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The first ``limit`` bytes of the (decompressed) answer; the rest is never read.
+
+    An answer not read to its end closes its connection instead of returning it to the pool.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 class Upstream:
@@ -148,8 +197,9 @@ class Upstream:
         )
 
     @property
-    def url(self) -> str:
-        return self._url
+    def display_url(self) -> str:
+        """The URL batches go to, any password redacted: the one to put in a log line."""
+        return self._settings.intake_url
 
     async def send(self, events: Sequence[bytes]) -> Outcome:
         """POST the events as one request; transport failures become ``Retry``."""
@@ -159,11 +209,13 @@ class Upstream:
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
         try:
-            async with self._client().post(self._url, data=body, headers=headers) as response:
-                answer = await response.read()
+            async with self._client().post(
+                self._url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                answer = await _read_at_most(response, MAX_ANSWER_BYTES)
                 return outcome_of(response.status, response.headers, answer)
         except TimeoutError:
-            return Retry("timeout")
+            return Retry("timeout", batch_suspect=True)
         except aiohttp.ClientError as exc:
             return Retry(f"connection error: {type(exc).__name__}: {exc}")
 

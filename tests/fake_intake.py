@@ -14,6 +14,8 @@ The answers are small frozen dataclasses, one per way the intake can respond:
 - `Slow`: waits, then answers as another answer.
 - `Drop`: closes the connection without any HTTP answer.
 - `Flaky`: answers a failure with a fixed-seed probability, else as `Accept`.
+- `FailWhen`: answers a failure when any event of the batch matches a predicate, else 202.
+- `Raw`: any status with the exact body and headers given (a redirect, a gzip error body).
 """
 
 from __future__ import annotations
@@ -150,7 +152,29 @@ class Flaky:
         return self._rng.random() < self.rate
 
 
-Answer: TypeAlias = Accept | Status | RejectEvents | TooLarge | RateLimited | Slow | Drop | Flaky
+@dataclass(frozen=True)
+class FailWhen:
+    """Answer as `failure` when any event in the batch matches `predicate`, else as `Accept`.
+
+    A poison event: the intake fails every request that carries it and takes the others.
+    """
+
+    predicate: Callable[[dict[str, Any]], bool]
+    failure: Answer = field(default_factory=lambda: Status(500))
+
+
+@dataclass(frozen=True)
+class Raw:
+    """Answer `status` with exactly `body` and `headers` (e.g. `Content-Encoding: gzip`)."""
+
+    status: int
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+Answer: TypeAlias = (
+    Accept | Status | RejectEvents | TooLarge | RateLimited | Slow | Drop | Flaky | FailWhen | Raw
+)
 """Every way the intake can respond to a request."""
 
 
@@ -235,6 +259,12 @@ def _resolve(answer: Answer, body: bytes, events: list[dict[str, Any]] | None) -
             return _DROP
         case Flaky(failure=failure):
             return _resolve(failure, body, events) if answer.fails() else _accept(events)
+        case FailWhen(predicate=predicate, failure=failure):
+            if events is not None and any(predicate(e) for e in events):
+                return _resolve(failure, body, events)
+            return _accept(events)
+        case Raw(status=status, body=raw_body, headers=headers):
+            return _Reply(status=status, body=raw_body, headers=headers)
 
 
 def _response(reply: _Reply) -> web.Response:
@@ -288,6 +318,8 @@ class FakeIntake:
         """The answer for a request when the queue is empty."""
         self.received: list[Received] = []
         """Every request, including failed and dropped ones, in the order they were answered."""
+        self.arrived = 0
+        """How many pipeline requests have arrived, answered or not yet (a `Slow` one)."""
         self._queue: deque[Answer] = deque()
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
@@ -358,6 +390,10 @@ class FakeIntake:
         """Return once `accepted_events` holds at least `n` events; TimeoutError after timeout_s."""
         await self._wait_until(lambda: len(self.accepted_events), n, "accepted events", timeout_s)
 
+    async def wait_for_arrivals(self, n: int, timeout_s: float) -> None:
+        """Return once `n` pipeline requests have arrived, before any is answered."""
+        await self._wait_until(lambda: self.arrived, n, "arrived requests", timeout_s)
+
     async def wait_for_requests(self, n: int, timeout_s: float) -> None:
         """Return once `received` holds at least `n` requests; TimeoutError after timeout_s."""
         await self._wait_until(lambda: len(self.received), n, "requests", timeout_s)
@@ -405,6 +441,10 @@ class FakeIntake:
             # The client went away while sending the body: nothing can be answered.
             await self._record(Received(request.path, headers, b"", b"", [], 0))
             return web.Response(status=499, reason="Client Closed Request")
+        self.arrived += 1
+        assert self._changed is not None
+        async with self._changed:
+            self._changed.notify_all()
         decoded = _decode(raw, request.headers.get("Content-Encoding", ""))
         events = None if decoded is None else _parse_events(decoded)
         body = raw if decoded is None else decoded

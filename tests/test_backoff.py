@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from relay.backoff import Backoff
 
-POLICY = Backoff(initial_s=1.0, multiplier=2.0, max_s=60.0)
+POLICY = Backoff(initial_s=1.0, multiplier=2.0, max_s=60.0, max_wait_s=600.0)
 
 
 @pytest.mark.parametrize(
@@ -29,24 +29,27 @@ POLICY = Backoff(initial_s=1.0, multiplier=2.0, max_s=60.0)
         (0, 0.1, 30.0, 30.0),
         # but does not shorten a longer jittered wait
         (6, 1.0, 5.0, 60.0),
+        # and is obeyed only up to max_wait_s, however long the upstream asks for
+        (0, 0.1, 600.0, 600.0),
+        (0, 0.1, 86_000.0, 600.0),
     ],
 )
 def test_delay_table(
     attempt: int, uniform: float, retry_after: float | None, expected: float
 ) -> None:
-    """delay = max(retry_after, U * min(max_s, initial_s * multiplier**attempt))."""
+    """delay = max(min(retry_after, max_wait_s), U * min(max_s, initial_s * multiplier**n))."""
     assert expected == POLICY.delay_for(attempt, retry_after, uniform=lambda: uniform)
 
 
 @given(
     attempt=st.integers(min_value=0, max_value=100_000),
     u=st.floats(min_value=0.0, max_value=1.0),
-    retry_after=st.none() | st.floats(min_value=0.0, max_value=3600.0),
+    retry_after=st.none() | st.floats(min_value=0.0, max_value=1e9),
 )
 def test_delay_is_bounded(attempt: int, u: float, retry_after: float | None) -> None:
-    """Whatever the attempt, a delay is between the floor and max(cap, floor)."""
+    """Whatever the attempt, a delay is between the capped floor and max(cap, capped floor)."""
     delay = POLICY.delay_for(attempt, retry_after, uniform=lambda: u)
-    floor = retry_after or 0.0
+    floor = min(retry_after or 0.0, POLICY.max_wait_s)
     assert floor <= delay <= max(POLICY.max_s, floor)
 
 

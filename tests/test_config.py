@@ -444,3 +444,31 @@ def test_cli_refuses_a_key_with_a_newline_inside(tmp_path: Path) -> None:
     lines = result.stderr.splitlines()
     assert (2, 1) == (result.returncode, len(lines)), result.stderr
     assert (True, False) == ("upstream.api_key" in lines[0], SECRET in result.stderr)
+
+
+async def test_start_up_line_names_the_effective_url_without_credentials(
+    tmp_path: Path, refusing_intake: tuple[_RefusingIntake, str]
+) -> None:
+    """The listening line gives the URL batches go to, its password redacted everywhere."""
+    intake, intake_url = refusing_intake
+    url = intake_url.replace("http://", f"http://relay:{SECRET}@")
+    config = write_config(
+        tmp_path / "relay.toml",
+        server={"port": 0},
+        outbox={"path": str(tmp_path / "outbox.db")},
+        upstream={"url": url},
+        flusher={"flush_interval_s": 0.0},
+    )
+    relay = RelayProcess(config, env={"DD_API_KEY": "k"})
+    async with relay:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(relay.url, data=orjson.dumps(request(event("job"))), headers=JSON) as resp,
+        ):
+            assert 202 == resp.status
+        await asyncio.wait_for(intake.called.wait(), 20)
+        assert 0 == await relay.terminate()
+    listening: dict[str, Any] = relay.events("listening")[0]
+    expected = intake_url.replace("http://", "http://relay:***@") + "/api/v2/ci/pipeline"
+    assert expected == listening["upstream"]
+    assert [] == [entry for entry in relay.logs if SECRET in orjson.dumps(entry).decode()]

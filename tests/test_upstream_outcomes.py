@@ -9,6 +9,7 @@ import pytest
 
 from relay.upstream import (
     Delivered,
+    Misconfigured,
     Outcome,
     Reject,
     Retry,
@@ -18,6 +19,8 @@ from relay.upstream import (
     request_body,
 )
 
+RATE_LIMITED = "429 rate limited: HTTP 429"
+MOVED = Misconfigured(301, "redirect to https://x.example/p", "https://x.example/p")
 DD_ERROR = b'{"errors":[{"status":"400","title":"Bad Request","detail":"invalid event 7"}]}'
 
 
@@ -32,16 +35,33 @@ DD_ERROR = b'{"errors":[{"status":"400","title":"Bad Request","detail":"invalid 
         (413, {}, b"", Split("HTTP 413")),
         (401, {}, b'{"errors":["Unauthorized"]}', Unauthorized(401, "Unauthorized")),
         (403, {}, b'{"errors":[{"detail":"Forbidden"}]}', Unauthorized(403, "Forbidden")),
-        (408, {}, b"", Retry("408: HTTP 408")),
-        (500, {}, b"boom", Retry("500: boom")),
-        (503, {"Retry-After": "12"}, b"", Retry("503: HTTP 503", 12.0)),
+        # 408 and 5xx may come from the events themselves: a batch that keeps failing is
+        # isolated
+        (408, {}, b"", Retry("408: HTTP 408", None, 408, "HTTP 408", batch_suspect=True)),
+        (500, {}, b"boom", Retry("500: boom", None, 500, "boom", batch_suspect=True)),
+        (503, {"Retry-After": "12"}, b"", Retry("503: HTTP 503", 12.0, 503, "HTTP 503", True)),
+        # any wait is reported as asked; the flusher caps it
+        (
+            503,
+            {"Retry-After": "90000"},
+            b"",
+            Retry("503: HTTP 503", 90000.0, 503, "HTTP 503", True),
+        ),
         # 429: Retry-After first, else X-RateLimit-Reset (seconds until the limit resets)
-        (429, {"Retry-After": "3"}, b"", Retry("429 rate limited: HTTP 429", 3.0)),
-        (429, {"X-RateLimit-Reset": "40"}, b"", Retry("429 rate limited: HTTP 429", 40.0)),
-        (429, {}, b"", Retry("429 rate limited: HTTP 429", None)),
-        (429, {"Retry-After": "soon"}, b"", Retry("429 rate limited: HTTP 429", None)),
-        # an unexpected status (a proxy's 404) keeps the events
-        (404, {}, b"not found", Retry("404: not found")),
+        (429, {"Retry-After": "3"}, b"", Retry(RATE_LIMITED, 3.0, 429, "HTTP 429")),
+        (429, {"X-RateLimit-Reset": "40"}, b"", Retry(RATE_LIMITED, 40.0, 429, "HTTP 429")),
+        (429, {}, b"", Retry(RATE_LIMITED, None, 429, "HTTP 429")),
+        (429, {"Retry-After": "soon"}, b"", Retry(RATE_LIMITED, None, 429, "HTTP 429")),
+        # an unexpected status keeps the events
+        (502, {}, b"bad gateway", Retry("502: bad gateway", None, 502, "bad gateway", True)),
+        (418, {}, b"teapot", Retry("418: teapot", None, 418, "teapot")),
+        # a wrong URL, method or content type: misconfiguration, retried with backoff
+        (404, {}, b"not found", Misconfigured(404, "not found")),
+        (405, {}, b"", Misconfigured(405, "HTTP 405")),
+        (415, {}, b"", Misconfigured(415, "HTTP 415")),
+        # a redirect is never followed
+        (301, {"Location": "https://x.example/p"}, b"", MOVED),
+        (307, {}, b"", Misconfigured(307, "redirect to (no Location)", None)),
     ],
 )
 def test_outcome_table(

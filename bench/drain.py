@@ -6,6 +6,11 @@ baseline, in the same run, is this script posting the same 1000-event bodies to 
 intake straight from memory, with no outbox: the most any relay could achieve here.
 
     python bench/drain.py [--events 200000] [--json results.json]
+
+Two memory scenarios follow, each the relay's peak RSS against the same 150 MB target:
+a backlog of 300 events of 3 MiB each (a batch must never load more than its byte cap),
+and an intake whose first answers are 503s carrying a 1 MiB gzip body that inflates to
+1 GiB (an answer must be read at most 64 KiB, decompressed).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,8 +47,26 @@ TARGET_RSS_MB = 150
 TIMEOUT_S = 600.0
 
 
+LARGE_EVENTS = 300
+LARGE_EVENT_BYTES = 3 * 1024 * 1024
+BOMB_ANSWERS = 3
+BOMB_INFLATED_BYTES = 1024 * 1024 * 1024
+BOMB_EVENTS = 10_000
+
+
+def gzip_bomb(inflated: int) -> bytes:
+    """A gzip body of about inflated/1000 bytes that inflates to ``inflated`` zero bytes."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1024 * 1024)
+    parts = [packer.compress(block) for _ in range(inflated // len(block))]
+    return b"".join([*parts, packer.flush()])
+
+
 class CountingIntake:
-    """A lean intake: answers 202 and counts requests and events (no per-event parsing)."""
+    """A lean intake: answers 202 and counts requests and events (no per-event parsing).
+
+    ``fail_first(n, body)`` makes the next n requests 503s with ``body`` as gzip.
+    """
 
     def __init__(self) -> None:
         self.requests = 0
@@ -52,9 +76,18 @@ class CountingIntake:
         self.done = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self._failures = 0
+        self._failure_body = b""
+
+    def fail_first(self, n: int, gzip_body: bytes) -> None:
+        self._failures, self._failure_body = n, gzip_body
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if self._failures:
+            self._failures -= 1
+            headers = {"Content-Encoding": "gzip", "Content-Type": "text/plain"}
+            return web.Response(status=503, body=self._failure_body, headers=headers)
         count = len(orjson.loads(body)["data"])
         self.requests += 1
         self.events += count
@@ -97,6 +130,15 @@ class Result:
         return self.events / self.seconds if self.seconds else 0.0
 
 
+def large_events(n: int, size: int) -> list[bytes]:
+    """N valid job events (stored form) of a little over ``size`` bytes each."""
+    blob = "x" * size
+    return [
+        parse_request(orjson.dumps(request(event("job", parameters={"blob": blob}))))[0].body
+        for _ in range(n)
+    ]
+
+
 def sample_events(n: int) -> list[bytes]:
     """N valid events (stored form), cycling through every level."""
     kinds = ["pipeline", "stage", "job", "step", "running_job", "running_pipeline"]
@@ -107,9 +149,10 @@ def sample_events(n: int) -> list[bytes]:
 async def fill_outbox(path: Path, bodies: list[bytes]) -> None:
     outbox = await Outbox.open(OutboxSettings(path=path, synchronous="NORMAL"))
     try:
-        for start in range(0, len(bodies), 1000):
+        step = 1000 if max(map(len, bodies), default=0) < 1_000_000 else 1
+        for start in range(0, len(bodies), step):
             chunk = [
-                orjson.dumps(request(*[orjson.loads(b) for b in bodies[start : start + 1000]]))
+                orjson.dumps(request(*[orjson.loads(b) for b in bodies[start : start + step]]))
             ]
             await outbox.append(parse_request(chunk[0]))
     finally:
@@ -150,7 +193,9 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-async def relay_drain(intake: CountingIntake, workdir: Path, bodies: list[bytes]) -> Result:
+async def relay_drain(
+    intake: CountingIntake, workdir: Path, bodies: list[bytes], name: str = "ci-relay: drain outbox"
+) -> Result:
     outbox_path = workdir / "outbox.db"
     await fill_outbox(outbox_path, bodies)
     intake.reset(len(bodies))
@@ -159,6 +204,7 @@ async def relay_drain(intake: CountingIntake, workdir: Path, bodies: list[bytes]
         server={"port": 0},
         outbox={"path": str(outbox_path)},
         upstream={"url": intake.url, "api_key": "bench-key"},
+        retry={"initial_backoff_s": 0.05, "max_backoff_s": 0.2},
         log={"level": "info", "format": "json"},
     )
     relay = RelayProcess(config)
@@ -170,14 +216,45 @@ async def relay_drain(intake: CountingIntake, workdir: Path, bodies: list[bytes]
         rss = peak_rss_mb(relay.pid)
     finally:
         await relay.terminate()
-    return Result(
-        "ci-relay: drain outbox", intake.events, seconds, intake.requests, intake.max_batch, rss
-    )
+    return Result(name, intake.events, seconds, intake.requests, intake.max_batch, rss)
 
 
 def remaining(outbox_path: Path) -> int:
     with sqlite3.connect(outbox_path) as conn:
         return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+def memory_table(results: list[Result]) -> str:
+    lines = [
+        "| memory scenario | events | requests answered 202 | seconds | peak RSS MB | < 150 MB |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        rss = r.peak_rss_mb
+        ok = "PASS" if rss is not None and rss < TARGET_RSS_MB else "FAIL"
+        shown = f"{rss:.0f}" if rss is not None else "-"
+        lines.append(f"| {r.name} | {r.events} | {r.requests} | {r.seconds:.2f} | {shown} | {ok} |")
+    return "\n".join(lines)
+
+
+async def memory_scenarios(intake: CountingIntake) -> list[Result]:
+    """Large events, then gzip-bomb error answers, each drained by a fresh relay."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ci-relay-drain-large-") as tmp:
+        bodies = large_events(LARGE_EVENTS, LARGE_EVENT_BYTES)
+        name = f"{LARGE_EVENTS} events of {LARGE_EVENT_BYTES >> 20} MiB"
+        results.append(await relay_drain(intake, Path(tmp), bodies, name))
+        del bodies
+    with tempfile.TemporaryDirectory(prefix="ci-relay-drain-bomb-") as tmp:
+        bomb = gzip_bomb(BOMB_INFLATED_BYTES)
+        name = (
+            f"first {BOMB_ANSWERS} answers: 503 with {len(bomb) >> 10} KiB gzip "
+            f"inflating to {BOMB_INFLATED_BYTES >> 30} GiB"
+        )
+        bodies = sample_events(BOMB_EVENTS)
+        intake.fail_first(BOMB_ANSWERS, bomb)
+        results.append(await relay_drain(intake, Path(tmp), bodies, name))
+    return results
 
 
 def table(results: list[Result], n: int) -> str:
@@ -212,6 +289,9 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--skip-memory", action="store_true", help="skip the large-event and gzip-bomb runs"
+    )
     args = parser.parse_args()
 
     bodies = sample_events(args.events)
@@ -222,6 +302,7 @@ async def main() -> int:
             base = await baseline(intake, bodies)
             relay = await relay_drain(intake, Path(tmp), bodies)
             left = remaining(Path(tmp) / "outbox.db")
+        memory = [] if args.skip_memory else await memory_scenarios(intake)
     finally:
         await intake.close()
     print(
@@ -230,8 +311,12 @@ async def main() -> int:
     )
     print(table([base, relay], args.events))
     print(f"- events left in the outbox after the drain: {left}")
+    if memory:
+        print()
+        print(memory_table(memory))
     if args.json:
-        args.json.write_text(orjson.dumps([asdict(base), asdict(relay)]).decode())
+        runs = [base, relay, *memory]
+        args.json.write_text(orjson.dumps([asdict(r) for r in runs]).decode())
     return 0
 
 

@@ -35,20 +35,17 @@ _MAX_GROUP_ROWS = 20_000
 
 _INSERT = "INSERT INTO events (received_at, end_at, size, body) VALUES (?, ?, ?, ?)"
 _COLUMNS = "e.id, e.received_at, e.end_at, e.size, e.attempts, e.first_failure_at, e.body"
-# The oldest events (ids in ?2, a JSON array, left out) while their bodies fit in ?3 bytes,
-# and always the first. Sizes are summed before any body is read, so a batch never loads
-# more than its byte cap, however large the events behind it.
-_OLDEST_FIRST = f"""
-WITH head AS (
-    SELECT id, size FROM events WHERE id NOT IN (SELECT value FROM json_each(?2))
-    ORDER BY id LIMIT ?1
-), running AS (
-    SELECT id, sum(size + 1) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS upto FROM head
+# A batch is read in two steps, so that it never loads more than its byte cap however large
+# the events behind it: the sizes of the oldest events (ids in a JSON array left out; a
+# size precedes the body in the row, so no body is read), then the bodies of those that fit.
+_OLDEST_SIZES = (
+    "SELECT id, size FROM events WHERE id NOT IN (SELECT value FROM json_each(?)) "
+    "ORDER BY id LIMIT ?"
 )
-SELECT {_COLUMNS} FROM running JOIN events AS e ON e.id = running.id
-WHERE running.upto <= ?3 OR running.id = (SELECT min(id) FROM head)
-ORDER BY e.id
-"""
+_RANGE = (
+    f"SELECT {_COLUMNS} FROM events AS e WHERE e.id BETWEEN ? AND ? "
+    "AND e.id NOT IN (SELECT value FROM json_each(?)) ORDER BY e.id"
+)
 _BY_ID = f"SELECT {_COLUMNS} FROM events AS e WHERE e.id IN (SELECT value FROM json_each(?))"
 
 
@@ -261,11 +258,20 @@ class Outbox:
     async def next_batch(
         self, max_events: int, max_bytes: int, exclude: Collection[int] = ()
     ) -> list[StoredEvent]:
-        """The oldest events but ``exclude``, at most ``max_events`` and ``max_bytes`` of
-        request body (at least one event)."""
-        # Each event costs its size plus a comma; the last needs no comma.
-        room = max_bytes - len(_EMPTY_BODY) + 1
-        rows = await self._read(_OLDEST_FIRST, (max_events, _json_ids(exclude), room))
+        """The oldest events but ``exclude``: at most ``max_events``, and a request body of at
+        most ``max_bytes`` (or one event alone, however large)."""
+        excluded = _json_ids(exclude)
+        sizes = await self._read(_OLDEST_SIZES, (excluded, max_events))
+        if not sizes:
+            return []
+        first, last = sizes[0][0], sizes[0][0]
+        total = len(_EMPTY_BODY) + sizes[0][1]
+        for event_id, size in sizes[1:]:
+            total += size + 1  # the comma before it
+            if total > max_bytes:
+                break
+            last = event_id
+        rows = await self._read(_RANGE, (first, last, excluded))
         return [StoredEvent(*row) for row in rows]
 
     async def events(self, ids: Collection[int]) -> list[StoredEvent]:

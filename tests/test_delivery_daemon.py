@@ -413,3 +413,32 @@ async def test_refused_key_is_probed_and_delivery_resumes_without_restart(
         assert status == refused["status"]
         assert [event_id(e) for e in items] == delivered_ids(intake)
         assert [] == pending_bodies(outbox_path(tmp_path))
+
+
+async def test_a_store_locked_past_the_busy_timeout_never_stops_the_daemon(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """Another process locking the outbox through an ack makes the flusher wait, not exit."""
+    async with FakeIntake() as intake:
+        tap = Tap()
+        # Each batch is answered 202 after 1 s: the time to lock the file before its ack.
+        intake.default = Slow(1.0, RejectEvents(tap))
+        async with RelayProcess(relay_config(tmp_path, intake)) as relay:
+            assert 202 == await post(session, relay, *jobs("locked", 2))
+            await asyncio.wait_for(tap.seen.wait(), 10)
+            with closing(sqlite3.connect(outbox_path(tmp_path), isolation_level=None)) as other:
+                # Held past the relay's 10 s busy timeout: the ack cannot be written.
+                other.execute("BEGIN IMMEDIATE")
+                await wait_until(
+                    lambda: bool(relay.events("the outbox cannot be written; delivery backs off")),
+                    30,
+                    "the store failure to be logged",
+                )
+                other.execute("ROLLBACK")
+            await wait_until(lambda: not pending_bodies(outbox_path(tmp_path)), 20, "the ack")
+            assert 0 == await relay.terminate()
+
+    [line] = relay.events("the outbox cannot be written; delivery backs off")
+    assert ("error", "database is locked") == (line["level"], line["error"])
+    assert [] == relay.events("task died")
+    assert {"locked-0", "locked-1"} == set(delivered_ids(intake))

@@ -438,3 +438,25 @@ async def test_no_answer_contains_a_traceback(relay: RunningRelay) -> None:
         assert b'File "' not in answer.body
         answer.details()
     assert [] == await stored(relay)
+
+
+# --- one JSON parser ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        pytest.param(b'"\\ud800"', "surrogate", id="lone-surrogate"),
+        pytest.param(b"1e400", "infinity", id="overflow"),
+        pytest.param(b"[" * 1000 + b"]" * 1000, "nested", id="deep"),
+    ],
+)
+async def test_bad_json_beside_a_long_number_gets_400(
+    relay: RunningRelay, raw: bytes, says: str
+) -> None:
+    """A lone surrogate, 1e400 or deep nesting gets 400 even beside a 20-digit number."""
+    original = event("job", metrics=["m:12345678901234567890"], x="RAW")
+    body = orjson.dumps(request(original)).replace(b'"RAW"', raw)
+    [detail] = assert_error(await post(relay, body), 400, "Bad Request")
+    assert says in detail
+    assert [] == await stored(relay)

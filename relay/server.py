@@ -94,6 +94,10 @@ def _decode(raw: bytes, encoding: str, limit: int) -> bytes:
         raise _Refused(413, f"decompressed body exceeds the {limit} byte limit")
     if not inflater.eof:
         raise _Refused(400, f"body is truncated {encoding} data")
+    # A second gzip member or garbage after the first: refused, never silently dropped.
+    extra = len(inflater.unused_data) + len(inflater.unconsumed_tail)
+    if extra:
+        raise _Refused(400, f"body has {extra} bytes after the end of the {encoding} data")
     return body
 
 

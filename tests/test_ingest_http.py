@@ -254,6 +254,32 @@ async def test_corrupt_gzip_gets_400(relay: RunningRelay) -> None:
     assert [] == await stored(relay)
 
 
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [
+        pytest.param("gzip", gzip.compress, id="gzip"),
+        pytest.param("deflate", zlib.compress, id="deflate"),
+    ],
+)
+@pytest.mark.parametrize(
+    "trailer",
+    [
+        pytest.param(b"garbage", id="garbage"),
+        pytest.param(b"\x00", id="one-zero-byte"),
+        pytest.param(gzip.compress(b'{"data": []}'), id="second-gzip-member"),
+    ],
+)
+async def test_bytes_after_the_compressed_data_get_400(
+    relay: RunningRelay, encoding: str, compress: Callable[[bytes], bytes], trailer: bytes
+) -> None:
+    """Bytes after the end of the gzip or deflate data (garbage, a second member) get 400."""
+    body = compress(orjson.dumps(request(event("job")))) + trailer
+    answer = await post(relay, body, JSON | {"Content-Encoding": encoding})
+    [detail] = assert_error(answer, 400, "Bad Request")
+    assert f"{len(trailer)} bytes after the end of the {encoding} data" in detail
+    assert [] == await stored(relay)
+
+
 # --- all or nothing ---------------------------------------------------------------------------
 
 

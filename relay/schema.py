@@ -7,7 +7,6 @@ unknown fields, reformat times or add defaults.
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -32,6 +31,14 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from relay.body import NotJSON, event_bytes, loads
+from relay.problems import (
+    MAX_LISTED_PROBLEMS,
+    Budget,
+    Metrics,
+    StringMap,
+    Strings,
+    Tags,
+)
 
 # The intake's path, which the relay serves too.
 PIPELINE_PATH = "/api/v2/ci/pipeline"
@@ -44,7 +51,6 @@ _UPSTREAM_WINDOW_S = UPSTREAM_WINDOW.total_seconds()
 _MAX_DURATION_S = MAX_DURATION.total_seconds()
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
-_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 
 
 def _rfc3339(value: Any) -> str:
@@ -56,29 +62,8 @@ def _rfc3339(value: Any) -> str:
     return value
 
 
-def _key_value(value: Any) -> str:
-    if not isinstance(value, str):
-        raise PydanticCustomError("tag", "must be a string")
-    key, sep, rest = value.partition(":")
-    if not (key and sep and rest):
-        raise PydanticCustomError("tag", "must follow the key:value pattern")
-    return value
-
-
-def _metric(value: Any) -> str:
-    text = _key_value(value)
-    number = text.partition(":")[2]
-    if not _NUMBER.fullmatch(number) or not math.isfinite(float(number)):
-        raise PydanticCustomError(
-            "metric", "must follow the key:value pattern with a numeric value"
-        )
-    return text
-
-
 # Finer digits than microseconds (nanoseconds) are accepted and truncated.
 Time = Annotated[AwareDatetime, BeforeValidator(_rfc3339), Field(strict=False)]
-KeyValue = Annotated[str, BeforeValidator(_key_value)]
-Metric = Annotated[str, BeforeValidator(_metric)]
 QueueTime = Annotated[int, Field(ge=0, le=INT64_MAX)]
 
 
@@ -111,7 +96,7 @@ class Git(_Model):
 
 class Node(_Model):
     hostname: str | None = None
-    labels: list[str] | None = None
+    labels: Strings | None = None
     name: str | None = None
     workspace: str | None = None
 
@@ -136,9 +121,9 @@ class _Resource(_Model):
     error: CIError | None = None
     git: Git | None = None
     node: Node | None = None
-    metrics: list[Metric] | None = None
-    tags: list[KeyValue] | None = None
-    parameters: dict[str, str] | None = None
+    metrics: Metrics | None = None
+    tags: Tags | None = None
+    parameters: StringMap | None = None
 
 
 class _Finished(_Model):
@@ -201,14 +186,14 @@ class _ChildFields(_Resource):
 class Stage(_ChildFields, _Finished):
     level: Literal["stage"]
     status: Literal["success", "error", "canceled", "skipped"]
-    dependencies: list[str] | None = None
+    dependencies: Strings | None = None
     queue_time: QueueTime | None = None
 
 
 class _JobFields(_ChildFields):
     level: Literal["job"]
     url: str
-    dependencies: list[str] | None = None
+    dependencies: Strings | None = None
     queue_time: QueueTime | None = None
     stage_id: str | None = None
     stage_name: str | None = None
@@ -291,11 +276,12 @@ class InvalidRequest(Exception):
         self.problems = problems
 
 
-MAX_LISTED_PROBLEMS = 100
-
-
 def parse_request(body: bytes) -> list[AcceptedEvent]:
-    """The events of a request body, all valid, or InvalidRequest listing every problem."""
+    """The events of a request body, all valid, or InvalidRequest listing its problems.
+
+    At most MAX_LISTED_PROBLEMS are listed; past them validation stops looking, so a bad
+    request costs no more than a good one of the same size.
+    """
     try:
         document = loads(body)
     except NotJSON as exc:
@@ -303,17 +289,21 @@ def parse_request(body: bytes) -> list[AcceptedEvent]:
     raw_events, paths = _split_data(document)
     problems: list[str] = []
     ends: list[float | None] = []
-    context = {"now": time.time()}  # one clock reading for the whole request
+    budget = Budget()
+    context = {"now": time.time(), "budget": budget}  # one clock reading for the request
     for raw, path in zip(raw_events, paths, strict=True):
+        budget.left = MAX_LISTED_PROBLEMS - len(problems)
         try:
             event = _EVENT.validate_python(raw, context=context)
         except ValidationError as exc:
             problems.extend(_describe(path, exc))
-            continue
-        resource = event.attributes.resource
-        ends.append(resource.end.timestamp() if isinstance(resource, _Finished) else None)
+        else:
+            resource = event.attributes.resource
+            ends.append(resource.end.timestamp() if isinstance(resource, _Finished) else None)
+        if budget.more or len(problems) > MAX_LISTED_PROBLEMS:
+            break
     if problems:
-        raise InvalidRequest(_cap(problems))
+        raise InvalidRequest(_cap(problems, budget.more))
     originals = event_bytes(body)
     if len(originals) != len(ends):  # two parsers disagreeing is a bug, never a 202
         raise RuntimeError(f"{len(originals)} event spans for {len(ends)} parsed events")
@@ -373,8 +363,11 @@ def _got(error: Any) -> str:
     return ""
 
 
-def _cap(problems: list[str]) -> list[str]:
-    if len(problems) <= MAX_LISTED_PROBLEMS:
+def _cap(problems: list[str], more: bool) -> list[str]:
+    if len(problems) <= MAX_LISTED_PROBLEMS and not more:
         return problems
-    more = len(problems) - MAX_LISTED_PROBLEMS
-    return [*problems[:MAX_LISTED_PROBLEMS], f"... and {more} more problems"]
+    return [
+        *problems[:MAX_LISTED_PROBLEMS],
+        f"... and more problems, not listed: the relay lists the first {MAX_LISTED_PROBLEMS} "
+        "and stops looking",
+    ]

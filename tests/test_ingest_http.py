@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -53,8 +54,9 @@ async def send(
     method: str = "POST",
     skip_auto_headers: tuple[str, ...] = (),
 ) -> Answer:
-    """Send ``body`` (bytes as is, anything else as JSON) and read the whole answer."""
-    data = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
+    """Send ``body`` (bytes or a file as is, anything else as JSON) and read the answer."""
+    as_is = isinstance(body, bytes | io.BytesIO) or body is None
+    data = body if as_is else orjson.dumps(body)
     async with client.request(
         method,
         url,
@@ -485,4 +487,33 @@ async def test_bad_json_beside_a_long_number_gets_400(
     body = orjson.dumps(request(original)).replace(b'"RAW"', raw)
     [detail] = assert_error(await post(relay, body), 400, "Bad Request")
     assert says in detail
+    assert [] == await stored(relay)
+
+
+# --- bounded work per request ------------------------------------------------------------------
+
+# A /health answer slower than this during a bad request means the relay stalled on it.
+HEALTH_BOUND_S = 2.0
+
+
+async def test_health_answers_while_a_bad_5_mib_body_is_refused(relay: RunningRelay) -> None:
+    """While a 5 MiB body of 2.6 million bad tags is refused, every /health answers in 2 s."""
+    shell = orjson.dumps(request(event("job", tags=["TAGS"])))
+    body = shell.replace(b'"TAGS"', b",".join([b"1"] * 2_600_000))
+    assert len(body) <= 5 * 1024 * 1024
+    # A file-like body: aiohttp warns that raw bytes this large would block the client.
+    refusal = asyncio.create_task(post(relay, io.BytesIO(body)))
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    answered_meanwhile = 0
+    while not refusal.done():
+        start = loop.time()
+        health = await send(relay.client, relay.base_url + "/health", None, {}, method="GET")
+        latencies.append(loop.time() - start)
+        assert 200 == health.status
+        answered_meanwhile += not refusal.done()
+    details = assert_error(await refusal, 400, "Bad Request")
+    assert 101 == len(details)
+    assert answered_meanwhile >= 1
+    assert [] == [latency for latency in latencies if latency > HEALTH_BOUND_S]
     assert [] == await stored(relay)

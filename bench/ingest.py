@@ -7,7 +7,13 @@ body, answers 202 ``{}``) and ``ci-relay serve`` with a fresh outbox in a tempor
 directory. wrk runs on one CPU and the server on the other. The relay's answers are
 checked (every one must be 202) and so is its outbox, counted with sqlite3 after SIGTERM.
 
+The "big" scenario POSTs 5 MiB bodies one at a time to a fresh relay each: two valid ones
+(one event with 870,000 key:value tags; 1000 padded events) and two all-invalid ones of the
+first's shape (2.6 million numbers as tags; 1.3 million tags without a colon), timing each
+answer, polling /health meanwhile and reading the relay's RSS from /proc.
+
     python bench/ingest.py [--duration 10] [--synchronous FULL|NORMAL] [--json PATH]
+                           [--scenario single|batch|big ...] [--big-runs 5]
 
 Exit status: 0 all checks and targets pass, 1 a correctness check failed (an answer that
 is not 202, socket errors, an outbox that does not hold what was acknowledged, a server
@@ -29,6 +35,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -566,6 +573,234 @@ def end_helper(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
         proc.wait()
 
 
+# --------------------------------------------------------------------------- 5 MiB bodies
+
+# Targets for one 5 MiB request (the default body limit): refusing an all-invalid body costs
+# at most this many times accepting the valid body of the same shape, grows the relay's
+# peak RSS by less than this, and /health keeps answering meanwhile.
+BIG_MAX_RATIO = 2.0
+BIG_MAX_RSS_GROWTH_MB = 100.0
+BIG_MAX_HEALTH_MS = 1000.0
+BIG_LIMIT_BYTES = 5 * 1024 * 1024
+BIG_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class BigBody:
+    """One 5 MiB request body and the status the relay must answer it with."""
+
+    key: str
+    title: str
+    body: bytes
+    status: int
+
+
+@dataclass
+class BigRun:
+    """Several POSTs of one big body to a fresh relay, with /health polled meanwhile."""
+
+    key: str
+    title: str
+    size: int
+    expected_status: int
+    statuses: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    health_max_ms: list[float] = field(default_factory=list)
+    health_answers: list[int] = field(default_factory=list)
+    rss_start_kb: int = 0
+    hwm_kb: int = 0
+    rss_end_kb: int = 0
+    first_answer: str = ""
+    failure: str = ""
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds) if self.seconds else float("inf")
+
+    @property
+    def peak_growth_mb(self) -> float:
+        return (self.hwm_kb - self.rss_start_kb) / 1024
+
+    @property
+    def retained_mb(self) -> float:
+        return (self.rss_end_kb - self.rss_start_kb) / 1024
+
+    def problems(self) -> list[str]:
+        found = [self.failure] if self.failure else []
+        wrong = [s for s in self.statuses if s != self.expected_status]
+        if wrong:
+            found.append(
+                f"{self.title}: answered {wrong[0]}, not {self.expected_status} "
+                f"({self.first_answer[:300]!r})"
+            )
+        return found
+
+
+def _fill(kind: str, placeholder_list: bytes, item: bytes) -> bytes:
+    """A one-event request whose tags list holds ``item`` repeated up to the body limit."""
+    shell = orjson.dumps(request(event(kind, tags=["PLACEHOLDER"])))
+    count = (BIG_LIMIT_BYTES - len(shell) - 16) // (len(item) + 1)
+    return shell.replace(placeholder_list, b",".join([item] * count))
+
+
+def build_big_bodies() -> list[BigBody]:
+    """5 MiB bodies: valid ones, and all-invalid ones of the same shape."""
+    placeholder = b'"PLACEHOLDER"'
+    per_event = BIG_LIMIT_BYTES // 1000
+    shell = len(orjson.dumps(event("job", padding="")))
+    events = [
+        event(LEVELS[i % len(LEVELS)], padding="p" * (per_event - shell - 16)) for i in range(1000)
+    ]
+    return [
+        BigBody("tags", "valid: 1 event, tags key:value", _fill("job", placeholder, b'"k:v"'), 202),
+        BigBody("events", "valid: 1000 events, padded", orjson.dumps(request(*events)), 202),
+        BigBody("ints", "invalid: 1 event, tags all numbers", _fill("job", placeholder, b"1"), 400),
+        BigBody(
+            "words", "invalid: 1 event, tags without colon", _fill("job", placeholder, b'"x"'), 400
+        ),
+    ]
+
+
+def proc_kb(pid: int, key: str) -> int:
+    """A VmRSS or VmHWM figure of ``pid`` from /proc, in kB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    return 0
+
+
+def poll_health(port: int, done: threading.Event, latencies: list[float]) -> None:
+    """GET /health back to back until ``done``, recording each answer's latency (ms)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=BIG_TIMEOUT_S)
+    try:
+        while not done.is_set():
+            start = time.perf_counter()
+            conn.request("GET", "/health")
+            response = conn.getresponse()
+            response.read()
+            if response.status == 200:
+                latencies.append((time.perf_counter() - start) * 1000)
+            done.wait(0.005)
+    finally:
+        conn.close()
+
+
+def post_big(port: int, body: bytes, run: BigRun) -> None:
+    """One POST of a big body with /health polled meanwhile; adds its figures to ``run``."""
+    done = threading.Event()
+    latencies: list[float] = []
+    poller = threading.Thread(target=poll_health, args=(port, done, latencies), daemon=True)
+    conn = http.client.HTTPConnection(HOST, port, timeout=BIG_TIMEOUT_S)
+    try:
+        poller.start()
+        start = time.perf_counter()
+        conn.request("POST", PIPELINE_PATH, body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        text = response.read().decode(errors="replace")
+        run.seconds.append(time.perf_counter() - start)
+    finally:
+        done.set()
+        conn.close()
+        poller.join(BIG_TIMEOUT_S)
+    run.statuses.append(response.status)
+    run.first_answer = run.first_answer or text
+    run.health_max_ms.append(max(latencies, default=float("inf")))
+    run.health_answers.append(len(latencies))
+
+
+def run_big(
+    args: argparse.Namespace,
+    big: BigBody,
+    workdir: Path,
+    cpus: set[int] | None,
+    started: list[Server],
+) -> BigRun:
+    """A fresh relay, a small warm-up request, then ``--big-runs`` POSTs of ``big``."""
+    run = BigRun(big.key, big.title, len(big.body), big.status)
+    rundir = Path(tempfile.mkdtemp(prefix=f"big-{big.key}-", dir=workdir))
+    port = free_port()
+    config = relay_config(rundir / "relay.toml", port, rundir / "outbox.db", args.synchronous)
+    server = Server(f"relay ({big.key})", server_argv("relay", port, config), port, cpus)
+    started.append(server)
+    try:
+        server.start()
+        post_once(port, orjson.dumps(request(event("job"))))
+        run.rss_start_kb = proc_kb(server.pid, "VmRSS")
+        for _ in range(args.big_runs):
+            post_big(port, big.body, run)
+        run.hwm_kb = proc_kb(server.pid, "VmHWM")
+        run.rss_end_kb = proc_kb(server.pid, "VmRSS")
+    except (RuntimeError, OSError, http.client.HTTPException) as exc:
+        run.failure = f"{big.title}: {type(exc).__name__}: {exc}"
+    finally:
+        server.stop()
+        started.remove(server)
+        shutil.rmtree(rundir, ignore_errors=True)
+    return run
+
+
+def big_table(runs: Sequence[BigRun]) -> str:
+    lines = [
+        "| body | bytes | answer | ms min / median / max | vs valid tags | peak RSS growth MB "
+        "| RSS kept MB | /health max ms (answers) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    valid = next((r for r in runs if r.key == "tags"), None)
+    for run in runs:
+        ms = [s * 1000 for s in run.seconds] or [0.0]
+        ratio = run.median_s / valid.median_s if valid and valid.seconds else 0.0
+        statuses = ",".join(sorted({str(s) for s in run.statuses})) or "-"
+        health = max(run.health_max_ms, default=0.0)
+        lines.append(
+            f"| {run.title} | {_num(run.size)} | {statuses} | {min(ms):,.0f} / "
+            f"{statistics.median(ms):,.0f} / {max(ms):,.0f} | {ratio:.2f} "
+            f"| {run.peak_growth_mb:,.0f} | {run.retained_mb:,.0f} "
+            f"| {health:,.0f} ({min(run.health_answers, default=0)}+) |"
+        )
+    return "\n".join(lines)
+
+
+def big_targets(runs: Sequence[BigRun]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    valid = next((r for r in runs if r.key == "tags"), None)
+    for run in runs:
+        if run.expected_status != 400 or not run.seconds:
+            continue
+        # The RSS bound is for the body of 2.6 million invalid tags; 1.3 million one-letter
+        # strings need more as parsed Python strings alone (the table shows how much).
+        rss_bound = run.key == "ints"
+        if valid is not None and valid.seconds:
+            ratio = run.median_s / valid.median_s
+            found.append(
+                {
+                    "target": f"refusing '{run.title}' <= {BIG_MAX_RATIO:g}x accepting "
+                    f"'{valid.title}' (medians)",
+                    "measured": f"{ratio:.2f}x ({run.median_s * 1000:,.0f} / "
+                    f"{valid.median_s * 1000:,.0f} ms)",
+                    "pass": ratio <= BIG_MAX_RATIO,
+                }
+            )
+        if rss_bound:
+            found.append(
+                {
+                    "target": f"'{run.title}': peak RSS growth < {BIG_MAX_RSS_GROWTH_MB:.0f} MB",
+                    "measured": f"{run.peak_growth_mb:,.1f} MB",
+                    "pass": run.peak_growth_mb < BIG_MAX_RSS_GROWTH_MB,
+                }
+            )
+        health = max(run.health_max_ms, default=float("inf"))
+        found.append(
+            {
+                "target": f"'{run.title}': /health answers meanwhile, each in < "
+                f"{BIG_MAX_HEALTH_MS:,.0f} ms",
+                "measured": f"max {health:,.0f} ms, at least {min(run.health_answers)} answers "
+                "per request",
+                "pass": health < BIG_MAX_HEALTH_MS and min(run.health_answers) > 0,
+            }
+        )
+    return found
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -780,8 +1015,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--batch-events", type=int, default=1000, help="events per request in the batch scenario"
     )
     parser.add_argument(
-        "--scenario", choices=["single", "batch"], action="append", help="default: both"
+        "--scenario",
+        choices=["single", "batch", "big"],
+        action="append",
+        help="default: all (big: 5 MiB valid and all-invalid bodies, one at a time)",
     )
+    parser.add_argument("--big-runs", type=int, default=5, help="POSTs of each 5 MiB body")
     parser.add_argument(
         "--wrk-timeout", type=int, default=60, help="wrk's per-request timeout, seconds"
     )
@@ -800,6 +1039,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
     args = parser.parse_args(argv)
+    if args.big_runs < 1:
+        parser.error("--big-runs must be >= 1")
     if args.duration < 1 or args.warmup < 0 or args.connections < 1 or args.threads < 1:
         parser.error("--duration, --connections and --threads must be >= 1, --warmup >= 0")
     if not 1 <= args.batch_events <= 1000:
@@ -833,9 +1074,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpus = cpu_plan(args.no_pin)
     command = shlex.join([sys.executable, *(sys.argv if argv is None else ["ingest.py", *argv])])
     info = machine()
-    chosen = args.scenario or ["single", "batch"]
+    chosen = args.scenario or ["single", "batch", "big"]
     started: list[Server] = []
     runs: list[ServerRun] = []
+    big_runs: list[BigRun] = []
     with tempfile.TemporaryDirectory(prefix="ci-relay-bench-", dir=args.tmpdir) as tmp:
         workdir = Path(tmp)
         info["outbox_filesystem"] = filesystem_of(workdir.resolve())
@@ -845,12 +1087,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _progress(f"{scenario.title} ({len(scenario.body):,} bytes per request)")
                 for kind in ("noop", "relay"):
                     runs.append(run_server(args, scenario, kind, workdir, cpus, started))
+            if "big" in chosen:
+                for big in build_big_bodies():
+                    _progress(
+                        f"5 MiB body: {big.title} ({len(big.body):,} bytes) x {args.big_runs}"
+                    )
+                    big_runs.append(run_big(args, big, workdir, cpus[1], started))
         finally:
             for server in list(started):
                 server.stop()
 
-    found = targets(runs, args.batch_events)
+    found = targets(runs, args.batch_events) + big_targets(big_runs)
     problems = {f"{run.scenario} / {run.label}": run.problems() for run in runs}
+    problems |= {f"big / {run.title}": run.problems() for run in big_runs}
     broken = any(problems.values())
     missed = not all(item["pass"] for item in found)
 
@@ -875,8 +1124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     example = next((r.measured.command for r in runs if r.measured), None)
     if example:
         print(f"- wrk command (e.g.): `{shlex.join(example)}`")
-    print()
-    print(results_table(runs, scenarios))
+    if runs:
+        print()
+        print(results_table(runs, scenarios))
     print()
     print(
         "req/s counts 202 answers of the measured run; events/s = req/s x events per request; "
@@ -885,10 +1135,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for note in saturation_notes(runs):
         print(f"\nnote: {note}")
+    if big_runs:
+        print()
+        print(big_table(big_runs))
+        print()
+        print(
+            f"Each 5 MiB body is POSTed {args.big_runs} times, one at a time, to a fresh relay "
+            "(after one small request); ms is until the whole answer arrived; /health is polled "
+            "back to back on another connection meanwhile (its worst latency over the runs, and "
+            "the fewest answers in one run); peak RSS growth is VmHWM at the end minus VmRSS "
+            "before the first big body; RSS kept is VmRSS at the end minus that."
+        )
     print()
     print(targets_table(found))
-    print()
-    print(checks_table(runs, scenarios))
+    if runs:
+        print()
+        print(checks_table(runs, scenarios))
     print()
     print(
         "Outbox check: after SIGTERM the relay's outbox must hold every event it answered 202 "
@@ -924,6 +1186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "cpus": {"wrk": sorted(wrk_cpus or []), "servers": sorted(server_cpus or [])},
             "runs": [run.as_dict() for run in runs],
+            "big_runs": [asdict(run) for run in big_runs],
             "targets": found,
             "problems": problems,
             "status": status,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -53,8 +54,9 @@ async def send(
     method: str = "POST",
     skip_auto_headers: tuple[str, ...] = (),
 ) -> Answer:
-    """Send ``body`` (bytes as is, anything else as JSON) and read the whole answer."""
-    data = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
+    """Send ``body`` (bytes or a file as is, anything else as JSON) and read the answer."""
+    as_is = isinstance(body, bytes | io.BytesIO) or body is None
+    data = body if as_is else orjson.dumps(body)
     async with client.request(
         method,
         url,
@@ -254,6 +256,32 @@ async def test_corrupt_gzip_gets_400(relay: RunningRelay) -> None:
     assert [] == await stored(relay)
 
 
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [
+        pytest.param("gzip", gzip.compress, id="gzip"),
+        pytest.param("deflate", zlib.compress, id="deflate"),
+    ],
+)
+@pytest.mark.parametrize(
+    "trailer",
+    [
+        pytest.param(b"garbage", id="garbage"),
+        pytest.param(b"\x00", id="one-zero-byte"),
+        pytest.param(gzip.compress(b'{"data": []}'), id="second-gzip-member"),
+    ],
+)
+async def test_bytes_after_the_compressed_data_get_400(
+    relay: RunningRelay, encoding: str, compress: Callable[[bytes], bytes], trailer: bytes
+) -> None:
+    """Bytes after the end of the gzip or deflate data (garbage, a second member) get 400."""
+    body = compress(orjson.dumps(request(event("job")))) + trailer
+    answer = await post(relay, body, JSON | {"Content-Encoding": encoding})
+    [detail] = assert_error(answer, 400, "Bad Request")
+    assert f"{len(trailer)} bytes after the end of the {encoding} data" in detail
+    assert [] == await stored(relay)
+
+
 # --- all or nothing ---------------------------------------------------------------------------
 
 
@@ -437,4 +465,55 @@ async def test_no_answer_contains_a_traceback(relay: RunningRelay) -> None:
         assert b"Traceback" not in answer.body
         assert b'File "' not in answer.body
         answer.details()
+    assert [] == await stored(relay)
+
+
+# --- one JSON parser ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        pytest.param(b'"\\ud800"', "surrogate", id="lone-surrogate"),
+        pytest.param(b"1e400", "infinity", id="overflow"),
+        pytest.param(b"[" * 1000 + b"]" * 1000, "nested", id="deep"),
+    ],
+)
+async def test_bad_json_beside_a_long_number_gets_400(
+    relay: RunningRelay, raw: bytes, says: str
+) -> None:
+    """A lone surrogate, 1e400 or deep nesting gets 400 even beside a 20-digit number."""
+    original = event("job", metrics=["m:12345678901234567890"], x="RAW")
+    body = orjson.dumps(request(original)).replace(b'"RAW"', raw)
+    [detail] = assert_error(await post(relay, body), 400, "Bad Request")
+    assert says in detail
+    assert [] == await stored(relay)
+
+
+# --- bounded work per request ------------------------------------------------------------------
+
+# A /health answer slower than this during a bad request means the relay stalled on it.
+HEALTH_BOUND_S = 2.0
+
+
+async def test_health_answers_while_a_bad_5_mib_body_is_refused(relay: RunningRelay) -> None:
+    """While a 5 MiB body of 2.6 million bad tags is refused, every /health answers in 2 s."""
+    shell = orjson.dumps(request(event("job", tags=["TAGS"])))
+    body = shell.replace(b'"TAGS"', b",".join([b"1"] * 2_600_000))
+    assert len(body) <= 5 * 1024 * 1024
+    # A file-like body: aiohttp warns that raw bytes this large would block the client.
+    refusal = asyncio.create_task(post(relay, io.BytesIO(body)))
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    answered_meanwhile = 0
+    while not refusal.done():
+        start = loop.time()
+        health = await send(relay.client, relay.base_url + "/health", None, {}, method="GET")
+        latencies.append(loop.time() - start)
+        assert 200 == health.status
+        answered_meanwhile += not refusal.done()
+    details = assert_error(await refusal, 400, "Bad Request")
+    assert 101 == len(details)
+    assert answered_meanwhile >= 1
+    assert [] == [latency for latency in latencies if latency > HEALTH_BOUND_S]
     assert [] == await stored(relay)

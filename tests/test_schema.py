@@ -530,12 +530,13 @@ def test_times_are_stored_as_sent() -> None:
     assert (start, end) == (resource["start"], resource["end"])
 
 
-def test_stored_body_is_each_event_compactly() -> None:
-    """Each stored body is its event alone (not the request), in the order sent."""
+def test_stored_body_is_each_event_as_sent() -> None:
+    """Each stored body is its event alone (not the request), in the order sent, as sent."""
     originals = [event(kind) for kind in LEVELS]
     accepted = parse_request(json.dumps(request(*originals), indent=2).encode())
     assert originals == [orjson.loads(a.body) for a in accepted]
-    assert [orjson.dumps(o) for o in originals] == [a.body for a in accepted]
+    indented = [json.dumps(o, indent=2).replace("\n", "\n    ").encode() for o in originals]
+    assert indented == [a.body for a in accepted]
 
 
 @pytest.mark.parametrize("number", [2**64, -(2**63) - 1, 10**30 + 1])
@@ -633,12 +634,82 @@ def test_several_problems_of_one_event_are_all_listed() -> None:
     assert expected == set(paths(problems))
 
 
+MORE = "... and more problems, not listed: the relay lists the first 100 and stops looking"
+
+
 def test_problem_list_is_capped() -> None:
-    """Past 100 problems the list ends with one entry counting the rest."""
+    """Past 100 problems the list ends with one entry saying the rest are not listed."""
     problems = problems_of(request(*[event("step", status="x") for _ in range(150)]))
     assert 101 == len(problems)
     assert "data[99].attributes.resource.status" == paths(problems)[99]
-    assert "... and 50 more problems" == problems[100]
+    assert MORE == problems[100]
+
+
+def test_exactly_100_problems_are_all_listed() -> None:
+    """A request with exactly 100 problems lists them all, with no entry about more."""
+    problems = problems_of(request(*[event("step", status="x") for _ in range(100)]))
+    assert [f"data[{i}].attributes.resource.status" for i in range(100)] == paths(problems)
+
+
+@pytest.mark.parametrize(
+    ("field", "item"),
+    [
+        pytest.param("tags", 1, id="tags-numbers"),
+        pytest.param("tags", "x", id="tags-without-colon"),
+        pytest.param("metrics", "m:x", id="metrics-not-numeric"),
+        pytest.param("dependencies", None, id="dependencies-null"),
+    ],
+)
+def test_huge_list_of_bad_items_lists_the_first_100(field: str, item: Any) -> None:
+    """A list of 200,000 bad items lists its first 100 problems, then one entry for the rest."""
+    problems = problems_of(request(event("job", **{field: [item] * 200_000})))
+    assert [f"{RESOURCE}.{field}[{i}]" for i in range(100)] == paths(problems[:100])
+    assert MORE == problems[100]
+
+
+def test_huge_map_of_bad_values_lists_the_first_100() -> None:
+    """A parameters map of 200,000 non-string values lists its first 100 problems."""
+    parameters = {f"p{i}": i for i in range(200_000)}
+    problems = problems_of(request(event("pipeline", parameters=parameters)))
+    assert [f"{RESOURCE}.parameters.p{i}" for i in range(100)] == paths(problems[:100])
+    assert MORE == problems[100]
+
+
+def test_listing_stops_at_100_across_events() -> None:
+    """Problems of later events are not listed once the first events gave 100."""
+    first = event("stage", tags=["bad"] * 150)
+    second = event("job", status="nope")
+    problems = problems_of(request(first, second))
+    assert [f"data[0].{RESOURCE[5:]}.tags[{i}]" for i in range(100)] == paths(problems[:100])
+    assert [MORE] == problems[100:]
+
+
+@pytest.mark.parametrize(
+    ("where", "fields", "path", "says"),
+    [
+        pytest.param("resource", {"tags": "a:b"}, "tags", "valid list", id="tags-not-a-list"),
+        pytest.param(
+            "resource", {"parameters": ["a"]}, "parameters", "dictionary", id="parameters-list"
+        ),
+        pytest.param(
+            "resource",
+            {"node": {"labels": ["ok", 3]}},
+            "node.labels[1]",
+            "valid string",
+            id="labels-item",
+        ),
+        pytest.param(
+            "resource", {"dependencies": ["a", "b", 7]}, "dependencies[2]", "string", id="deps"
+        ),
+    ],
+)
+def test_collection_problems_keep_their_paths(
+    where: str, fields: dict[str, Any], path: str, says: str
+) -> None:
+    """Lists and maps refuse a wrong container or a wrong item at its exact path."""
+    [problem] = problems_of(request(apply(event("job"), where, fields)))
+    assert [full_path(path)] == paths([problem])
+    assert says in problem
 
 
 # --- property: unknown fields are kept, values unchanged -------------------------------------

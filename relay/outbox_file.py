@@ -164,8 +164,14 @@ def inspect(path: Path, check_s: float | None) -> Inspection:
 
 
 def read_only_uri(path: Path) -> str:
-    """The URI of a connection that cannot write to the file."""
-    return f"file:{quote(str(path))}?mode=ro"
+    """The URI of a connection that cannot write to the file.
+
+    Without a -wal beside it, the file holds the whole database and no process is writing
+    to it: ``immutable`` then reads it without creating the -wal and -shm a WAL database
+    otherwise needs, so a file that is refused is left exactly as it was found.
+    """
+    immutable = "" if sidecar(path, "-wal").exists() else "&immutable=1"
+    return f"file:{quote(str(path))}?mode=ro{immutable}"
 
 
 def open_read_only(path: Path) -> sqlite3.Connection:
@@ -213,6 +219,7 @@ def check(path: Path) -> CheckReport:
 
 
 def damaged(path: Path, cause: str) -> OutboxDamaged:
+    cause = " ".join(cause.split())  # one line, whatever SQLite's message holds
     return OutboxDamaged(
         f"outbox {path} is damaged ({cause}); keep it for salvage with "
         "'ci-relay outbox move-aside', then start again",
@@ -246,7 +253,7 @@ def _quick_check(conn: sqlite3.Connection, path: Path, check_s: float) -> bool:
     finally:
         conn.set_progress_handler(None, 0)
     if problems:
-        raise damaged(path, "; ".join(problems[:3]))
+        raise damaged(path, "; ".join(" ".join(p.split()) for p in problems[:3]))
     return True
 
 

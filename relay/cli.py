@@ -169,13 +169,13 @@ def _act(args: argparse.Namespace, settings: Settings) -> int:
         count = _run(deadletters.count(path, selection))
         print(f"would {args.verb} {count} dead letter(s){args.into}; nothing changed (dry run)")
         return 0
+    missing = _run(deadletters.missing_ids(path, args.ids)) if args.ids else []
     action = deadletters.replay if args.verb == "replay" else deadletters.purge
     progress = _Progress(args.past) if sys.stderr.isatty() else None
     count = _run(action(path, selection, progress))
     if progress is not None:
         progress.end()
     print(f"{args.past} {count} dead letter(s){args.into}")
-    missing = _run(deadletters.missing_ids(path, args.ids)) if args.ids else []
     if missing:
         shown = " ".join(map(str, missing))
         print(f"ci-relay: no dead letter with id {shown}", file=sys.stderr)

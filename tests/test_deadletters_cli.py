@@ -450,12 +450,12 @@ async def test_list_opens_read_only_and_leaves_a_foreign_file_untouched(tmp_path
     assert "not a ci-relay outbox" in run.stderr
     assert (before, ["other.db", "relay.toml"]) == (
         other.read_bytes(),
-        sorted(p.name for p in tmp_path.iterdir()),
+        sorted(os.listdir(tmp_path)),
     )
 
 
 async def test_the_id_in_the_log_is_the_id_list_and_replay_use(tmp_path: Path) -> None:
-    """The id a running relay logs for a rejected event is the one ``list`` and ``replay --id`` use."""
+    """The id a relay logs for a rejected event is the one ``list`` and ``replay --id`` use."""
     db = tmp_path / "outbox.db"
     async with FakeIntake() as intake:
         intake.default = RejectEvents(is_bad)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from tests.daemon import RelayProcess, write_config
 from tests.events import event, request
 
 SERVE_TIMEOUT_S = 20.0
+MOUNT, UMOUNT = shutil.which("mount") or "/bin/mount", shutil.which("umount") or "/bin/umount"
 JSON = {"Content-Type": "application/json"}
 
 
@@ -67,6 +69,11 @@ def assert_refused(result: Exit, outbox: Path, *cause: str) -> None:
         assert part in line, line
 
 
+def names(directory: Path) -> list[str]:
+    """The names in ``directory``, sorted."""
+    return sorted(p.name for p in directory.iterdir())
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -80,15 +87,15 @@ def siblings(path: Path) -> list[str]:
 def tmpfs(where: Path, options: str) -> Iterator[Path]:
     """A tmpfs mounted at ``where`` with ``options``, unmounted afterwards."""
     where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
+    subprocess.run([MOUNT, "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
     try:
         yield where
     finally:
-        subprocess.run(["umount", "-l", str(where)], check=True)
+        subprocess.run([UMOUNT, "-l", str(where)], check=True)
 
 
 def remount_read_only(where: Path) -> None:
-    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+    subprocess.run([MOUNT, "-o", "remount,ro", str(where)], check=True)
 
 
 def make_outbox(path: Path, events: int = 50) -> None:
@@ -213,7 +220,7 @@ async def test_zero_byte_file_starts_a_new_outbox_and_says_so(tmp_path: Path) ->
 
 
 async def test_start_up_line_says_created_then_opened_with_the_counts(tmp_path: Path) -> None:
-    """The first start logs 'outbox created'; the next 'outbox opened' with events and dead letters."""
+    """The first start logs 'outbox created', the next 'outbox opened' with both counts."""
     outbox = tmp_path / "outbox.db"
     config = write_config(tmp_path / "relay.toml", server={"port": 0}, outbox={"path": str(outbox)})
     async with RelayProcess(config) as first, aiohttp.ClientSession() as client:
@@ -224,7 +231,8 @@ async def test_start_up_line_says_created_then_opened_with_the_counts(tmp_path: 
     with closing(sqlite3.connect(outbox)) as conn:
         conn.execute(
             "INSERT INTO dead_letters (event_id, received_at, reason, detail, attempts, "
-            "first_failure_at, last_failure_at, body) VALUES (999, 0, 'rejected', 'no', 1, 0, 0, x'7b7d')"
+            "first_failure_at, last_failure_at, body) "
+            "VALUES (999, 0, 'rejected', 'no', 1, 0, 0, x'7b7d')"
         )
         conn.commit()
 
@@ -254,7 +262,7 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_second_serve_on_one_outbox_refuses_naming_the_holder(tmp_path: Path) -> None:
-    """A second serve on a served outbox exits 2 naming the first's PID; after SIGKILL one starts."""
+    """A second serve exits 2 naming the first's PID; then one starts after SIGKILL."""
     outbox = tmp_path / "outbox.db"
     config = write_config(tmp_path / "relay.toml", server={"port": 0}, outbox={"path": str(outbox)})
     async with RelayProcess(config) as first:
@@ -292,7 +300,7 @@ async def test_move_aside_refuses_while_served_then_keeps_the_file_for_salvage(
     moved = cli(config, "outbox", "move-aside")
 
     assert 0 == moved.returncode, moved.stderr
-    moved_names = sorted(p.name for p in tmp_path.iterdir() if ".damaged-" in p.name)
+    moved_names = [name for name in names(tmp_path) if ".damaged-" in name]
     aside = tmp_path / moved_names[0]
     assert [aside.name, aside.name + "-shm", aside.name + "-wal"] == moved_names
     assert str(aside) in moved.stdout

@@ -1,4 +1,4 @@
-"""The outbox shared with other processes: a replay or a held lock never starves or stops the relay.
+"""The outbox shared with other processes: a replay or a held lock never stops the relay."""
 
 The relay runs as a real subprocess with no API key, so every accepted event stays in the
 file where the test can see the order in which the commits landed.
@@ -92,7 +92,7 @@ def names_by_id(db: Path) -> list[str]:
 
 
 async def test_replay_of_many_dead_letters_interleaves_with_runner_commits(tmp_path: Path) -> None:
-    """A replay beside a loaded relay commits in chunks: runners' events land between them, no 503."""
+    """A replay beside a loaded relay commits in chunks: runners' events land between, no 503."""
     config = config_for(tmp_path)
     db = tmp_path / "outbox.db"
     async with RelayProcess(config) as relay:

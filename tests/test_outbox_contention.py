@@ -1,4 +1,4 @@
-"""The outbox shared with other processes: a replay or a held lock never stops the relay."""
+"""The outbox shared with other processes: a replay or a held lock never stops the relay.
 
 The relay runs as a real subprocess with no API key, so every accepted event stays in the
 file where the test can see the order in which the commits landed.

@@ -232,13 +232,22 @@ def _identify(conn: sqlite3.Connection, path: Path) -> bool:
     if app_id == APPLICATION_ID:
         return False
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if app_id == 0 and tables >= _OUTBOX_TABLES:
+    if app_id == 0 and (tables >= _OUTBOX_TABLES or _has_our_ledger(conn, tables)):
         return True
     shown = ", ".join(sorted(tables)) or "none"
     raise OutboxError(
         f"{path} is a SQLite database but not a ci-relay outbox (application_id {app_id}, "
         f"tables: {shown}); refusing to use it"
     )
+
+
+def _has_our_ledger(conn: sqlite3.Connection, tables: set[str]) -> bool:
+    # The migration ledger alone (a newer ci-relay's file, refused later as SchemaTooNew),
+    # told from other tools' schema_migrations tables by its columns.
+    if "schema_migrations" not in tables:
+        return False
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(schema_migrations)")]
+    return columns == ["version", "name", "applied_at"]
 
 
 def _quick_check(conn: sqlite3.Connection, path: Path, check_s: float) -> bool:

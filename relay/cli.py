@@ -1,4 +1,4 @@
-"""``ci-relay``: serve, and operate on dead letters. Every command takes the same config."""
+"""``ci-relay``: serve, operate on dead letters, check the outbox; all take the same config."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import orjson
 
 from relay import __version__, log
 from relay.config import ConfigError, Settings, load_settings
-from relay.migrate import SchemaTooNew
 from relay.outbox import DEAD_LETTER_REASONS
+from relay.outbox_file import OutboxError
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.run(args, settings))
-    except SchemaTooNew as exc:
+    except OutboxError as exc:
         print(f"ci-relay: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -63,16 +63,45 @@ def _parser() -> argparse.ArgumentParser:
     replay = dead_commands.add_parser(
         "replay", parents=[common], help="move dead letters back to the outbox"
     )
-    which = replay.add_mutually_exclusive_group()
-    which.add_argument("--reason", choices=DEAD_LETTER_REASONS)
-    which.add_argument("--id", type=int, action="append", dest="ids", metavar="N")
-    replay.set_defaults(run=_replay)
+    _selection_arguments(replay, "replay")
+    replay.set_defaults(run=_act, verb="replay", past="replayed", into=" into the outbox")
     purge = dead_commands.add_parser("purge", parents=[common], help="delete dead letters")
     purge.add_argument(
         "--older-than", type=_duration, metavar="DURATION", help="e.g. 7d, 12h, 30m, 90s"
     )
-    purge.set_defaults(run=_purge)
+    _selection_arguments(purge, "purge")
+    purge.set_defaults(run=_act, verb="purge", past="purged", into="")
+
+    store = commands.add_parser("outbox", help="check the outbox file, or move a damaged one aside")
+    store_commands = store.add_subparsers(required=True, metavar="ACTION")
+    check = store_commands.add_parser(
+        "check", parents=[common], help="SQLite's integrity check, read-only, and the counts"
+    )
+    check.set_defaults(run=_check)
+    aside = store_commands.add_parser(
+        "move-aside",
+        parents=[common],
+        help="rename the outbox (with its -wal) for salvage, so that serve starts a new one",
+    )
+    aside.set_defaults(run=_move_aside)
     return parser
+
+
+def _selection_arguments(command: argparse.ArgumentParser, verb: str) -> None:
+    command.add_argument("--reason", choices=DEAD_LETTER_REASONS)
+    command.add_argument(
+        "--id",
+        type=int,
+        nargs="+",
+        action="extend",
+        dest="ids",
+        metavar="N",
+        help="dead-letter ids, as list and the relay's log give them",
+    )
+    command.add_argument("--all", action="store_true", help=f"{verb} every dead letter")
+    command.add_argument(
+        "--dry-run", action="store_true", help=f"say how many would {verb}, change nothing"
+    )
 
 
 def _duration(text: str) -> float:
@@ -102,30 +131,101 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
     letters = _run(list_dead_letters(settings.outbox.path, args.reason))
     for letter in letters:
+        row = letter.as_dict()
         if args.json:
-            sys.stdout.buffer.write(orjson.dumps(letter.as_dict()) + b"\n")
-        else:
-            row = letter.as_dict()
-            print(
-                f"{row['id']:>6}  {row['reason']:<9}  {row['upstream_status'] or '-':>3}  "
-                f"{row['last_failure_at']}  attempts={row['attempts']}  {row['detail']}"
-            )
+            sys.stdout.buffer.write(orjson.dumps(row) + b"\n")
+            continue
+        print(
+            f"{row['id']:>6}  {row['reason']:<14}  {row['upstream_status'] or '-':>3}  "
+            f"{row['last_failure_at']}  attempts={row['attempts']}  level={_shown(row['level'])}  "
+            f"name={_shown(row['name'])}  pipeline={_shown(row['pipeline'])}  {row['detail']}"
+        )
     if not args.json:
         print(f"{len(letters)} dead letter(s) in {settings.outbox.path}", file=sys.stderr)
     return 0
 
 
-def _replay(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.deadletters import replay
+def _shown(value: str | None) -> str:
+    return "-" if value is None else orjson.dumps(value).decode()
 
-    moved = _run(replay(settings.outbox.path, args.reason, args.ids))
-    print(f"replayed {moved} dead letter(s) into the outbox")
+
+def _act(args: argparse.Namespace, settings: Settings) -> int:
+    """Replay or purge: the selected dead letters, every one only with --all."""
+    from relay import deadletters
+
+    older_than = getattr(args, "older_than", None)
+    chosen = args.reason is not None or args.ids is not None or older_than is not None
+    if chosen == args.all:
+        which = "--reason, --id" + (" or --older-than" if args.verb == "purge" else "")
+        print(
+            f"ci-relay: dead-letters {args.verb}: choose dead letters with {which}, "
+            "or say --all for every one, not both",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    path = settings.outbox.path
+    selection = deadletters.Selection(args.reason, args.ids, older_than)
+    if args.dry_run:
+        count = _run(deadletters.count(path, selection))
+        print(f"would {args.verb} {count} dead letter(s){args.into}; nothing changed (dry run)")
+        return 0
+    missing = _run(deadletters.missing_ids(path, args.ids)) if args.ids else []
+    action = deadletters.replay if args.verb == "replay" else deadletters.purge
+    progress = _Progress(args.past) if sys.stderr.isatty() else None
+    count = _run(action(path, selection, progress))
+    if progress is not None:
+        progress.end()
+    print(f"{args.past} {count} dead letter(s){args.into}")
+    if missing:
+        shown = " ".join(map(str, missing))
+        print(f"ci-relay: no dead letter with id {shown}", file=sys.stderr)
+        return 1
     return 0
 
 
-def _purge(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.deadletters import purge
+class _Progress:
+    """``replayed 12000 of 1300000`` rewritten in place on a terminal."""
 
-    removed = _run(purge(settings.outbox.path, args.older_than))
-    print(f"purged {removed} dead letter(s)")
+    def __init__(self, past: str) -> None:
+        self._past = past
+        self._shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        print(f"\r{self._past} {done} of {total}", end="", file=sys.stderr, flush=True)
+        self._shown = True
+
+    def end(self) -> None:
+        if self._shown:
+            print(file=sys.stderr)
+
+
+def _check(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.outbox_file import check
+
+    path = settings.outbox.path
+    report = check(path)
+    if report.problems:
+        print(f"outbox {path} is damaged:")
+        for problem in report.problems:
+            print(f"  {problem}")
+        print("keep it for salvage with 'ci-relay outbox move-aside', then start again")
+        return 1
+    print(
+        f"outbox {path} is sound: {report.events} pending event(s), "
+        f"{report.dead_letters} dead letter(s)"
+    )
+    return 0
+
+
+def _move_aside(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.outbox_file import ServeLock, move_aside
+
+    path = settings.outbox.path
+    lock = ServeLock(path)
+    lock.acquire()  # refuses while a relay serves this outbox
+    try:
+        target = move_aside(path)
+    finally:
+        lock.release()
+    print(f"moved outbox {path} to {target}; the next start creates a new outbox")
     return 0

@@ -82,6 +82,7 @@ class OutboxSettings(_Group):
     max_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     retry_after_s: int = Field(default=5, ge=1)
+    busy_timeout_s: float = Field(default=10.0, gt=0)
 
 
 def _check_url(url: str) -> str:

@@ -1,24 +1,63 @@
 """The dead-letter table, for operators: list, replay (back to the outbox) and purge.
 
-These run from the CLI, with or without the daemon: SQLite's locking (WAL, a busy
-timeout) lets them write beside the daemon's writer, and the daemon recounts its outbox.
+These run from the CLI, with or without the daemon. Listing opens the file read-only.
+Replay and purge write in short transactions of a few hundred rows and pause between
+them, so that the daemon's writer, which shares SQLite's single write lock, never waits
+long for it: runners keep getting 202 while millions of dead letters move.
+
+A dead letter is named by the id its event had in the outbox, the id the daemon's log
+lines give; outbox ids are never reused, so it names one dead letter for good.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from relay.outbox import DeadLetterReason, connect
+import aiosqlite
+import orjson
+
+from relay import outbox_file
+from relay.outbox import BUSY_TIMEOUT_S, DeadLetterReason, connect
+
+# A write transaction of replay or purge aims to hold the lock about this long, and the
+# command then pauses at least as long: the daemon's writer waits about 100 ms at most.
+TARGET_HOLD_S = 0.04
+_FIRST_CHUNK_ROWS = 250
+_MAX_CHUNK_ROWS = 20_000
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which dead letters a command acts on: those matching every filter given."""
+
+    reason: str | None = None
+    ids: list[int] | None = None
+    older_than_s: float | None = None
+
+    def where(self, now: float) -> tuple[str, tuple[Any, ...]]:
+        """A WHERE clause for dead_letters and its parameters (?1 to ?3)."""
+        ids = None if self.ids is None else orjson.dumps(self.ids).decode()
+        cutoff = None if self.older_than_s is None else now - self.older_than_s
+        clause = (
+            "(?1 IS NULL OR reason = ?1) "
+            "AND (?2 IS NULL OR event_id IN (SELECT value FROM json_each(?2))) "
+            "AND (?3 IS NULL OR last_failure_at < ?3)"
+        )
+        return clause, (self.reason, ids, cutoff)
 
 
 @dataclass(frozen=True)
 class DeadLetter:
     id: int
-    event_id: int
     received_at: float
     reason: DeadLetterReason
     upstream_status: int | None
@@ -28,11 +67,24 @@ class DeadLetter:
     last_failure_at: float
     body: bytes
 
+    def resource(self) -> dict[str, Any]:
+        """The event's resource (level, name, pipeline...); {} if the body is not an event."""
+        try:
+            event = orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            # orjson refuses integers beyond 64 bits, which the relay keeps exactly.
+            try:
+                event = json.loads(self.body)
+            except ValueError:
+                return {}
+        found = event.get("attributes", {}).get("resource") if isinstance(event, dict) else None
+        return found if isinstance(found, dict) else {}
+
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready view, the event itself included as text."""
+        """A JSON-ready view; ``event`` is the stored JSON itself, embedded as it is."""
+        resource = self.resource()
         return {
             "id": self.id,
-            "event_id": self.event_id,
             "reason": self.reason,
             "upstream_status": self.upstream_status,
             "detail": self.detail,
@@ -40,19 +92,29 @@ class DeadLetter:
             "received_at": _iso(self.received_at),
             "first_failure_at": _iso(self.first_failure_at),
             "last_failure_at": _iso(self.last_failure_at),
-            "event": self.body.decode("utf-8", errors="replace"),
+            "level": resource.get("level"),
+            "name": resource.get("name"),
+            "pipeline": pipeline_name(resource),
+            "event": orjson.Fragment(self.body),
         }
 
 
+def pipeline_name(resource: dict[str, Any]) -> str | None:
+    """The pipeline an event belongs to: its own name for a pipeline, else its parent's."""
+    if resource.get("level") == "pipeline":
+        return _text(resource.get("name"))
+    return _text(resource.get("pipeline_name"))
+
+
 _COLUMNS = (
-    "id, event_id, received_at, reason, upstream_status, detail, attempts, "
+    "event_id, received_at, reason, upstream_status, detail, attempts, "
     "first_failure_at, last_failure_at, body"
 )
 
 
 async def list_dead_letters(path: Path, reason: str | None = None) -> list[DeadLetter]:
-    """Every dead letter, oldest first, optionally of one reason."""
-    conn = await connect(path)
+    """Every dead letter, oldest first, optionally of one reason; the file is opened read-only."""
+    conn = await open_read_only(path)
     try:
         rows = await conn.execute_fetchall(
             f"SELECT {_COLUMNS} FROM dead_letters WHERE ?1 IS NULL OR reason = ?1 ORDER BY id",
@@ -63,40 +125,121 @@ async def list_dead_letters(path: Path, reason: str | None = None) -> list[DeadL
         await conn.close()
 
 
-async def replay(path: Path, reason: str | None = None, ids: list[int] | None = None) -> int:
-    """Move dead letters (all, of one reason, or by id) back to the outbox; how many moved."""
-    conn = await connect(path)
-    selected = (
-        "(?1 IS NULL OR reason = ?1) AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2)))"
-    )
-    params = (reason, None if ids is None else "[" + ",".join(map(str, ids)) + "]")
+async def open_read_only(path: Path) -> aiosqlite.Connection:
+    """A read-only connection to an existing outbox (OutboxMissing, OutboxError otherwise)."""
+    await asyncio.to_thread(outbox_file.inspect, path, None)
+    conn = await aiosqlite.connect(outbox_file.read_only_uri(path), uri=True)
+    await conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    return conn
+
+
+async def missing_ids(path: Path, ids: list[int]) -> list[int]:
+    """Those of ``ids`` that name no dead letter."""
+    conn = await open_read_only(path)
     try:
-        await conn.execute("BEGIN IMMEDIATE")
-        cursor = await conn.execute(
-            "INSERT INTO events (received_at, end_at, size, body) "
-            f"SELECT ?3, end_at, length(body), body FROM dead_letters WHERE {selected} ORDER BY id",
-            (*params, time.time()),
+        rows = await conn.execute_fetchall(
+            "SELECT value FROM json_each(?1) "
+            "WHERE value NOT IN (SELECT event_id FROM dead_letters) ORDER BY value",
+            (orjson.dumps(ids).decode(),),
         )
-        moved = cursor.rowcount
-        await conn.execute(f"DELETE FROM dead_letters WHERE {selected}", params)
-        await conn.commit()
-        return moved
+        return [int(row[0]) for row in rows]
     finally:
         await conn.close()
 
 
-async def purge(path: Path, older_than_s: float | None = None) -> int:
-    """Delete dead letters (all, or those whose last failure is older than given); how many."""
-    cutoff = None if older_than_s is None else time.time() - older_than_s
-    conn = await connect(path)
+async def count(path: Path, selection: Selection) -> int:
+    """How many dead letters ``selection`` names (what a dry run reports)."""
+    conn = await open_read_only(path)
     try:
-        cursor = await conn.execute(
-            "DELETE FROM dead_letters WHERE ?1 IS NULL OR last_failure_at < ?1", (cutoff,)
+        where, params = selection.where(time.time())
+        rows = list(
+            await conn.execute_fetchall(f"SELECT count(*) FROM dead_letters WHERE {where}", params)
         )
-        await conn.commit()
-        return cursor.rowcount
+        return int(rows[0][0])
     finally:
         await conn.close()
+
+
+async def replay(path: Path, selection: Selection, progress: Progress | None = None) -> int:
+    """Move the selected dead letters back to the outbox, oldest first; how many moved."""
+    now = time.time()
+
+    async def move(conn: aiosqlite.Connection, ids: str) -> None:
+        await conn.execute(
+            "INSERT INTO events (received_at, end_at, size, body) SELECT ?1, end_at, "
+            "length(body), body FROM dead_letters WHERE id IN (SELECT value FROM json_each(?2)) "
+            "ORDER BY id",
+            (now, ids),
+        )
+        await conn.execute(_DELETE_CHUNK, (ids,))
+
+    return await _in_chunks(path, selection, now, move, progress)
+
+
+async def purge(path: Path, selection: Selection, progress: Progress | None = None) -> int:
+    """Delete the selected dead letters; how many."""
+
+    async def delete(conn: aiosqlite.Connection, ids: str) -> None:
+        await conn.execute(_DELETE_CHUNK, (ids,))
+
+    return await _in_chunks(path, selection, time.time(), delete, progress)
+
+
+_DELETE_CHUNK = "DELETE FROM dead_letters WHERE id IN (SELECT value FROM json_each(?1))"
+
+
+async def _in_chunks(
+    path: Path,
+    selection: Selection,
+    now: float,
+    act: Callable[[aiosqlite.Connection, str], Awaitable[None]],
+    progress: Progress | None,
+) -> int:
+    """Run ``act`` on the selected rows, a chunk per short write transaction."""
+    conn = await connect(path, create=False)
+    try:
+        where, params = selection.where(now)
+        total_rows = list(
+            await conn.execute_fetchall(f"SELECT count(*) FROM dead_letters WHERE {where}", params)
+        )
+        total, done, after, rows = int(total_rows[0][0]), 0, 0, _FIRST_CHUNK_ROWS
+        while True:
+            started = time.monotonic()
+            await conn.execute("BEGIN IMMEDIATE")
+            chunk = [
+                int(row[0])
+                for row in await conn.execute_fetchall(
+                    f"SELECT id FROM dead_letters WHERE id > ?4 AND {where} ORDER BY id LIMIT ?5",
+                    (*params, after, rows),
+                )
+            ]
+            if chunk:
+                await act(conn, orjson.dumps(chunk).decode())
+            await conn.commit()
+            if not chunk:
+                return done
+            held = time.monotonic() - started
+            done, after = done + len(chunk), chunk[-1]
+            if progress is not None:
+                progress(done, max(total, done))
+            rows = _next_chunk_rows(rows, held)
+            # Leave the lock free at least as long as it was held: the daemon's writer polls
+            # for it and must find it free within a poll or two.
+            await asyncio.sleep(max(held, TARGET_HOLD_S))
+    finally:
+        await conn.close()
+
+
+def _next_chunk_rows(rows: int, held_s: float) -> int:
+    if held_s < TARGET_HOLD_S / 2:
+        return min(_MAX_CHUNK_ROWS, rows * 2)
+    if held_s > TARGET_HOLD_S:
+        return max(1, rows // 2)
+    return rows
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _iso(epoch: float) -> str:

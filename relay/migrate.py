@@ -13,6 +13,8 @@ from importlib import resources
 
 import aiosqlite
 
+from relay.outbox_file import OutboxError
+
 _NAME = re.compile(r"(\d{4})_(\w+)\.sql")
 
 _CREATE_LEDGER = """
@@ -31,7 +33,7 @@ class Migration:
     sql: str
 
 
-class SchemaTooNew(Exception):
+class SchemaTooNew(OutboxError):
     """The database was written by a newer ci-relay; this one must not touch it."""
 
 

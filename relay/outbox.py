@@ -10,7 +10,7 @@ they never block the writer.
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -21,14 +21,21 @@ from typing import Literal, get_args
 import aiosqlite
 import structlog
 
+from relay import outbox_file
 from relay.config import OutboxSettings
 from relay.migrate import migrate
+from relay.outbox_file import OutboxError, OutboxMissing, ServeLock
 from relay.schema import AcceptedEvent
 
 logger = structlog.get_logger(__name__)
 
 DeadLetterReason = Literal["rejected", "too_large", "expired", "upstream_error"]
 DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = get_args(DeadLetterReason)
+
+# How long a dead-letter command waits for the daemon's write lock (held for a commit).
+BUSY_TIMEOUT_S = 10.0
+# SQLite's quick check at start stops after this long; a larger file is opened unchecked.
+START_CHECK_S = 5.0
 
 # A group commit stops growing at this many rows, so one transaction stays short.
 _MAX_GROUP_ROWS = 20_000
@@ -130,29 +137,96 @@ class OutboxCounts:
     accepted_total: int = 0
 
 
-async def connect(path: Path, synchronous: str = "FULL") -> aiosqlite.Connection:
-    """A connection to the outbox file, created owner-only if new, with the schema current."""
-    _create_private(path)
+@dataclass(frozen=True, slots=True)
+class OpenedFile:
+    """A write connection to a checked outbox file, and whether this start created it."""
+
+    conn: aiosqlite.Connection
+    created: bool
+    was_empty: bool  # a 0-byte file was found where the outbox should be
+
+
+async def connect(
+    path: Path,
+    synchronous: str = "FULL",
+    *,
+    create: bool = True,
+    busy_timeout_s: float = BUSY_TIMEOUT_S,
+) -> aiosqlite.Connection:
+    """A write connection to the outbox file with the schema current (OutboxError if unusable).
+
+    With ``create`` a missing file is made, owner-only; without it (the dead-letter
+    commands) a missing file is OutboxMissing rather than a new empty outbox.
+    """
+    opened = await open_file(path, synchronous, create=create, busy_timeout_s=busy_timeout_s)
+    return opened.conn
+
+
+async def open_file(
+    path: Path,
+    synchronous: str = "FULL",
+    *,
+    create: bool = True,
+    check_s: float | None = None,
+    busy_timeout_s: float = BUSY_TIMEOUT_S,
+) -> OpenedFile:
+    """Check the file (``check_s`` bounds SQLite's quick check), then connect and migrate."""
+    if create:
+        outbox_file.prepare_directory(path)
+    size = outbox_file.existing_size(path)
+    legacy = False
+    if size is None and not create:
+        raise OutboxMissing(f"no outbox at {path}")
+    if size == 0:
+        wal = outbox_file.sidecar(path, "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise OutboxError(f"outbox {path} is empty but its write-ahead log {wal} is not")
+        if not create:
+            raise OutboxMissing(f"no outbox at {path} (the file is empty)")
+    elif size is not None:
+        inspection = await asyncio.to_thread(outbox_file.inspect, path, check_s)
+        legacy = inspection.legacy
+        if not inspection.checked:
+            logger.warning("outbox quick check stopped: file too large", path=str(path))
+    new = size is None
+    if create:
+        outbox_file.create_private(path)
     conn = await aiosqlite.connect(path)
     try:
-        await conn.execute("PRAGMA busy_timeout = 10000")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute(f"PRAGMA synchronous = {synchronous}")
-        await migrate(conn, str(path))
-    except BaseException:
+        await _set_up(conn, path, synchronous, busy_timeout_s, stamp=size == 0 or new or legacy)
+    except BaseException as exc:
         # aiosqlite's worker thread would keep the process alive after the error.
         await conn.close()
+        if new:
+            _remove_new(path)
+        if isinstance(exc, sqlite3.Error):
+            raise OutboxError(f"cannot open outbox {path}: {exc}") from None
         raise
-    return conn
+    return OpenedFile(conn, created=size in (None, 0), was_empty=size == 0)
 
 
-def _create_private(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    # SQLite gives the -wal and -shm files the database file's mode, so they stay private too.
-    if os.stat(path).st_mode & 0o077:
-        os.chmod(path, 0o600)
+async def _set_up(
+    conn: aiosqlite.Connection, path: Path, synchronous: str, busy_timeout_s: float, stamp: bool
+) -> None:
+    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+    if stamp:
+        # First, so that a file this relay made is recognised as an outbox whatever follows.
+        await conn.execute(f"PRAGMA application_id = {outbox_file.APPLICATION_ID}")
+    rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+    if rows[0][0] != "wal":
+        raise OutboxError(
+            f"outbox {path} cannot use write-ahead logging (journal mode stays {rows[0][0]}); "
+            "keep it on a local file system"
+        )
+    await conn.execute(f"PRAGMA synchronous = {synchronous}")
+    await migrate(conn, str(path))
+
+
+def _remove_new(path: Path) -> None:
+    # A file this start created and could not finish holds nothing: leave no half-made outbox.
+    for name in (path, *(outbox_file.sidecar(path, s) for s in outbox_file.SIDECARS)):
+        with contextlib.suppress(OSError):
+            name.unlink()
 
 
 class Outbox:
@@ -171,19 +245,54 @@ class Outbox:
         self.appended = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._data_version = -1
+        self._lock: ServeLock | None = None
 
     @classmethod
     async def open(cls, settings: OutboxSettings) -> Outbox:
-        writer = await connect(settings.path, settings.synchronous)
+        """Lock, check and open the outbox file; OutboxError (path and cause) if it cannot be."""
+        lock = ServeLock(settings.path)
+        outbox_file.prepare_directory(settings.path)
+        lock.acquire()
         try:
-            reader = await aiosqlite.connect(settings.path)
-            await reader.execute("PRAGMA busy_timeout = 10000")
+            return await cls._open_locked(settings, lock)
         except BaseException:
-            await writer.close()
+            lock.release()
             raise
-        outbox = cls(settings, writer, reader)
-        rows = list(await reader.execute_fetchall(_COUNT))
-        outbox.counts.events, outbox.counts.bytes = rows[0][0], rows[0][1]
+
+    @classmethod
+    async def _open_locked(cls, settings: OutboxSettings, lock: ServeLock) -> Outbox:
+        path = settings.path
+        opened = await open_file(
+            path,
+            settings.synchronous,
+            check_s=START_CHECK_S,
+            busy_timeout_s=settings.busy_timeout_s,
+        )
+        reader: aiosqlite.Connection | None = None
+        try:
+            reader = await aiosqlite.connect(path)
+            await reader.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout_s * 1000)}")
+            counts = list(await reader.execute_fetchall(_COUNT))
+            dead = list(await reader.execute_fetchall(_COUNT_DEAD))
+        except BaseException as exc:
+            # Both connections' threads would keep the process alive after the error.
+            if reader is not None:
+                await reader.close()
+            await opened.conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise outbox_file.damaged(path, str(exc)) from None
+            raise
+        outbox = cls(settings, opened.conn, reader)
+        outbox._lock = lock
+        outbox.counts.events, outbox.counts.bytes = counts[0][0], counts[0][1]
+        if opened.was_empty:
+            logger.warning("outbox file was empty (0 bytes): starting a new outbox", path=str(path))
+        logger.info(
+            "outbox created" if opened.created else "outbox opened",
+            path=str(path),
+            pending_events=outbox.counts.events,
+            dead_letters=dead[0][0],
+        )
         outbox._task = asyncio.create_task(outbox._write_loop(), name="outbox-writer")
         return outbox
 
@@ -314,15 +423,19 @@ class Outbox:
         await self.apply(work)
 
     async def close(self) -> None:
-        """Commit what was handed in, then close both connections."""
+        """Commit what was handed in, close both connections, then release the lock."""
         self._closing = True
         try:
             if self._task is not None and not self._task.done():
                 self._queue.put_nowait(None)
                 await self._task
         finally:
-            await self._reader.close()
-            await self._writer.close()
+            try:
+                await self._reader.close()
+                await self._writer.close()
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
 
     def _check_open(self) -> None:
         if self._closing or (self._task is not None and self._task.done()):
@@ -450,6 +563,7 @@ _OLDEST_RECEIVED = (
 )
 _OLDEST_END = "SELECT min(end_at) FROM (SELECT end_at FROM events ORDER BY id LIMIT 1000)"
 _COUNT = "SELECT count(*), coalesce(sum(size), 0) FROM events"
+_COUNT_DEAD = "SELECT count(*) FROM dead_letters"
 
 
 def _ids(events: Sequence[StoredEvent]) -> str:

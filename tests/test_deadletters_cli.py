@@ -160,7 +160,7 @@ async def listed(dead: DeadLetters, *args: str) -> list[dict[str, Any]]:
 
 def letter_event_id(letter: dict[str, Any]) -> str:
     """The id of the event a listed dead letter holds."""
-    return event_id(orjson.loads(letter["event"]))
+    return event_id(letter["event"])
 
 
 async def letter_id(dead: DeadLetters, of_event: str) -> int:
@@ -211,7 +211,9 @@ async def test_list_json_shows_every_field_and_the_original_event(dead: DeadLett
         which = letter_event_id(row)
         assert {
             "id",
-            "event_id",
+            "level",
+            "name",
+            "pipeline",
             "reason",
             "upstream_status",
             "detail",
@@ -222,7 +224,7 @@ async def test_list_json_shows_every_field_and_the_original_event(dead: DeadLett
             "event",
         } <= set(row)
         assert EXPECTED[which] == (row["reason"], row["upstream_status"])
-        assert orjson.dumps(dead.sent[which]) == row["event"].encode()
+        assert dead.sent[which] == row["event"]
         assert (0 if which == "late" else 1) == row["attempts"]
         first, last = epoch(row["first_failure_at"]), epoch(row["last_failure_at"])
         assert first == last, row
@@ -269,10 +271,10 @@ async def test_replay_by_reason_moves_those_back_to_the_outbox(dead: DeadLetters
     assert sorted(orjson.dumps(dead.sent[i]) for i in BAD) == sorted(outbox_bodies(dead.db))
 
 
-async def test_purge_older_than_keeps_recent_ones_and_purge_removes_all(
+async def test_purge_older_than_keeps_recent_ones_and_purge_all_removes_all(
     dead: DeadLetters,
 ) -> None:
-    """``purge --older-than 1h`` removes only older dead letters; ``purge`` removes the rest."""
+    """``purge --older-than 1h`` removes only older dead letters; ``purge --all`` the rest."""
     run = await cli(dead.config, "purge", "--older-than", "1h")
 
     assert (0, "purged 1 dead letter(s)\n") == (run.status, run.stdout)
@@ -280,7 +282,7 @@ async def test_purge_older_than_keeps_recent_ones_and_purge_removes_all(
         letter_event_id(row) for row in await listed(dead)
     )
 
-    run = await cli(dead.config, "purge")
+    run = await cli(dead.config, "purge", "--all")
 
     assert (0, "purged 4 dead letter(s)\n") == (run.status, run.stdout)
     assert [] == await listed(dead)
@@ -372,3 +374,115 @@ async def test_events_posted_after_a_replay_beside_the_daemon_are_delivered_prom
         left = outbox_bodies(dead.db)
         assert (True, 0, []) == (promptly, stopped["pending"], left)
         assert [dead.sent["bad-1"], *after] == intake.accepted_events
+
+
+@pytest.mark.parametrize("action", ["replay", "purge"])
+async def test_acting_on_everything_needs_all_and_dry_run_changes_nothing(
+    dead: DeadLetters, action: str
+) -> None:
+    """Without a selection replay and purge refuse; ``--all --dry-run`` counts; ``--all`` acts."""
+    bare = await cli(dead.config, action)
+    dry = await cli(dead.config, action, "--all", "--dry-run")
+    assert 5 == len(await listed(dead))
+    done = await cli(dead.config, action, "--all")
+
+    assert (2, "") == (bare.status, bare.stdout)
+    assert "--all" in bare.stderr
+    into = " into the outbox" if action == "replay" else ""
+    assert (0, f"would {action} 5 dead letter(s){into}; nothing changed (dry run)\n") == (
+        dry.status,
+        dry.stdout,
+    )
+    past = {"replay": "replayed", "purge": "purged"}[action]
+    assert (0, f"{past} 5 dead letter(s){into}\n") == (done.status, done.stdout)
+    assert [] == await listed(dead)
+    assert (5 if action == "replay" else 0) == len(outbox_bodies(dead.db))
+
+
+async def test_replay_takes_several_ids_after_one_flag_and_names_unknown_ones(
+    dead: DeadLetters,
+) -> None:
+    """``replay --id A B C`` moves A and B and says that C names no dead letter (exit 1)."""
+    first, second = await letter_id(dead, "bad-1"), await letter_id(dead, "big")
+    unknown = max(first, second) + 1000
+
+    run = await cli(dead.config, "replay", "--id", str(first), str(second), str(unknown))
+
+    assert (1, "replayed 2 dead letter(s) into the outbox\n") == (run.status, run.stdout)
+    assert f"ci-relay: no dead letter with id {unknown}\n" == run.stderr
+    assert sorted([orjson.dumps(dead.sent["bad-1"]), orjson.dumps(dead.sent["big"])]) == sorted(
+        outbox_bodies(dead.db)
+    )
+
+
+async def test_list_shows_level_name_and_pipeline(dead: DeadLetters) -> None:
+    """Each ``list`` row names the event's level, name and pipeline."""
+    run = await cli(dead.config, "list")
+
+    rows = {int(line.split()[0]): line for line in run.stdout.splitlines()}
+    row = rows[await letter_id(dead, "bad-1")]
+    assert 'level="job"  name="compile"  pipeline="Deploy to AWS"' in row, row
+
+
+async def test_list_on_a_missing_outbox_fails_and_creates_nothing(tmp_path: Path) -> None:
+    """``list`` with a mistyped path exits 2 naming it, and creates neither file nor directory."""
+    missing = tmp_path / "typo" / "outbox.db"
+    config = write_config(tmp_path / "relay.toml", outbox={"path": str(missing)})
+
+    run = await cli(config, "list")
+
+    assert (2, "", f"ci-relay: no outbox at {missing}\n") == (run.status, run.stdout, run.stderr)
+    assert not missing.parent.exists()
+
+
+async def test_list_opens_read_only_and_leaves_a_foreign_file_untouched(tmp_path: Path) -> None:
+    """``list`` on a SQLite file that is not an outbox refuses and adds nothing to it."""
+    other = tmp_path / "other.db"
+    with closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.commit()
+    before = other.read_bytes()
+    config = write_config(tmp_path / "relay.toml", outbox={"path": str(other)})
+
+    run = await cli(config, "list")
+
+    assert (2, "") == (run.status, run.stdout)
+    assert "not a ci-relay outbox" in run.stderr
+    assert (before, ["other.db", "relay.toml"]) == (
+        other.read_bytes(),
+        sorted(os.listdir(tmp_path)),
+    )
+
+
+async def test_the_id_in_the_log_is_the_id_list_and_replay_use(tmp_path: Path) -> None:
+    """The id a relay logs for a rejected event is the one ``list`` and ``replay --id`` use."""
+    db = tmp_path / "outbox.db"
+    async with FakeIntake() as intake:
+        intake.default = RejectEvents(is_bad)
+        config = write_config(
+            tmp_path / "relay.toml",
+            server={"port": 0},
+            outbox={"path": str(db)},
+            upstream={"url": intake.url, "api_key": API_KEY},
+            flusher={"flush_interval_s": 0.05},
+        )
+        async with RelayProcess(config) as relay:
+            # Earlier deliveries move the outbox ids away from the dead-letter table's own.
+            for i in range(3):
+                assert 202 == await post(relay, event("job", id=f"good-{i}"))
+            await intake.wait_for_events(3, timeout_s=10)
+            assert 202 == await post(relay, event("job", id="bad-1"))
+            for _ in range(200):
+                if relay.events("event rejected"):
+                    break
+                await asyncio.sleep(0.05)
+            (rejected,) = relay.events("event rejected")
+            letters = [
+                orjson.loads(line)
+                for line in (await cli(config, "list", "--json")).stdout.splitlines()
+            ]
+            run = await cli(config, "replay", "--id", str(rejected["id"]))
+            assert 0 == await relay.terminate()
+
+    assert [(rejected["id"], "bad-1")] == [(row["id"], letter_event_id(row)) for row in letters]
+    assert (0, "replayed 1 dead letter(s) into the outbox\n") == (run.status, run.stdout)

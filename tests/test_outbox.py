@@ -7,13 +7,17 @@ import sqlite3
 import stat
 import struct
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 
+import aiosqlite
 import orjson
 import pytest
 
 from relay.config import OutboxSettings
+from relay.migrate import migrate
 from relay.outbox import Outbox, OutboxFull, StoredEvent
+from relay.outbox_file import APPLICATION_ID
 from relay.schema import AcceptedEvent
 from tests.events import event
 
@@ -293,3 +297,23 @@ async def test_synchronous_setting_is_applied(synchronous: str, level: int, tmp_
     finally:
         await outbox.close()
     assert (level, "wal") == (rows[0][0], journal_mode)
+
+
+async def test_outbox_made_before_the_header_stamp_is_recognised_and_stamped(
+    tmp_path: Path,
+) -> None:
+    """An outbox with the outbox tables but no application_id opens, keeps its rows, is stamped."""
+    path = tmp_path / "outbox.db"
+    async with aiosqlite.connect(path) as conn:
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await migrate(conn, str(path))
+        await conn.execute("INSERT INTO events (received_at, size, body) VALUES (0, 2, x'7b7d')")
+        await conn.commit()
+
+    outbox = await Outbox.open(OutboxSettings(path=path))
+    pending = outbox.counts.events
+    await outbox.close()
+
+    with closing(sqlite3.connect(path)) as conn:
+        stamp = conn.execute("PRAGMA application_id").fetchone()[0]
+    assert (1, APPLICATION_ID) == (pending, stamp)

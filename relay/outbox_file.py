@@ -1,0 +1,291 @@
+"""The outbox file before SQLite writes to it: the lock, and checks that it is a sound outbox.
+
+Every start-up refusal is an ``OutboxError`` whose message names the path and the cause,
+and none of these checks writes to a file that is not, or not yet known to be, a sound
+ci-relay outbox: SQLite would otherwise add tables to a stranger's database, switch it to
+WAL, or turn a damaged file into a new empty one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+# Stamped in the database header (PRAGMA application_id): "ciR1".
+APPLICATION_ID = 0x63695231
+SQLITE_MAGIC = b"SQLite format 3\x00"
+# The tables of an outbox made before the header was stamped.
+_OUTBOX_TABLES = frozenset({"events", "dead_letters", "schema_migrations"})
+# SQLite calls the progress handler every this many virtual machine steps.
+_PROGRESS_STEPS = 10_000
+SIDECARS = ("-wal", "-shm")
+
+
+class OutboxError(Exception):
+    """The outbox file cannot be used; the message names the path and the cause."""
+
+
+class OutboxLocked(OutboxError):
+    """Another ``ci-relay serve`` holds the outbox."""
+
+
+class OutboxDamaged(OutboxError):
+    """SQLite found the file damaged; ``cause`` says how."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class OutboxMissing(OutboxError):
+    """There is no outbox at the path, and the command must not create one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """What the start-up checks found in an existing outbox file."""
+
+    legacy: bool  # an outbox made before the header was stamped
+    checked: bool  # False when the quick check ran out of time
+
+
+def sidecar(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+class ServeLock:
+    """An exclusive ``flock`` on ``<outbox>.lock`` holding the owner's PID.
+
+    The kernel drops it when the process dies, SIGKILL included, so a stale lock file never
+    blocks a start. Dead-letter commands do not take it: SQLite's own locking serialises them.
+    """
+
+    def __init__(self, outbox: Path) -> None:
+        self.outbox = outbox
+        self.path = sidecar(outbox, ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise OutboxError(f"cannot lock outbox {self.outbox}: {_cause(exc)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutboxLocked(
+                f"outbox {self.outbox} is in use by another ci-relay serve (pid {holder})"
+            ) from None
+        # The PID is for the refusal message only: on a full disk the lock holds without it.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def prepare_directory(path: Path) -> None:
+    """Create the outbox's directory, owner-only, if it is missing."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise OutboxError(f"cannot create the directory of outbox {path}: {_cause(exc)}") from None
+
+
+def existing_size(path: Path) -> int | None:
+    """The file's size, or None if there is no file; an error if it cannot be opened for writing."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutboxError(f"cannot open outbox {path}: {_cause(exc)}") from None
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def create_private(path: Path) -> None:
+    """Create the outbox file, readable by its owner only (SQLite gives -wal and -shm its mode)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OutboxError(f"cannot create outbox {path}: {_cause(exc)}") from None
+
+
+def inspect(path: Path, check_s: float | None) -> Inspection:
+    """Refuse a file that is not a sound ci-relay outbox, reading it only.
+
+    ``check_s`` bounds SQLite's quick check; None skips it. A check that runs out of time
+    passes: a large file is still opened, and ``ci-relay outbox check`` can finish the job.
+    """
+    try:
+        with open(path, "rb") as file:
+            magic = file.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        raise OutboxMissing(f"no outbox at {path}") from None
+    except OSError as exc:
+        raise OutboxError(f"cannot read outbox {path}: {_cause(exc)}") from None
+    if not magic:
+        raise OutboxMissing(f"no outbox at {path} (the file is empty)")
+    if magic != SQLITE_MAGIC:
+        raise OutboxError(f"outbox {path} is not a SQLite database; refusing to use it")
+    try:
+        conn = open_read_only(path)
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot read outbox {path}: {exc}") from None
+    try:
+        legacy = _identify(conn, path)
+        checked = check_s is None or _quick_check(conn, path, check_s)
+    except sqlite3.Error as exc:
+        raise damaged(path, str(exc)) from None
+    finally:
+        conn.close()
+    return Inspection(legacy=legacy, checked=checked)
+
+
+def read_only_uri(path: Path) -> str:
+    """The URI of a connection that cannot write to the file.
+
+    Without a -wal beside it, the file holds the whole database and no process is writing
+    to it: ``immutable`` then reads it without creating the -wal and -shm a WAL database
+    otherwise needs, so a file that is refused is left exactly as it was found.
+    """
+    immutable = "" if sidecar(path, "-wal").exists() else "&immutable=1"
+    return f"file:{quote(str(path))}?mode=ro{immutable}"
+
+
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write to the file (``mode=ro``)."""
+    return sqlite3.connect(read_only_uri(path), uri=True, timeout=10)
+
+
+def integrity_problems(conn: sqlite3.Connection, quick: bool = False) -> list[str]:
+    """SQLite's integrity or quick check: the problems it found, [] when the file is sound."""
+    pragma = "quick_check" if quick else "integrity_check"
+    rows = [str(row[0]) for row in conn.execute(f"PRAGMA {pragma}")]
+    return [] if rows == ["ok"] else rows
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    """What ``ci-relay outbox check`` found: SQLite's problems, or the counts of a sound file."""
+
+    problems: list[str]
+    events: int = 0
+    dead_letters: int = 0
+
+
+def check(path: Path) -> CheckReport:
+    """SQLite's full integrity check of the outbox, read-only, then its counts if it is sound."""
+    try:
+        inspect(path, None)
+    except OutboxDamaged as exc:
+        return CheckReport([exc.cause])
+    try:
+        conn = open_read_only(path)
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot read outbox {path}: {exc}") from None
+    try:
+        problems = integrity_problems(conn)
+        if problems:
+            return CheckReport(problems)
+        events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        return CheckReport([], events, dead)
+    except sqlite3.Error as exc:
+        return CheckReport([str(exc)])
+    finally:
+        conn.close()
+
+
+def damaged(path: Path, cause: str) -> OutboxDamaged:
+    cause = " ".join(cause.split())  # one line, whatever SQLite's message holds
+    return OutboxDamaged(
+        f"outbox {path} is damaged ({cause}); keep it for salvage with "
+        "'ci-relay outbox move-aside', then start again",
+        cause,
+    )
+
+
+def _identify(conn: sqlite3.Connection, path: Path) -> bool:
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    if app_id == APPLICATION_ID:
+        return False
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if app_id == 0 and (tables >= _OUTBOX_TABLES or _has_our_ledger(conn, tables)):
+        return True
+    shown = ", ".join(sorted(tables)) or "none"
+    raise OutboxError(
+        f"{path} is a SQLite database but not a ci-relay outbox (application_id {app_id}, "
+        f"tables: {shown}); refusing to use it"
+    )
+
+
+def _has_our_ledger(conn: sqlite3.Connection, tables: set[str]) -> bool:
+    # The migration ledger alone (a newer ci-relay's file, refused later as SchemaTooNew),
+    # told from other tools' schema_migrations tables by its columns.
+    if "schema_migrations" not in tables:
+        return False
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(schema_migrations)")]
+    return columns == ["version", "name", "applied_at"]
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path, check_s: float) -> bool:
+    deadline = time.monotonic() + check_s
+    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), _PROGRESS_STEPS)
+    try:
+        problems = integrity_problems(conn, quick=True)
+    except sqlite3.OperationalError as exc:
+        if "interrupted" in str(exc):
+            return False
+        raise
+    finally:
+        conn.set_progress_handler(None, 0)
+    if problems:
+        raise damaged(path, "; ".join(" ".join(p.split()) for p in problems[:3]))
+    return True
+
+
+def move_aside(path: Path, now: float | None = None) -> Path:
+    """Rename the outbox and its -wal and -shm to ``<name>.damaged-<UTC time>``; the new path.
+
+    The -wal keeps its place beside the renamed file, so a salvage (``sqlite3 .recover``)
+    still sees the transactions it holds.
+    """
+    stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    target = path.with_name(f"{path.name}.damaged-{stamp:%Y%m%dT%H%M%SZ}")
+    if target.exists():
+        raise OutboxError(f"cannot move outbox {path} aside: {target} exists")
+    try:
+        os.rename(path, target)
+        for suffix in SIDECARS:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(sidecar(path, suffix), sidecar(target, suffix))
+    except OSError as exc:
+        raise OutboxError(f"cannot move outbox {path} aside: {_cause(exc)}") from None
+    return target
+
+
+def _cause(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"

@@ -1,0 +1,140 @@
+"""The outbox shared with other processes: a replay or a held lock never stops the relay.
+
+The relay runs as a real subprocess with no API key, so every accepted event stays in the
+file where the test can see the order in which the commits landed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import sys
+import time
+from collections import Counter
+from contextlib import closing
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from tests.daemon import RelayProcess, write_config
+from tests.events import event, request
+
+JSON = {"Content-Type": "application/json"}
+DEAD_LETTERS = 60_000
+CLI_TIMEOUT_S = 90.0
+MAX_POSTS = 5_000
+
+
+def config_for(tmp_path: Path, **outbox: object) -> Path:
+    return write_config(
+        tmp_path / "relay.toml",
+        server={"port": 0},
+        outbox={"path": str(tmp_path / "outbox.db"), "retry_after_s": 3, **outbox},
+    )
+
+
+def add_dead_letters(db: Path, count: int) -> None:
+    """``count`` dead letters written straight into the outbox file, as a flusher leaves them."""
+    body = orjson.dumps(event("job", name="replayed"))
+    with closing(sqlite3.connect(db, timeout=10)) as conn:
+        conn.executemany(
+            "INSERT INTO dead_letters (event_id, received_at, reason, upstream_status, detail, "
+            "attempts, first_failure_at, last_failure_at, body) "
+            "VALUES (?, 0, 'upstream_error', 500, 'boom', 5, 0, 0, ?)",
+            ((1_000_000 + i, body) for i in range(count)),
+        )
+        conn.commit()
+
+
+async def replay_all(config: Path) -> tuple[int, str]:
+    """``ci-relay dead-letters replay --all`` as a subprocess: its status and stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "dead-letters",
+        "replay",
+        "--all",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode() + err.decode()
+
+
+async def post_until(url: str, done: asyncio.Task[tuple[int, str]]) -> Counter[int]:
+    """POST one-event requests back to back until ``done`` finishes (bounded by MAX_POSTS)."""
+    statuses: Counter[int] = Counter()
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as client:
+        for _ in range(MAX_POSTS):
+            if done.done():
+                break
+            body = orjson.dumps(request(event("job", name="live")))
+            async with client.post(url, data=body, headers=JSON) as resp:
+                await resp.read()
+                statuses[resp.status] += 1
+    return statuses
+
+
+def names_by_id(db: Path) -> list[str]:
+    """The job name of each event in the outbox, in id (commit) order."""
+    with closing(sqlite3.connect(db, timeout=10)) as conn:
+        rows = conn.execute("SELECT body FROM events ORDER BY id")
+        return [orjson.loads(row[0])["attributes"]["resource"]["name"] for row in rows]
+
+
+async def test_replay_of_many_dead_letters_interleaves_with_runner_commits(tmp_path: Path) -> None:
+    """A replay beside a loaded relay commits in chunks: runners' events land between, no 503."""
+    config = config_for(tmp_path)
+    db = tmp_path / "outbox.db"
+    async with RelayProcess(config) as relay:
+        add_dead_letters(db, DEAD_LETTERS)
+        replay = asyncio.create_task(replay_all(config))
+        statuses = await post_until(relay.url, replay)
+        status, output = await replay
+        assert 0 == await relay.terminate()
+
+    assert (0, f"replayed {DEAD_LETTERS} dead letter(s) into the outbox\n") == (status, output)
+    assert {202} == set(statuses), statuses
+    names = names_by_id(db)
+    replayed = [i for i, name in enumerate(names) if name == "replayed"]
+    live_between = sum(1 for name in names[replayed[0] : replayed[-1]] if name == "live")
+    print(f"\n{statuses[202]} runner requests during the replay, {live_between} between its chunks")
+    assert DEAD_LETTERS == len(replayed)
+    assert live_between >= 2, "the replay held the write lock from its first row to its last"
+
+
+async def test_a_lock_held_elsewhere_gives_503_with_retry_after_and_the_relay_lives(
+    tmp_path: Path,
+) -> None:
+    """While another process holds the write lock runners get 503 + Retry-After; then 202 again."""
+    config = config_for(tmp_path, busy_timeout_s=0.3)
+    db = tmp_path / "outbox.db"
+    async with RelayProcess(config) as relay, aiohttp.ClientSession() as client:
+        holder = sqlite3.connect(db, timeout=10, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        answers: list[tuple[int, str | None]] = []
+        deadline = time.monotonic() + 3.0  # past the relay's once-a-second recount, twice
+        while time.monotonic() < deadline:
+            body = orjson.dumps(request(event("job")))
+            async with client.post(relay.url, data=body, headers=JSON) as resp:
+                answers.append((resp.status, resp.headers.get("Retry-After")))
+        holder.execute("ROLLBACK")
+        holder.close()
+        async with client.post(
+            relay.url, data=orjson.dumps(request(event("job"))), headers=JSON
+        ) as resp:
+            after = resp.status
+        assert 0 == await relay.terminate()
+
+    assert {(503, "3")} == set(answers)
+    assert 202 == after
+    assert ([], 1) == (relay.events("task died"), len(relay.events("stopped")))

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler, _RequestFactory
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo, _RequestFactory
 
 from relay.errors import error_response
 
@@ -162,7 +162,7 @@ class Connection(RequestHandler):
         self.bytes_received = 0
         # When the request being received must be complete; None between requests.
         self.deadline: float | None = None
-        self._in_body = False
+        self._body: StreamReader | None = None  # the body being received
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -177,23 +177,35 @@ class Connection(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
-        if data and self.deadline is None and not self._in_body:
+        if data and self.deadline is None and self._body is None:
             # The first byte of the next request on a keep-alive connection (aiohttp also
             # calls this with no data to parse what it buffered while paused).
             self.deadline = self._loop.time() + self.guard.read_timeout_s
         super().data_received(data)
+        if self._body is not None and self._messages:
+            self._fail_body_on_parse_error()
+
+    def _fail_body_on_parse_error(self) -> None:
+        # A malformed chunk after the head: aiohttp queues the error as a next request,
+        # behind the handler that waits for this body, which would then wait for ever.
+        error = self._messages[-1][0]
+        if isinstance(error, _ErrInfo) and self._body is not None:
+            body = self._body
+            body.set_exception(RequestPayloadError(_one_line(error.message)))
+            body.feed_eof()  # nothing more to read: aiohttp does not linger on it
+            self.close()  # after this request's answer; the queued error is not answered
 
     def head_received(self, payload: StreamReader) -> None:
         """The head of a request is parsed: the body, if any, has its own deadline."""
         if payload.is_eof():
             self.deadline = None
             return
-        self._in_body = True
+        self._body = payload
         self.deadline = self._loop.time() + self.guard.read_timeout_s
         payload.on_eof(self._body_received)
 
     def _body_received(self) -> None:
-        self._in_body = False
+        self._body = None
         self.deadline = None
 
     def handle_error(

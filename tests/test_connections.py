@@ -314,3 +314,25 @@ async def test_protocol_errors_answer_in_datadog_shape(relay: RunningRelay, raw:
     assert ("400", "Bad Request") == (error["status"], error["title"])
     assert "\n" not in error["detail"]
     assert error["detail"].startswith("the request is not valid HTTP: ")
+
+
+async def test_a_bad_chunk_after_the_head_is_answered_at_once(relay: RunningRelay) -> None:
+    """A malformed chunk arriving after the head fails the request at once, in Datadog's shape."""
+    port = int(relay.base_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"POST {PIPELINE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    writer.write(head.encode() + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")
+    await writer.drain()
+    # The request must be in its handler before the bad chunk arrives; an answer to
+    # GET /health on another connection cannot say so, so give the loop a turn.
+    await asyncio.sleep(0.2)
+    writer.write(b"zz\r\n\r\n")
+    # Well inside the 30 s read timeout: the answer comes from the parse error.
+    answer = await read_until_closed(reader, 5)
+    writer.close()
+    head_bytes, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head_bytes.split(b" ", 2)[1])
+    [error] = orjson.loads(body)["errors"]
+    assert str(status) == error["status"]
+    assert status >= 400
+    assert 0 == relay.outbox.counts.events

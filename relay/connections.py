@@ -109,6 +109,11 @@ class ConnectionGuard:
             self._drop(self._least_sent(now), "at_bound")
         self._open[conn] = None
 
+    @property
+    def connections(self) -> tuple[Connection, ...]:
+        """The open connections, oldest first."""
+        return tuple(self._open)
+
     def forget(self, conn: Connection) -> None:
         self._open.pop(conn, None)
 
@@ -146,7 +151,7 @@ class ConnectionGuard:
 
     async def _sweep_forever(self) -> None:
         loop = asyncio.get_running_loop()
-        interval = min(1.0, self.read_timeout_s / 4)
+        interval = max(0.05, min(1.0, self.read_timeout_s / 4))
         while True:
             await asyncio.sleep(interval)
             self.sweep(loop.time())
@@ -203,6 +208,8 @@ class Connection(RequestHandler):
         self._body = payload
         self.deadline = self._loop.time() + self.guard.read_timeout_s
         payload.on_eof(self._body_received)
+        if self._messages:  # the rest of the body was already refused by the parser
+            self._fail_body_on_parse_error()
 
     def _body_received(self) -> None:
         self._body = None

@@ -9,9 +9,9 @@ alternating order), loads it with wrk (one thread, 50 keep-alive connections,
 ``bench/post.lua`` with a 1-event body) for a warm-up then ``--duration`` seconds, and
 records requests/s and the server's CPU time per request (from /proc, less sensitive than
 the rate to other load on a shared machine); with ``--slow N`` the script also holds N
-connections that trickle a request head (one byte every 0.5 s) during the measured run. wrk runs on one CPU and the
-server on the other when there are two. Prints min/median/max across runs of each figure
-and of the guarded/baseline ratio.
+connections that trickle a request head (one byte every 0.5 s) during the measured run.
+wrk runs on one CPU and the server on the other when there are two. Prints min/median/max
+across runs of each figure and of the guarded/baseline ratio.
 
 Internal mode, used by the above: ``python bench/connections.py --serve plain|guarded``.
 """

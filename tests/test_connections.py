@@ -165,20 +165,28 @@ async def test_runners_are_served_when_the_hard_open_file_limit_is_256(tmp_path:
     try:
         async with slow_clients(relay.port, 300) as clients:
             assert RUNNER_ATTEMPTS == await runner_successes(relay.url, RUNNER_ATTEMPTS)
-            assert clients.closed_by_relay() >= RUNNER_ATTEMPTS
+            closed = clients.closed_by_relay()
         [limit] = relay.events("open-file limit")
         assert (256, 256) == (limit["limit"], limit["hard_limit"])
-        assert limit["max_connections"] < 256
+        bound = limit["max_connections"]
+        assert bound < 256
+        # Past the bound every arrival, slow or runner, closed an open slow connection.
+        assert closed >= 300 - bound + 1
         await wait_for_log(relay, "connections dropped")
         dropped = relay.events("connections dropped")
-        assert sum(line["at_bound"] for line in dropped) >= RUNNER_ATTEMPTS
+        assert sum(line["at_bound"] for line in dropped) >= closed
     finally:
         await relay.kill()
 
 
 async def read_until_closed(reader: asyncio.StreamReader, timeout_s: float) -> bytes:
+    """What the relay sent before it closed the connection; a reset counts as a close."""
+    received = b""
     async with asyncio.timeout(timeout_s):
-        return await reader.read()
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await reader.read(65536):
+                received += chunk
+    return received
 
 
 async def test_a_request_head_trickled_past_the_read_timeout_is_dropped(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo, _RequestFactory
@@ -230,11 +231,18 @@ class Connection(RequestHandler):
             logger.error("request failed", status=status, peer=request.remote, exc_info=exc)
             detail = "the relay failed to handle this request; see its log"
         else:
-            detail = f"the request is not valid HTTP: {_one_line(message or str(exc))}"
+            detail = f"the request is not valid HTTP: {_describe(exc, message)}"
             logger.info("request refused", status=status, reason=detail, peer=request.remote)
         response = error_response(status, detail)
         response.force_close()
         return response
+
+
+def _describe(exc: BaseException | None, message: str | None) -> str:
+    if isinstance(exc, LineTooLong):
+        # aiohttp's message quotes the first 100 bytes of the line; the limit says enough.
+        return f"a request line or header is longer than {exc.args[1]} bytes"
+    return _one_line(message or str(exc))
 
 
 def _one_line(message: str) -> str:

@@ -333,6 +333,18 @@ async def test_protocol_errors_answer_in_datadog_shape(relay: RunningRelay, raw:
     assert error["detail"].startswith("the request is not valid HTTP: ")
 
 
+async def test_an_overlong_header_is_described_by_the_limit(relay: RunningRelay) -> None:
+    """A header over the line limit is refused by naming the limit, not by echoing the line."""
+    port = int(relay.base_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(PROTOCOL_ERRORS["header over 8190 bytes"])
+    answer = await read_until_closed(reader, 5)
+    writer.close()
+    [error] = orjson.loads(answer.partition(b"\r\n\r\n")[2])["errors"]
+    expected = "the request is not valid HTTP: a request line or header is longer than 8190 bytes"
+    assert expected == error["detail"]
+
+
 async def test_a_bad_chunk_after_the_head_is_answered_at_once(relay: RunningRelay) -> None:
     """A malformed chunk arriving after the head fails the request at once, in Datadog's shape."""
     port = int(relay.base_url.rsplit(":", 1)[1])

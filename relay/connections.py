@@ -261,12 +261,12 @@ class GuardedServer(web.Server):
         request_factory: _RequestFactory,
         **kwargs: Any,
     ) -> None:
-        super().__init__(handler, request_factory=self._make_request, **kwargs)
+        super().__init__(handler, request_factory=self._guarded_request, **kwargs)
         self.guard = guard
         self._app_request_factory = request_factory
         self._handler_kwargs = kwargs
 
-    def _make_request(
+    def _guarded_request(
         self,
         message: RawRequestMessage,
         payload: StreamReader,

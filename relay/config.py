@@ -72,6 +72,8 @@ class ServerSettings(_Group):
     host: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=1024, ge=1)
 
 
 class OutboxSettings(_Group):

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from relay import __version__
 from relay.config import Settings
+from relay.connections import ConnectionGuard, connection_bound, raise_open_file_limit
 from relay.flusher import Flusher
 from relay.outbox import Outbox
 from relay.server import create_app, runner
@@ -34,6 +35,9 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # SIGHUP would otherwise end the process without a shutdown; reload is not offered yet.
+    loop.add_signal_handler(signal.SIGHUP, _on_hangup)
+    guard = _connection_guard(settings)
 
     started = time.monotonic()
     # Unwinds in reverse: stop accepting (requests in progress finish their commits), final
@@ -49,7 +53,7 @@ async def serve(settings: Settings) -> int:
         grace_s = settings.flusher.shutdown_grace_s
         stack.push_async_callback(_finish_flusher, flusher, flusher_task, grace_s)
         app = create_app(outbox, settings.server.max_body_bytes, settings.outbox.retry_after_s)
-        web_runner = runner(app)
+        web_runner = runner(app, guard)
         await web_runner.setup()
         stack.push_async_callback(web_runner.cleanup)
         site = web.TCPSite(
@@ -87,6 +91,24 @@ async def serve(settings: Settings) -> int:
         pending=outbox.counts.events,
     )
     return status
+
+
+def _on_hangup() -> None:
+    logger.warning("SIGHUP received", action="ignored: reload is not supported, restart instead")
+
+
+def _connection_guard(settings: Settings) -> ConnectionGuard:
+    """Raise the open-file limit, then bound connections below it."""
+    limit = raise_open_file_limit()
+    bound = connection_bound(settings.server.max_connections, limit.soft)
+    logger.info(
+        "open-file limit",
+        limit=limit.soft,
+        hard_limit=limit.hard,
+        raised_from=limit.raised_from,
+        max_connections=bound,
+    )
+    return ConnectionGuard(settings.server.read_timeout_s, bound)
 
 
 async def _finish_flusher(flusher: Flusher, task: asyncio.Task[None], grace_s: float) -> None:

@@ -12,6 +12,7 @@ import zlib
 import structlog
 from aiohttp import web
 
+from relay.connections import ConnectionGuard, RelayRunner
 from relay.errors import error_response
 from relay.outbox import Outbox, OutboxClosed, OutboxFull, OutboxUnavailable
 from relay.schema import PIPELINE_PATH, InvalidRequest, parse_request
@@ -155,6 +156,7 @@ def create_app(outbox: Outbox, max_body_bytes: int, retry_after_s: int) -> web.A
     return app
 
 
-def runner(app: web.Application) -> web.AppRunner:
-    """An AppRunner that leaves decompression to ``_decode``, which bounds its output."""
-    return web.AppRunner(app, auto_decompress=False, access_log=None, handle_signals=False)
+def runner(app: web.Application, guard: ConnectionGuard | None = None) -> RelayRunner:
+    """A runner that leaves decompression to ``_decode``, which bounds its output, and
+    whose connections ``guard`` watches (read timeout, connection bound, protocol errors)."""
+    return RelayRunner(app, guard or ConnectionGuard(), auto_decompress=False, access_log=None)

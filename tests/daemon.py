@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,14 @@ def _toml(value: Any) -> str:
 class RelayProcess:
     """A started ``ci-relay serve``: its port, its JSON log lines, and signals to end it."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
+        self.preexec_fn = preexec_fn  # runs in the child before exec, e.g. to set rlimits
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))}
         self.env.update(env or {})
         self.logs: list[dict[str, Any]] = []
@@ -68,6 +75,7 @@ class RelayProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=self.env | {"CI_RELAY_LOG__FORMAT": "json"},
+            preexec_fn=self.preexec_fn,
         )
         self._reader = asyncio.create_task(self._read_logs())
         waiter = asyncio.create_task(self._listening.wait())

@@ -37,7 +37,6 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, stop.set)
     # SIGHUP would otherwise end the process without a shutdown; reload is not offered yet.
     loop.add_signal_handler(signal.SIGHUP, _on_hangup)
-    guard = _connection_guard(settings)
 
     started = time.monotonic()
     # Unwinds in reverse: stop accepting (requests in progress finish their commits), final
@@ -46,6 +45,8 @@ async def serve(settings: Settings) -> int:
     async with contextlib.AsyncExitStack() as stack:
         outbox = await Outbox.open(settings.outbox)
         stack.push_async_callback(outbox.close)
+        # After the outbox: a refused outbox is one line on stderr and nothing else.
+        guard = _connection_guard(settings)
         upstream = Upstream(settings.upstream)
         stack.push_async_callback(upstream.close)
         flusher = Flusher(outbox, upstream, settings.flusher, settings.retry)

@@ -11,6 +11,7 @@ import zlib
 
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from relay.connections import ConnectionGuard, RelayRunner
 from relay.errors import error_response
@@ -57,6 +58,11 @@ async def post_pipeline(request: web.Request) -> web.Response:
     except (OutboxFull, OutboxUnavailable, OutboxClosed) as exc:
         retry = {"Retry-After": str(app[RETRY_AFTER_S])}
         return _refuse(request, 503, f"the relay cannot store events now: {exc}", headers=retry)
+    except ConnectionError as exc:
+        # The runner hung up (or was dropped for slowness) before its body arrived: nothing
+        # was stored and nobody is left to answer. Routine, so not an error.
+        logger.info("client went away", path=request.path, peer=request.remote, error=str(exc))
+        return web.Response(status=499, reason="Client Closed Request")
     except Exception:
         # A bug must not leak a traceback to the runner; the log keeps it for the operator.
         logger.exception("request failed", path=request.path)
@@ -80,6 +86,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         raw = await request.read()  # bounded by client_max_size, which create_app sets to limit
     except web.HTTPRequestEntityTooLarge:
         raise _Refused(413, f"body exceeds the {limit} byte limit") from None
+    except RequestPayloadError as exc:  # a bad chunk, a wrong length: the client's fault
+        raise _Refused(400, f"the request body is not valid HTTP: {exc}") from None
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     return _decode(raw, encoding, limit)
 

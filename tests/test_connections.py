@@ -371,7 +371,7 @@ async def test_a_bad_chunk_after_the_head_is_answered_at_once(relay: RunningRela
 async def test_a_client_gone_mid_body_is_not_an_error(relay: RunningRelay) -> None:
     """A runner that hangs up halfway through its body leaves an info line, no error."""
     port = int(relay.base_url.rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
     head = f"POST {PIPELINE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     with capture_logs() as logs:
         writer.write(head.encode() + b"Content-Length: 1000\r\n\r\n{\"data\": [")

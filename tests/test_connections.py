@@ -374,7 +374,7 @@ async def test_a_client_gone_mid_body_is_not_an_error(relay: RunningRelay) -> No
     _reader, writer = await asyncio.open_connection("127.0.0.1", port)
     head = f"POST {PIPELINE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     with capture_logs() as logs:
-        writer.write(head.encode() + b"Content-Length: 1000\r\n\r\n{\"data\": [")
+        writer.write(head.encode() + b'Content-Length: 1000\r\n\r\n{"data": [')
         await writer.drain()
         async with relay.client.get(relay.base_url + "/health") as health:
             assert 200 == health.status  # the request above is in its handler by now

@@ -35,6 +35,12 @@ class NotJSON(ValueError):
 
 def loads(body: bytes) -> Any:
     """The JSON value of ``body``, or NotJSON."""
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+        # Too few brackets to nest past the limit (most bodies): no padding to parse.
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise NotJSON(_why(body)) from None
     try:
         value = orjson.loads(_OPEN + body + _CLOSE)
     except orjson.JSONDecodeError:

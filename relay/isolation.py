@@ -88,17 +88,23 @@ class HeldEvent:
 
 @dataclass
 class RejectStreak:
-    """Single-event 400s in a row with the same detail, nothing delivered in between."""
+    """Single-event 400s in a row with the same detail, nothing delivered in between.
+
+    ``paused``: the streak reached its threshold; 400s with that detail now refuse the
+    request, not an event, until something is delivered.
+    """
 
     detail: str | None = None
     count: int = 0
+    paused: bool = False
 
-    def rejected(self, detail: str) -> int:
-        """Count one more rejection; how many in a row now share ``detail``."""
+    def rejected(self, detail: str, threshold: int) -> bool:
+        """Count one more rejection; True when it makes the streak a refusal of requests."""
         if detail != self.detail:
             self.detail, self.count = detail, 0
         self.count += 1
-        return self.count
+        self.paused = self.count >= threshold
+        return self.paused
 
     def reset(self) -> None:
-        self.detail, self.count = None, 0
+        self.detail, self.count, self.paused = None, 0, False

@@ -22,7 +22,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from relay.config import FlusherSettings, RetrySettings
-from relay.flusher import FlushResult, StoreFailed
+from relay.delivery import StoreFailed
+from relay.flusher import FlushResult
 from relay.upstream import Misconfigured, Reject, Retry
 from tests.delivery_rig import DeadLetter, Rig, big_job, jobs
 from tests.fake_intake import (

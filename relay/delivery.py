@@ -1,0 +1,289 @@
+"""One step of delivery: what to send, and what each answer means for the events.
+
+``Delivery.step()`` retries the held events that are due, sends the oldest batch and acts
+on the outcome: ack, dead-letter, bisect on 400 and 413, isolate a batch that keeps
+failing (``relay.isolation``), or stop at a condition that needs a wait. It returns a
+``Tally`` of what it did; the flusher (``relay.flusher``) decides what the condition means
+for its state and how long to wait.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from relay.backoff import Backoff
+from relay.config import FlusherSettings, RetrySettings
+from relay.isolation import HeadFailures, HeldEvent, IsolationPass, RejectStreak
+from relay.outbox import Outbox, OutboxUnavailable, StoredEvent
+from relay.schema import UPSTREAM_WINDOW
+from relay.upstream import (
+    Delivered,
+    Misconfigured,
+    Outcome,
+    Reject,
+    Retry,
+    Split,
+    Unauthorized,
+    Upstream,
+)
+
+logger = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreFailed:
+    """The outbox could not be read or written (disk full, locked, I/O error)."""
+
+    detail: str
+
+
+Blocker = Retry | Unauthorized | Misconfigured | Reject | StoreFailed
+
+
+@dataclass
+class Tally:
+    """What one step did, and the condition that stopped it, if any."""
+
+    delivered: int = 0
+    dead_lettered: int = 0
+    requests: int = 0
+    failed_requests: int = 0
+    blocked_by: Blocker | None = None
+
+
+class Delivery:
+    """Sends the outbox's events upstream, one request at a time; see the module docstring."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        upstream: Upstream,
+        settings: FlusherSettings,
+        retry: RetrySettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._outbox = outbox
+        self._upstream = upstream
+        self._settings = settings
+        self._retry = retry
+        self._backoff = Backoff.from_settings(retry)
+        self._clock = clock
+        self._head = HeadFailures()
+        self._held: dict[int, HeldEvent] = {}
+        self._rejects = RejectStreak()
+        self._deliveries = 0
+
+    @property
+    def held(self) -> Sequence[int]:
+        """The ids of the events held aside as suspected poison, retried on their own."""
+        return list(self._held)
+
+    def next_held_at(self) -> float | None:
+        """When the first held event is due again; None when none is held."""
+        return min((h.next_at for h in self._held.values()), default=None)
+
+    async def step(self) -> Tally:
+        """Retry the held events that are due, then send the oldest batch and act on it."""
+        tally = Tally()
+        try:
+            await self._retry_held(tally)
+            if tally.blocked_by is None:
+                batch = await self._outbox.next_batch(
+                    self._settings.batch_max_events, self._settings.batch_max_bytes, self._held
+                )
+                batch = await self._drop_expired(batch, tally)
+                if batch:
+                    await self._deliver_batch(batch, tally)
+        except OutboxUnavailable as exc:
+            if not exc.transient:
+                raise  # a damaged file: no retry mends it, the daemon stops and says why
+            tally.blocked_by = StoreFailed(str(exc))
+        return tally
+
+    async def _drop_expired(self, batch: Sequence[StoredEvent], tally: Tally) -> list[StoredEvent]:
+        now = self._clock()
+        window = UPSTREAM_WINDOW.total_seconds()
+        expired: list[StoredEvent] = []
+        live: list[StoredEvent] = []
+        for e in batch:
+            (expired if e.end_at is not None and now - e.end_at > window else live).append(e)
+        if expired:
+            detail = "ended more than 18 hours ago; the Datadog intake refuses such events"
+            await self._outbox.dead_letter(expired, "expired", None, detail, now)
+            tally.dead_lettered += len(expired)
+            for event in expired:
+                self._held.pop(event.id, None)
+            logger.warning("events expired", count=len(expired), reason="expired")
+        return live
+
+    async def _deliver_batch(self, batch: Sequence[StoredEvent], tally: Tally) -> None:
+        """Send the head batch, or, once it has failed often enough, isolate it in halves."""
+        head = batch[0].id
+        if self._head.reached(head, self._retry.isolate_after):
+            self._head.reset()
+            await self._isolate(batch, tally)
+            return
+        await self._deliver(batch, tally)
+        blocked = tally.blocked_by
+        if isinstance(blocked, Retry) and blocked.batch_suspect:
+            self._head.failed(head)
+
+    async def _deliver(self, batch: Sequence[StoredEvent], tally: Tally) -> bool:
+        """Send ``batch``; bisect on 400 and 413. False when a retry or pause must come first."""
+        outcome = await self._send(batch, tally)
+        return await self._act(outcome, batch, tally)
+
+    async def _act(self, outcome: Outcome, batch: Sequence[StoredEvent], tally: Tally) -> bool:
+        """What an outcome means for ``batch``: ack, dead-letter, bisect, or block."""
+        now = self._clock()
+        match outcome:
+            case Delivered():
+                await self._ack(batch, tally)
+                return True
+            case Reject() if self._refuses_requests(outcome, len(batch)):
+                tally.blocked_by = outcome
+                return False
+            case Reject(status=status, detail=detail) if len(batch) == 1:
+                await self._outbox.dead_letter(batch, "rejected", status, detail, now)
+                tally.dead_lettered += 1
+                logger.warning("event rejected", status=status, detail=detail, id=batch[0].id)
+                return True
+            case Split(detail=detail) if len(batch) == 1:
+                await self._outbox.dead_letter(batch, "too_large", 413, detail, now)
+                tally.dead_lettered += 1
+                logger.warning("event too large", size=batch[0].size, id=batch[0].id)
+                return True
+            case Reject() | Split():
+                half = len(batch) // 2
+                return await self._deliver(batch[:half], tally) and await self._deliver(
+                    batch[half:], tally
+                )
+            case Retry() | Unauthorized() | Misconfigured():
+                await self._outbox.record_failure(batch, now)
+                tally.blocked_by = outcome
+                return False
+
+    def _refuses_requests(self, outcome: Reject, size: int) -> bool:
+        """True when this 400 refuses the request itself, not an event in it.
+
+        Counts each single-event rejection towards that verdict (see ``RejectStreak``).
+        """
+        if self._rejects.paused and outcome.detail == self._rejects.detail:
+            return True  # a probe while paused, refused alike: stay paused
+        if size > 1:
+            return False
+        return self._rejects.rejected(outcome.detail, self._retry.systemic_reject_after)
+
+    async def _ack(self, batch: Sequence[StoredEvent], tally: Tally) -> None:
+        await self._outbox.ack(batch)
+        tally.delivered += len(batch)
+        self._deliveries += 1
+        self._rejects.reset()
+
+    async def _send(self, batch: Sequence[StoredEvent], tally: Tally) -> Outcome:
+        tally.requests += 1
+        outcome = await self._upstream.send([e.body for e in batch])
+        if not isinstance(outcome, Delivered):
+            tally.failed_requests += 1
+        return outcome
+
+    # --- a batch that keeps failing: isolate, hold, dead-letter ------------------------
+
+    async def _isolate(self, batch: Sequence[StoredEvent], tally: Tally) -> None:
+        """Send ``batch`` in halves: deliver what passes, hold the single events that fail."""
+        isolation = IsolationPass.for_batch(len(batch))
+        half = len(batch) // 2
+        for part in (batch[:half], batch[half:]):
+            if not await self._isolate_part(part, isolation, tally):
+                break
+        if isolation.outage or not isolation.delivered:
+            if tally.blocked_by is None:
+                tally.blocked_by = isolation.last_failure
+            return
+        now = self._clock()
+        for event, outcome in isolation.suspects:
+            self._held[event.id] = HeldEvent(event.id, now, deliveries_seen=self._deliveries)
+            logger.warning(
+                "event fails alone while others are delivered; held aside",
+                id=event.id,
+                reason=outcome.reason,
+            )
+        if tally.blocked_by is isolation.last_failure:
+            tally.blocked_by = None
+
+    async def _isolate_part(
+        self, part: Sequence[StoredEvent], isolation: IsolationPass, tally: Tally
+    ) -> bool:
+        """One part of an isolation pass; False when the pass must stop."""
+        if not part:
+            return True
+        outcome = await self._send(part, tally)
+        if isinstance(outcome, Delivered):
+            await self._ack(part, tally)
+            isolation.delivered_one()
+            return True
+        if not (isinstance(outcome, Retry) and outcome.batch_suspect):
+            return await self._act(outcome, part, tally)
+        await self._outbox.record_failure(part, self._clock())
+        isolation.failed(outcome)
+        tally.blocked_by = outcome
+        if isolation.outage:
+            return False
+        if len(part) == 1:
+            isolation.suspects.append((part[0], outcome))
+            return True
+        half = len(part) // 2
+        return await self._isolate_part(part[:half], isolation, tally) and (
+            await self._isolate_part(part[half:], isolation, tally)
+        )
+
+    async def _retry_held(self, tally: Tally) -> None:
+        """Send each held event that is due on its own; dead-letter one that keeps failing."""
+        now = self._clock()
+        due = sorted(i for i, h in self._held.items() if h.next_at <= now)
+        if not due:
+            return
+        events = await self._outbox.events(due)
+        for gone in set(due) - {e.id for e in events}:  # replayed elsewhere, or purged
+            del self._held[gone]
+        for event in await self._drop_expired(events, tally):
+            held = self._held[event.id]
+            outcome = await self._send([event], tally)
+            if isinstance(outcome, Retry) and outcome.batch_suspect:
+                await self._held_failed(event, held, outcome, tally)
+                continue
+            del self._held[event.id]
+            if not await self._act(outcome, [event], tally):
+                return
+
+    async def _held_failed(
+        self, event: StoredEvent, held: HeldEvent, outcome: Retry, tally: Tally
+    ) -> None:
+        now = self._clock()
+        attempts = event.attempts + 1
+        first_failure = event.first_failure_at if event.first_failure_at is not None else now
+        if (
+            attempts >= self._retry.max_attempts_single
+            and now - first_failure >= self._retry.single_failure_window_s
+            and self._deliveries > held.deliveries_seen
+        ):
+            detail = outcome.detail or outcome.reason
+            await self._outbox.dead_letter([event], "upstream_error", outcome.status, detail, now)
+            del self._held[event.id]
+            tally.dead_lettered += 1
+            logger.error(
+                "event dead-lettered: the upstream fails it alone while delivering others",
+                id=event.id,
+                attempts=attempts,
+                status=outcome.status,
+                detail=detail,
+            )
+            return
+        await self._outbox.record_failure([event], now)
+        held.next_at = now + self._backoff.delay_for(held.tries)
+        held.tries += 1
+        held.deliveries_seen = self._deliveries

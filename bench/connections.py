@@ -39,7 +39,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from relay.schema import PIPELINE_PATH  # noqa: E402
+from relay.intake import PIPELINE_PATH  # noqa: E402
 from relay.server import runner as guarded_runner  # noqa: E402
 from tests.events import event, request  # noqa: E402
 

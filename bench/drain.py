@@ -36,9 +36,9 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from relay.config import OutboxSettings
+from relay.intake import request_body
 from relay.outbox import Outbox
 from relay.schema import parse_request
-from relay.upstream import request_body
 from tests.daemon import RelayProcess, write_config
 from tests.events import event, request
 

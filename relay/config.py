@@ -28,33 +28,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-# The Datadog sites of the intake's documentation, by the name DD_SITE takes.
-SITES: dict[str, str] = {
-    "datadoghq.com": "https://api.datadoghq.com",
-    "us3.datadoghq.com": "https://api.us3.datadoghq.com",
-    "us5.datadoghq.com": "https://api.us5.datadoghq.com",
-    "datadoghq.eu": "https://api.datadoghq.eu",
-    "ap1.datadoghq.com": "https://api.ap1.datadoghq.com",
-    "ap2.datadoghq.com": "https://api.ap2.datadoghq.com",
-    "ddog-gov.com": "https://api.ddog-gov.com",
-    "us2.ddog-gov.com": "https://api.us2.ddog-gov.com",
-}
-
-Site = Literal[
-    "datadoghq.com",
-    "us3.datadoghq.com",
-    "us5.datadoghq.com",
-    "datadoghq.eu",
-    "ap1.datadoghq.com",
-    "ap2.datadoghq.com",
-    "ddog-gov.com",
-    "us2.ddog-gov.com",
-]
+from relay.intake import MAX_EVENTS_PER_REQUEST, PIPELINE_PATH, SITES, Site
 
 DEFAULT_PORT = 8780
-
-# The path the relay appends to upstream.url (the intake's, as in relay.schema).
-_INTAKE_PATH = "/api/v2/ci/pipeline"
 
 
 def default_outbox_path() -> Path:
@@ -100,14 +76,14 @@ def _check_url(url: str) -> str:
         raise ValueError("has no host")
     base = urlunsplit((scheme, parts.netloc, "", "", ""))
     path = parts.path.rstrip("/")
-    if path.endswith(_INTAKE_PATH):
-        fixed = redact_url(urlunsplit((scheme, parts.netloc, path[: -len(_INTAKE_PATH)], "", "")))
+    if path.endswith(PIPELINE_PATH):
+        fixed = redact_url(urlunsplit((scheme, parts.netloc, path[: -len(PIPELINE_PATH)], "", "")))
         raise ValueError(
-            f"ends in the intake path {_INTAKE_PATH}, which the relay adds itself: "
+            f"ends in the intake path {PIPELINE_PATH}, which the relay adds itself: "
             f'set url = "{fixed}"'
         )
     if path:
-        raise ValueError(f"takes no path (got {parts.path}); the relay posts to URL{_INTAKE_PATH}")
+        raise ValueError(f"takes no path (got {parts.path}); the relay posts to URL{PIPELINE_PATH}")
     if parts.query or parts.fragment:
         raise ValueError("takes no query or fragment")
     return base
@@ -156,11 +132,11 @@ class UpstreamSettings(_Group):
     @property
     def intake_url(self) -> str:
         """The URL batches are posted to, with any password in it redacted: safe to log."""
-        return redact_url(self.base_url + _INTAKE_PATH)
+        return redact_url(self.base_url + PIPELINE_PATH)
 
 
 class FlusherSettings(_Group):
-    batch_max_events: int = Field(default=1000, ge=1, le=1000)
+    batch_max_events: int = Field(default=MAX_EVENTS_PER_REQUEST, ge=1, le=MAX_EVENTS_PER_REQUEST)
     batch_max_bytes: int = Field(default=4_000_000, ge=1024)
     flush_interval_s: float = Field(default=1.0, ge=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)

@@ -17,9 +17,9 @@ import structlog
 
 from relay.backoff import Backoff
 from relay.config import FlusherSettings, RetrySettings
+from relay.intake import WINDOW_REFUSAL, WINDOW_S
 from relay.isolation import HeadFailures, HeldEvent, IsolationPass, RejectStreak
 from relay.outbox import Outbox, OutboxUnavailable, StoredEvent
-from relay.schema import UPSTREAM_WINDOW
 from relay.upstream import (
     Delivered,
     Misconfigured,
@@ -106,13 +106,12 @@ class Delivery:
 
     async def _drop_expired(self, batch: Sequence[StoredEvent], tally: Tally) -> list[StoredEvent]:
         now = self._clock()
-        window = UPSTREAM_WINDOW.total_seconds()
         expired: list[StoredEvent] = []
         live: list[StoredEvent] = []
         for e in batch:
-            (expired if e.end_at is not None and now - e.end_at > window else live).append(e)
+            (expired if e.end_at is not None and now - e.end_at > WINDOW_S else live).append(e)
         if expired:
-            detail = "ended more than 18 hours ago; the Datadog intake refuses such events"
+            detail = f"ended more than 18 hours ago; {WINDOW_REFUSAL}"
             await self._outbox.dead_letter(expired, "expired", None, detail, now)
             tally.dead_lettered += len(expired)
             for event in expired:

@@ -1,19 +1,12 @@
-"""Datadog's error shape: ``{"errors": [{"status", "title", "detail"}]}``, built in one place."""
+"""Answers in Datadog's error shape (``relay.intake.error_body``), as aiohttp responses."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from http import HTTPStatus
 
-import orjson
 from aiohttp import web
 
-
-def error_body(status: int, details: Iterable[str]) -> bytes:
-    """The JSON body Datadog's API answers with for ``status``, one entry per detail."""
-    title = HTTPStatus(status).phrase
-    errors = [{"status": str(status), "title": title, "detail": d} for d in details]
-    return orjson.dumps({"errors": errors})
+from relay.intake import error_body
 
 
 def error_response(

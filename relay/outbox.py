@@ -23,6 +23,7 @@ import structlog
 
 from relay import outbox_file
 from relay.config import OutboxSettings
+from relay.intake import ENVELOPE_BYTES, MAX_EVENTS_PER_REQUEST
 from relay.migrate import migrate
 from relay.outbox_file import OutboxError, OutboxMissing, ServeLock
 from relay.schema import AcceptedEvent
@@ -374,7 +375,7 @@ class Outbox:
         if not sizes:
             return []
         first, last = sizes[0][0], sizes[0][0]
-        total = len(_EMPTY_BODY) + sizes[0][1]
+        total = ENVELOPE_BYTES + sizes[0][1]
         for event_id, size in sizes[1:]:
             total += size + 1  # the comma before it
             if total > max_bytes:
@@ -555,13 +556,14 @@ _TO_DEAD_LETTERS = (
     "SELECT id, received_at, ?, ?, ?, attempts + ?, coalesce(first_failure_at, ?), ?, end_at, body "
     "FROM events WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
 )
-# The upstream body around the events: what the byte cap must leave room for.
-_EMPTY_BODY = b'{"data":[]}'
 _OLDEST_RECEIVED = (
     "SELECT received_at FROM events WHERE id NOT IN (SELECT value FROM json_each(?)) "
     "ORDER BY id LIMIT 1"
 )
-_OLDEST_END = "SELECT min(end_at) FROM (SELECT end_at FROM events ORDER BY id LIMIT 1000)"
+_OLDEST_END = (
+    "SELECT min(end_at) FROM (SELECT end_at FROM events ORDER BY id "
+    f"LIMIT {MAX_EVENTS_PER_REQUEST})"
+)
 _COUNT = "SELECT count(*), coalesce(sum(size), 0) FROM events"
 _COUNT_DEAD = "SELECT count(*) FROM dead_letters"
 

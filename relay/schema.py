@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from relay.body import NotJSON, event_bytes, loads
+from relay.intake import MAX_EVENTS_PER_REQUEST, WINDOW_REFUSAL, WINDOW_S
 from relay.problems import (
     MAX_LISTED_PROBLEMS,
     Budget,
@@ -41,13 +42,8 @@ from relay.problems import (
 )
 
 # The intake's path, which the relay serves too.
-PIPELINE_PATH = "/api/v2/ci/pipeline"
-MAX_EVENTS_PER_REQUEST = 1000
-# The intake refuses events whose end is older than this.
-UPSTREAM_WINDOW = timedelta(hours=18)
 MAX_DURATION = timedelta(days=365)
 INT64_MAX = 2**63 - 1
-_UPSTREAM_WINDOW_S = UPSTREAM_WINDOW.total_seconds()
 _MAX_DURATION_S = MAX_DURATION.total_seconds()
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
@@ -146,10 +142,10 @@ class _Finished(_Model):
         if end_s - start_s > _MAX_DURATION_S:
             raise PydanticCustomError("too_long", "is more than 1 year after start")
         now = info.context["now"] if info.context else time.time()
-        if now - end_s > _UPSTREAM_WINDOW_S:
+        if now - end_s > WINDOW_S:
             raise PydanticCustomError(
                 "expired",
-                "is more than 18 hours in the past; the Datadog intake refuses such events",
+                f"is more than 18 hours in the past; {WINDOW_REFUSAL}",
             )
         return end
 

@@ -15,8 +15,9 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from relay.connections import ConnectionGuard, RelayRunner
 from relay.errors import error_response
+from relay.intake import PIPELINE_PATH
 from relay.outbox import Outbox, OutboxClosed, OutboxFull, OutboxUnavailable
-from relay.schema import PIPELINE_PATH, InvalidRequest, parse_request
+from relay.schema import InvalidRequest, parse_request
 
 logger = structlog.get_logger(__name__)
 

@@ -13,12 +13,11 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import aiohttp
-import orjson
 import structlog
 
 from relay import __version__
 from relay.config import UpstreamSettings
-from relay.schema import PIPELINE_PATH
+from relay.intake import PIPELINE_PATH, error_detail, request_body
 
 logger = structlog.get_logger(__name__)
 
@@ -94,7 +93,7 @@ def outcome_of(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
     if 300 <= status < 400:
         location = headers.get("Location")
         return Misconfigured(status, f"redirect to {location or '(no Location)'}", location)
-    detail = _detail(status, body)
+    detail = error_detail(status, body)
     if status in (404, 405, 415):
         return Misconfigured(status, detail)
     if status in (400, 422):
@@ -109,22 +108,6 @@ def outcome_of(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
     after_s = _retry_after(headers.get("Retry-After"))
     suspect = status == 408 or status >= 500
     return Retry(f"{status}: {detail}", after_s, status, detail, batch_suspect=suspect)
-
-
-def _detail(status: int, body: bytes) -> str:
-    """The upstream's error details, joined; the raw text when it is not Datadog's shape."""
-    try:
-        errors = orjson.loads(body)["errors"]
-        details = [
-            str(e.get("detail") or e.get("title") or e) if isinstance(e, dict) else str(e)
-            for e in errors
-        ]
-        if details:
-            return "; ".join(details)[:2000]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        pass
-    text = body.decode("utf-8", errors="replace").strip()
-    return text[:2000] or f"HTTP {status}"
 
 
 def _rate_limit_wait(headers: Mapping[str, str]) -> float | None:
@@ -159,11 +142,6 @@ def _seconds(value: str | None) -> float | None:
         return None
     # Any wait is taken at its word here; the flusher caps it at retry.max_wait_s.
     return seconds if 0 <= seconds < float("inf") else None
-
-
-def request_body(events: Sequence[bytes]) -> bytes:
-    """``{"data":[...]}`` from the events' stored original JSON, without re-encoding them."""
-    return b'{"data":[' + b",".join(events) + b"]}"
 
 
 async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 
 from relay.config import OutboxSettings
+from relay.intake import PIPELINE_PATH
 from relay.outbox import Outbox
-from relay.schema import PIPELINE_PATH
 from relay.server import create_app, runner
 from tests.delivery_rig import Rig
 from tests.fake_intake import FakeIntake

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from relay.schema import PIPELINE_PATH
+from relay.intake import PIPELINE_PATH
 
 START_TIMEOUT_S = 20.0
 

@@ -129,7 +129,12 @@ def stored(events: Sequence[dict[str, Any]]) -> list[bytes]:
 
 def body_len(events: Sequence[dict[str, Any]]) -> int:
     """The length of the request body the relay sends for ``events``."""
-    return len(b'{"data":[' + b",".join(stored(events)) + b"]}")
+    return len(wire_body(events))
+
+
+def wire_body(events: Sequence[dict[str, Any]]) -> bytes:
+    """The request body the relay must send for ``events``, written out independently."""
+    return b'{"data":[' + b",".join(stored(events)) + b"]}"
 
 
 def ahead(seconds: float) -> Callable[[], float]:

@@ -18,7 +18,8 @@ import pytest
 from aiohttp import web
 from pydantic import BaseModel
 
-from relay.config import ConfigError, Settings, Site, load_settings
+from relay.config import ConfigError, Settings, load_settings
+from relay.intake import Site
 from tests.daemon import RelayProcess, write_config
 from tests.events import event, request
 

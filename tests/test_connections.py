@@ -16,8 +16,8 @@ from structlog.testing import capture_logs
 
 from relay.config import OutboxSettings
 from relay.connections import ConnectionGuard
+from relay.intake import PIPELINE_PATH
 from relay.outbox import Outbox
-from relay.schema import PIPELINE_PATH
 from relay.server import create_app, runner
 from tests.conftest import RunningRelay
 from tests.daemon import RelayProcess, write_config

@@ -33,7 +33,7 @@ from tests.delivery_rig import (
     body_len,
     closed_port,
     jobs,
-    stored,
+    wire_body,
 )
 from tests.events import event
 from tests.fake_intake import (
@@ -68,7 +68,7 @@ async def test_2xx_deletes_the_batch_and_sends_the_originals(rig: Rig, answer: A
     assert PIPELINE_PATH == received.path
     assert originals == received.events
     assert {"data": originals} == orjson.loads(received.body)
-    assert b'{"data":[' + b",".join(stored(originals)) + b"]}" == received.body
+    assert wire_body(originals) == received.body
     assert API_KEY == received.headers["DD-API-KEY"]
     assert "application/json" == received.headers["Content-Type"]
     assert received.headers["User-Agent"].startswith("ci-relay/")
@@ -140,7 +140,7 @@ async def test_gzip_when_compress_is_on(rig: Rig) -> None:
     [received] = rig.intake.received
     assert "gzip" == received.headers["Content-Encoding"]
     assert b"\x1f\x8b" == received.raw[:2]
-    expected_body = b'{"data":[' + b",".join(stored(originals)) + b"]}"
+    expected_body = wire_body(originals)
     assert expected_body == gzip.decompress(received.raw)
     assert expected_body == received.body
     assert originals == rig.intake.accepted_events
@@ -155,7 +155,7 @@ async def test_plain_json_by_default(rig: Rig) -> None:
 
     [received] = rig.intake.received
     assert "Content-Encoding" not in received.headers
-    assert b'{"data":[' + b",".join(stored(originals)) + b"]}" == received.raw
+    assert wire_body(originals) == received.raw
     assert originals == rig.intake.accepted_events
 
 

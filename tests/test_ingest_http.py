@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from relay.config import OutboxSettings
-from relay.schema import PIPELINE_PATH
+from relay.intake import PIPELINE_PATH
 from tests.conftest import RunningRelay, start_relay
 from tests.events import LEVELS, event, request
 

@@ -16,7 +16,6 @@ from relay.upstream import (
     Split,
     Unauthorized,
     outcome_of,
-    request_body,
 )
 
 RATE_LIMITED = "429 rate limited: HTTP 429"
@@ -78,9 +77,3 @@ def test_retry_after_as_http_date() -> None:
     assert isinstance(outcome, Retry)
     assert outcome.after_s is not None
     assert 25 <= outcome.after_s <= 31
-
-
-def test_request_body_keeps_events_byte_for_byte() -> None:
-    """The upstream body wraps the stored events in data without re-encoding them."""
-    events = [b'{"b":1,"a":2.50}', b'{"x":"\\u00e9"}']
-    assert b'{"data":[{"b":1,"a":2.50},{"x":"\\u00e9"}]}' == request_body(events)

@@ -1,0 +1,80 @@
+"""Datadog's CI Visibility pipeline intake: the facts of its contract, in one place.
+
+The path and its request envelope, the per-request event limit, the 18-hour window, the
+sites, and the error body in both directions (the relay answers in it and reads the
+upstream's). Everything else in the relay takes these from here, so the store, the
+flusher and the upstream client know nothing of the wire format but through this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from http import HTTPStatus
+from typing import Literal, get_args
+
+import orjson
+
+PIPELINE_PATH = "/api/v2/ci/pipeline"
+
+# The intake takes at most this many events in one request.
+MAX_EVENTS_PER_REQUEST = 1000
+
+# The intake refuses an event whose end is older than this.
+WINDOW = timedelta(hours=18)
+WINDOW_S = WINDOW.total_seconds()
+WINDOW_REFUSAL = "the Datadog intake refuses such events"
+
+# The Datadog sites, by the name DD_SITE takes; each serves the API at https://api.<site>.
+Site = Literal[
+    "datadoghq.com",
+    "us3.datadoghq.com",
+    "us5.datadoghq.com",
+    "datadoghq.eu",
+    "ap1.datadoghq.com",
+    "ap2.datadoghq.com",
+    "ddog-gov.com",
+    "us2.ddog-gov.com",
+]
+SITES: dict[str, str] = {site: f"https://api.{site}" for site in get_args(Site)}
+
+# A request body is {"data":[e1,e2,...]}: this much around the events, and a comma between.
+_OPEN, _CLOSE = b'{"data":[', b"]}"
+ENVELOPE_BYTES = len(_OPEN) + len(_CLOSE)
+
+
+def request_body(events: Sequence[bytes]) -> bytes:
+    """``{"data":[...]}`` from events' JSON as stored, without re-encoding them."""
+    return _OPEN + b",".join(events) + _CLOSE
+
+
+def body_size(sizes: Iterable[int]) -> int:
+    """The length of ``request_body`` for events of these sizes."""
+    total, count = 0, 0
+    for size in sizes:
+        total += size
+        count += 1
+    return ENVELOPE_BYTES + total + max(0, count - 1)
+
+
+def error_body(status: int, details: Iterable[str]) -> bytes:
+    """The intake's error body for ``status``: ``{"errors":[{"status","title","detail"}]}``."""
+    title = HTTPStatus(status).phrase
+    errors = [{"status": str(status), "title": title, "detail": d} for d in details]
+    return orjson.dumps({"errors": errors})
+
+
+def error_detail(status: int, body: bytes, limit: int = 2000) -> str:
+    """The details of an error body, joined; the raw text when it is not that shape."""
+    try:
+        errors = orjson.loads(body)["errors"]
+        details = [
+            str(e.get("detail") or e.get("title") or e) if isinstance(e, dict) else str(e)
+            for e in errors
+        ]
+        if details:
+            return "; ".join(details)[:limit]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        pass
+    text = body.decode("utf-8", errors="replace").strip()
+    return text[:limit] or f"HTTP {status}"

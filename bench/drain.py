@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from relay.config import OutboxSettings
 from relay.intake import request_body
 from relay.outbox import Outbox
+from relay.process import RelayProcess, write_config
+from relay.samples import event, request
 from relay.schema import parse_request
-from tests.daemon import RelayProcess, write_config
-from tests.events import event, request
 
 TARGET_EVENTS_PER_S = 30_000
 TARGET_RSS_MB = 150

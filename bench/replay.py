@@ -36,8 +36,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.daemon import RelayProcess, write_config
-from tests.events import event, request
+from relay.process import RelayProcess, write_config
+from relay.samples import event, request
 
 JSON = {"Content-Type": "application/json"}
 LOAD_LIMIT_S = 600.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -270,6 +271,15 @@ class InvalidRequest(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+def validate_events(events: Sequence[Mapping[str, Any]]) -> list[AcceptedEvent]:
+    """Validate event dicts (items of ``data``) exactly as a request holding them would be.
+
+    For code that builds events itself (the runner-side commands): the same rules, the same
+    problems by JSON path (``data[0].attributes.resource.status: ...``), as InvalidRequest.
+    """
+    return parse_request(orjson.dumps({"data": list(events)}))
 
 
 def parse_request(body: bytes) -> list[AcceptedEvent]:

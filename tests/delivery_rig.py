@@ -21,9 +21,9 @@ from pydantic import SecretStr
 from relay.config import FlusherSettings, RetrySettings, UpstreamSettings
 from relay.flusher import Flusher
 from relay.outbox import Outbox
+from relay.samples import event, request
 from relay.schema import parse_request
 from relay.upstream import Upstream
-from tests.events import event, request
 from tests.fake_intake import FakeIntake
 
 API_KEY = "test-key"

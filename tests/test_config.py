@@ -20,8 +20,8 @@ from pydantic import BaseModel
 
 from relay.config import ConfigError, Settings, load_settings
 from relay.intake import Site
-from tests.daemon import RelayProcess, write_config
-from tests.events import event, request
+from relay.process import RelayProcess, write_config
+from relay.samples import event, request
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"

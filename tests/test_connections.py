@@ -18,10 +18,10 @@ from relay.config import OutboxSettings
 from relay.connections import ConnectionGuard
 from relay.intake import PIPELINE_PATH
 from relay.outbox import Outbox
+from relay.process import RelayProcess, write_config
+from relay.samples import event, request
 from relay.server import create_app, runner
 from tests.conftest import RunningRelay
-from tests.daemon import RelayProcess, write_config
-from tests.events import event, request
 
 JSON = {"Content-Type": "application/json"}
 SLOW_HEAD = f"POST {PIPELINE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".encode()

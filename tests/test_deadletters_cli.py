@@ -22,10 +22,10 @@ from pydantic import SecretStr
 from relay.config import FlusherSettings, OutboxSettings, RetrySettings, UpstreamSettings
 from relay.flusher import Flusher
 from relay.outbox import Outbox
+from relay.process import RelayProcess, write_config
+from relay.samples import event, request
 from relay.schema import parse_request
 from relay.upstream import Upstream
-from tests.daemon import RelayProcess, write_config
-from tests.events import event, request
 from tests.fake_intake import Accept, Answer, FakeIntake, RejectEvents, TooLarge
 
 API_KEY = "0123456789abcdef0123456789abcdef"

@@ -16,8 +16,8 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.daemon import RelayProcess, write_config
-from tests.events import event, request
+from relay.process import RelayProcess, write_config
+from relay.samples import event, request
 from tests.fake_intake import (
     Accept,
     Answer,

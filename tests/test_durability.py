@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.daemon import RelayProcess, write_config
-from tests.events import event, request
+from relay.process import RelayProcess, write_config
+from relay.samples import event, request
 
 JSON = {"Content-Type": "application/json"}
 KINDS = ("pipeline", "running_pipeline", "stage", "job", "running_job", "step")

@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from relay.config import FlusherSettings, OutboxSettings, RetrySettings
 from relay.flusher import FlushResult
 from relay.outbox import Outbox
+from relay.samples import event
 from relay.upstream import Retry, Unauthorized
 from tests.delivery_rig import (
     API_KEY,
@@ -35,7 +36,6 @@ from tests.delivery_rig import (
     jobs,
     wire_body,
 )
-from tests.events import event
 from tests.fake_intake import (
     PIPELINE_PATH,
     Accept,

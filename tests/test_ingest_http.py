@@ -19,8 +19,8 @@ import pytest
 
 from relay.config import OutboxSettings
 from relay.intake import PIPELINE_PATH
+from relay.samples import LEVELS, event, request
 from tests.conftest import RunningRelay, start_relay
-from tests.events import LEVELS, event, request
 
 JSON = {"Content-Type": "application/json"}
 

@@ -17,7 +17,7 @@ import pytest
 
 import relay.migrate
 from relay.migrate import SchemaTooNew, available, migrate
-from tests.daemon import write_config
+from relay.process import write_config
 
 EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int]]] = {
     "events": [

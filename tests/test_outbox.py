@@ -18,8 +18,8 @@ from relay.config import OutboxSettings
 from relay.migrate import migrate
 from relay.outbox import Outbox, OutboxFull, StoredEvent
 from relay.outbox_file import APPLICATION_ID
+from relay.samples import event
 from relay.schema import AcceptedEvent
-from tests.events import event
 
 _WAL_HEADER = 32
 _FRAME_HEADER = 24

@@ -18,8 +18,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from tests.daemon import RelayProcess, write_config
-from tests.events import event, request
+from relay.process import RelayProcess, write_config
+from relay.samples import event, request
 
 JSON = {"Content-Type": "application/json"}
 DEAD_LETTERS = 60_000

@@ -22,8 +22,8 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.daemon import RelayProcess, write_config
-from tests.events import event, request
+from relay.process import RelayProcess, write_config
+from relay.samples import event, request
 
 SERVE_TIMEOUT_S = 20.0
 MOUNT, UMOUNT = shutil.which("mount") or "/bin/mount", shutil.which("umount") or "/bin/umount"

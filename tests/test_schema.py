@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay.samples import LEVELS, ago, event, request
 from relay.schema import (
     Attributes,
     CIError,
@@ -28,7 +29,6 @@ from relay.schema import (
     Step,
     parse_request,
 )
-from tests.events import LEVELS, ago, event, request
 
 RESOURCE = "data.attributes.resource"
 GIT = f"{RESOURCE}.git"

@@ -7,8 +7,8 @@ import zlib
 
 import orjson
 
+from relay.samples import event, request
 from tests.conftest import RunningRelay
-from tests.events import event, request
 
 JSON = {"Content-Type": "application/json"}
 

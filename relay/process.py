@@ -1,4 +1,8 @@
-"""The relay as a real subprocess (``python -m relay serve``), for crash and signal tests."""
+"""The relay as a real subprocess (``python -m relay serve``), with its JSON log lines.
+
+For the tests that need a real process (crash, signals, start-up) and for the benchmarks;
+``write_config`` writes the TOML file such a process reads.
+"""
 
 from __future__ import annotations
 

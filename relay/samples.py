@@ -1,4 +1,8 @@
-"""Valid events of every level, with fresh timestamps, for tests and benchmarks."""
+"""Valid sample events of every level, with fresh timestamps.
+
+For the relay's tests and benchmarks, and for anyone trying the relay by hand: each
+function returns plain dicts in the intake's shape, which ``relay.schema`` accepts.
+"""
 
 from __future__ import annotations
 

@@ -76,11 +76,6 @@ async def serve(settings: Settings) -> int:
             upstream=upstream.display_url,
             config=settings.redacted(),
         )
-        if not upstream.has_api_key:
-            logger.warning(
-                "no API key: events are accepted and kept, delivery waits for a key",
-                hint="set DD_API_KEY or upstream.api_key",
-            )
         status = await _wait_for_stop(stop, outbox.task, flusher_task)
         logger.info("stopping", reason="signal" if status == 0 else "task failed")
     logger.info(

@@ -3,7 +3,7 @@
 ``Delivery.step()`` retries the held events that are due, sends the oldest batch and acts
 on the outcome: ack, dead-letter, bisect on 400 and 413, isolate a batch that keeps
 failing (``relay.isolation``), or stop at a condition that needs a wait. It returns a
-``Tally`` of what it did; the flusher (``relay.flusher``) decides what the condition means
+``FlushResult`` of what it did; the flusher (``relay.flusher``) decides what the condition means
 for its state and how long to wait.
 """
 
@@ -45,14 +45,28 @@ Blocker = Retry | Unauthorized | Misconfigured | Reject | StoreFailed
 
 
 @dataclass
-class Tally:
-    """What one step did, and the condition that stopped it, if any."""
+class Counts:
+    """What delivery did: events delivered and dead-lettered, requests sent and failed."""
 
     delivered: int = 0
     dead_lettered: int = 0
     requests: int = 0
     failed_requests: int = 0
+
+    def add(self, other: Counts) -> None:
+        """Add ``other``'s counts to these (running totals)."""
+        self.delivered += other.delivered
+        self.dead_lettered += other.dead_lettered
+        self.requests += other.requests
+        self.failed_requests += other.failed_requests
+
+
+@dataclass
+class FlushResult(Counts):
+    """What one step did; what stopped it, if anything, and how long the flusher waits."""
+
     blocked_by: Blocker | None = None
+    wait_s: float = 0.0
 
 
 class Delivery:
@@ -86,9 +100,9 @@ class Delivery:
         """When the first held event is due again; None when none is held."""
         return min((h.next_at for h in self._held.values()), default=None)
 
-    async def step(self) -> Tally:
+    async def step(self) -> FlushResult:
         """Retry the held events that are due, then send the oldest batch and act on it."""
-        tally = Tally()
+        tally = FlushResult()
         try:
             await self._retry_held(tally)
             if tally.blocked_by is None:
@@ -104,7 +118,9 @@ class Delivery:
             tally.blocked_by = StoreFailed(str(exc))
         return tally
 
-    async def _drop_expired(self, batch: Sequence[StoredEvent], tally: Tally) -> list[StoredEvent]:
+    async def _drop_expired(
+        self, batch: Sequence[StoredEvent], tally: FlushResult
+    ) -> list[StoredEvent]:
         now = self._clock()
         expired: list[StoredEvent] = []
         live: list[StoredEvent] = []
@@ -119,7 +135,7 @@ class Delivery:
             logger.warning("events expired", count=len(expired), reason="expired")
         return live
 
-    async def _deliver_batch(self, batch: Sequence[StoredEvent], tally: Tally) -> None:
+    async def _deliver_batch(self, batch: Sequence[StoredEvent], tally: FlushResult) -> None:
         """Send the head batch, or, once it has failed often enough, isolate it in halves."""
         head = batch[0].id
         if self._head.reached(head, self._retry.isolate_after):
@@ -131,12 +147,14 @@ class Delivery:
         if isinstance(blocked, Retry) and blocked.batch_suspect:
             self._head.failed(head)
 
-    async def _deliver(self, batch: Sequence[StoredEvent], tally: Tally) -> bool:
+    async def _deliver(self, batch: Sequence[StoredEvent], tally: FlushResult) -> bool:
         """Send ``batch``; bisect on 400 and 413. False when a retry or pause must come first."""
         outcome = await self._send(batch, tally)
         return await self._act(outcome, batch, tally)
 
-    async def _act(self, outcome: Outcome, batch: Sequence[StoredEvent], tally: Tally) -> bool:
+    async def _act(
+        self, outcome: Outcome, batch: Sequence[StoredEvent], tally: FlushResult
+    ) -> bool:
         """What an outcome means for ``batch``: ack, dead-letter, bisect, or block."""
         now = self._clock()
         match outcome:
@@ -151,8 +169,8 @@ class Delivery:
                 tally.dead_lettered += 1
                 logger.warning("event rejected", status=status, detail=detail, id=batch[0].id)
                 return True
-            case Split(detail=detail) if len(batch) == 1:
-                await self._outbox.dead_letter(batch, "too_large", 413, detail, now)
+            case Split(status=status, detail=detail) if len(batch) == 1:
+                await self._outbox.dead_letter(batch, "too_large", status, detail, now)
                 tally.dead_lettered += 1
                 logger.warning("event too large", size=batch[0].size, id=batch[0].id)
                 return True
@@ -177,13 +195,13 @@ class Delivery:
             return False
         return self._rejects.rejected(outcome.detail, self._retry.systemic_reject_after)
 
-    async def _ack(self, batch: Sequence[StoredEvent], tally: Tally) -> None:
+    async def _ack(self, batch: Sequence[StoredEvent], tally: FlushResult) -> None:
         await self._outbox.ack(batch)
         tally.delivered += len(batch)
         self._deliveries += 1
         self._rejects.reset()
 
-    async def _send(self, batch: Sequence[StoredEvent], tally: Tally) -> Outcome:
+    async def _send(self, batch: Sequence[StoredEvent], tally: FlushResult) -> Outcome:
         tally.requests += 1
         outcome = await self._upstream.send([e.body for e in batch])
         if not isinstance(outcome, Delivered):
@@ -192,7 +210,7 @@ class Delivery:
 
     # --- a batch that keeps failing: isolate, hold, dead-letter ------------------------
 
-    async def _isolate(self, batch: Sequence[StoredEvent], tally: Tally) -> None:
+    async def _isolate(self, batch: Sequence[StoredEvent], tally: FlushResult) -> None:
         """Send ``batch`` in halves: deliver what passes, hold the single events that fail."""
         isolation = IsolationPass.for_batch(len(batch))
         half = len(batch) // 2
@@ -215,7 +233,7 @@ class Delivery:
             tally.blocked_by = None
 
     async def _isolate_part(
-        self, part: Sequence[StoredEvent], isolation: IsolationPass, tally: Tally
+        self, part: Sequence[StoredEvent], isolation: IsolationPass, tally: FlushResult
     ) -> bool:
         """One part of an isolation pass; False when the pass must stop."""
         if not part:
@@ -240,7 +258,7 @@ class Delivery:
             await self._isolate_part(part[half:], isolation, tally)
         )
 
-    async def _retry_held(self, tally: Tally) -> None:
+    async def _retry_held(self, tally: FlushResult) -> None:
         """Send each held event that is due on its own; dead-letter one that keeps failing."""
         now = self._clock()
         due = sorted(i for i, h in self._held.items() if h.next_at <= now)
@@ -260,7 +278,7 @@ class Delivery:
                 return
 
     async def _held_failed(
-        self, event: StoredEvent, held: HeldEvent, outcome: Retry, tally: Tally
+        self, event: StoredEvent, held: HeldEvent, outcome: Retry, tally: FlushResult
     ) -> None:
         now = self._clock()
         attempts = event.attempts + 1

@@ -23,7 +23,8 @@ import structlog
 
 from relay.backoff import Backoff
 from relay.config import FlusherSettings, RetrySettings
-from relay.delivery import Blocker, Delivery, StoreFailed, Tally
+from relay.delivery import Counts, Delivery, StoreFailed
+from relay.delivery import FlushResult as FlushResult  # the step's result, for callers
 from relay.outbox import Outbox, OutboxUnavailable
 from relay.upstream import Misconfigured, Reject, Retry, Unauthorized, Upstream
 
@@ -43,28 +44,6 @@ State = Literal[
 _REMIND_S = 60.0
 # How often the flusher checks whether another process (a replay) wrote to the outbox.
 _RECOUNT_S = 1.0
-
-
-@dataclass
-class FlushStats:
-    """Totals since start, for the exit summary and the operator."""
-
-    delivered: int = 0
-    dead_lettered: int = 0
-    requests: int = 0
-    failed_requests: int = 0
-
-
-@dataclass(frozen=True)
-class FlushResult:
-    """What one ``flush_once`` did."""
-
-    delivered: int = 0
-    dead_lettered: int = 0
-    requests: int = 0
-    # Why the step stopped before the batch was done: the condition that needs a wait.
-    blocked_by: Blocker | None = None
-    wait_s: float = 0.0
 
 
 @dataclass
@@ -100,10 +79,9 @@ class Flusher:
         self._stop = asyncio.Event()
         self._attempt = 0
         self._resume_at = 0.0
-        # The daemon says at start that delivery waits for a key; remind a minute later.
-        self._reminder = _Reminder({"no_api_key": clock()})
+        self._reminder = _Reminder()
         self.state: State = "delivering" if upstream.has_api_key else "no_api_key"
-        self.stats = FlushStats()
+        self.stats = Counts()  # totals since start
         self._oldest_received_at: float | None = None
         self._delivery = Delivery(outbox, upstream, settings, retry, clock)
 
@@ -126,7 +104,7 @@ class Flusher:
             except OutboxUnavailable as exc:
                 if not exc.transient:
                     raise
-                self._conclude(Tally(blocked_by=StoreFailed(str(exc))))
+                self._conclude(FlushResult(blocked_by=StoreFailed(str(exc))))
                 continue
             if wait > 0:
                 await self._sleep(wait)
@@ -142,12 +120,7 @@ class Flusher:
         """0 when a request should go now; otherwise how long to wait (woken by appends)."""
         now = self._clock()
         if not self._upstream.has_api_key:
-            if self._reminder.due("no_api_key", now) and self._outbox.counts.events:
-                logger.warning(
-                    "delivery waits for an API key",
-                    pending=self._outbox.counts.events,
-                    hint="set DD_API_KEY or upstream.api_key",
-                )
+            self._warn_no_key(now)
             return _RECOUNT_S
         if now < self._resume_at:
             return self._resume_at - now
@@ -171,6 +144,16 @@ class Flusher:
                 return max(0.0, min(held_due, _RECOUNT_S))
         due = self._oldest_received_at + self._settings.flush_interval_s - now
         return max(0.0, min(held_due, due))
+
+    def _warn_no_key(self, now: float) -> None:
+        """Say at start, then once a minute while events wait, that delivery needs a key."""
+        first = "no_api_key" not in self._reminder.last
+        if self._reminder.due("no_api_key", now) and (first or self._outbox.counts.events):
+            logger.warning(
+                "no API key: events are accepted and kept, delivery waits for a key",
+                pending=self._outbox.counts.events,
+                hint="set DD_API_KEY or upstream.api_key",
+            )
 
     async def _sleep(self, seconds: float) -> None:
         """Wait ``seconds``, or less if stopped, or if new events arrive while not paused."""
@@ -217,15 +200,12 @@ class Flusher:
 
     # --- after a step: state, backoff, logs --------------------------------------------
 
-    def _conclude(self, tally: Tally) -> FlushResult:
+    def _conclude(self, step: FlushResult) -> FlushResult:
         """Update state, backoff and totals from what one step did."""
-        self.stats.delivered += tally.delivered
-        self.stats.dead_lettered += tally.dead_lettered
-        self.stats.requests += tally.requests
-        self.stats.failed_requests += tally.failed_requests
+        self.stats.add(step)
         now = self._clock()
         wait = 0.0
-        match tally.blocked_by:
+        match step.blocked_by:
             case Retry() as retry:
                 wait = self._back_off(retry.after_s)
                 self.state = "retrying"
@@ -265,15 +245,14 @@ class Flusher:
                         wait_s=round(wait, 3),
                     )
             case None:
-                if self.state != "delivering" and tally.requests:
+                if self.state != "delivering" and step.requests:
                     logger.info("delivery resumed", after_state=self.state)
-                if tally.requests:
+                if step.requests:
                     self._attempt = 0
                     self.state = "delivering"
         self._resume_at = now + wait
-        return FlushResult(
-            tally.delivered, tally.dead_lettered, tally.requests, tally.blocked_by, wait
-        )
+        step.wait_s = wait
+        return step
 
     def _back_off(self, after_s: float | None) -> float:
         """The next backoff delay (floored by the upstream's wait, capped); counts the attempt."""

@@ -47,6 +47,7 @@ class Retry:
 class Split:
     """413: the batch is too large; halves may pass."""
 
+    status: int
     detail: str
 
 
@@ -99,7 +100,7 @@ def outcome_of(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
     if status in (400, 422):
         return Reject(status, detail)
     if status == 413:
-        return Split(detail)
+        return Split(status, detail)
     if status in (401, 403):
         return Unauthorized(status, detail)
     if status == 429:

@@ -31,7 +31,7 @@ DD_ERROR = b'{"errors":[{"status":"400","title":"Bad Request","detail":"invalid 
         # the upstream's detail travels to the dead letter
         (400, {}, DD_ERROR, Reject(400, "invalid event 7")),
         (422, {}, b"unprocessable", Reject(422, "unprocessable")),
-        (413, {}, b"", Split("HTTP 413")),
+        (413, {}, b"", Split(413, "HTTP 413")),
         (401, {}, b'{"errors":["Unauthorized"]}', Unauthorized(401, "Unauthorized")),
         (403, {}, b'{"errors":[{"detail":"Forbidden"}]}', Unauthorized(403, "Forbidden")),
         # 408 and 5xx may come from the events themselves: a batch that keeps failing is

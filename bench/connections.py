@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from relay.intake import PIPELINE_PATH  # noqa: E402
 from relay.samples import event, request  # noqa: E402
-from relay.server import runner as guarded_runner  # noqa: E402
+from relay.server import app_runner as guarded_runner  # noqa: E402
 
 WARMUP_S = 2
 SLOW_HEAD = f"POST {PIPELINE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".encode()

@@ -13,13 +13,11 @@ from typing import Any, TypeVar
 import orjson
 
 from relay import __version__, log
-from relay.config import ConfigError, Settings, load_settings
+from relay.config import OutboxSettings, Settings, load_outbox_settings, load_settings
+from relay.exits import EXIT_USAGE, UserError
 from relay.outbox import DEAD_LETTER_REASONS
-from relay.outbox_file import OutboxError
 
 T = TypeVar("T")
-
-EXIT_USAGE = 2
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -29,15 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
+        # Each command loads only the settings it uses: a dead-letter command works even
+        # while a daemon setting in the same file is wrong.
+        return int(args.run(args, args.load(args.config)))
+    except UserError as exc:
         print(f"ci-relay: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        return int(args.run(args, settings))
-    except OutboxError as exc:
-        print(f"ci-relay: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,38 +47,40 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run the relay")
-    serve.set_defaults(run=_serve)
+    serve.set_defaults(run=_serve, load=load_settings)
 
     dead = commands.add_parser("dead-letters", help="inspect, replay or purge dead letters")
     dead_commands = dead.add_subparsers(required=True, metavar="ACTION")
     listing = dead_commands.add_parser("list", parents=[common], help="show dead letters")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.add_argument("--reason", choices=DEAD_LETTER_REASONS)
-    listing.set_defaults(run=_list)
+    listing.set_defaults(run=_list, load=load_outbox_settings)
     replay = dead_commands.add_parser(
         "replay", parents=[common], help="move dead letters back to the outbox"
     )
     _selection_arguments(replay, "replay")
-    replay.set_defaults(run=_act, verb="replay", past="replayed", into=" into the outbox")
+    replay.set_defaults(
+        run=_act, load=load_outbox_settings, verb="replay", past="replayed", into=" into the outbox"
+    )
     purge = dead_commands.add_parser("purge", parents=[common], help="delete dead letters")
     purge.add_argument(
         "--older-than", type=_duration, metavar="DURATION", help="e.g. 7d, 12h, 30m, 90s"
     )
     _selection_arguments(purge, "purge")
-    purge.set_defaults(run=_act, verb="purge", past="purged", into="")
+    purge.set_defaults(run=_act, load=load_outbox_settings, verb="purge", past="purged", into="")
 
     store = commands.add_parser("outbox", help="check the outbox file, or move a damaged one aside")
     store_commands = store.add_subparsers(required=True, metavar="ACTION")
     check = store_commands.add_parser(
         "check", parents=[common], help="SQLite's integrity check, read-only, and the counts"
     )
-    check.set_defaults(run=_check)
+    check.set_defaults(run=_check, load=load_outbox_settings)
     aside = store_commands.add_parser(
         "move-aside",
         parents=[common],
         help="rename the outbox (with its -wal) for salvage, so that serve starts a new one",
     )
-    aside.set_defaults(run=_move_aside)
+    aside.set_defaults(run=_move_aside, load=load_outbox_settings)
     return parser
 
 
@@ -126,10 +123,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return _run(serve(settings))
 
 
-def _list(args: argparse.Namespace, settings: Settings) -> int:
+def _list(args: argparse.Namespace, outbox: OutboxSettings) -> int:
     from relay.deadletters import list_dead_letters
 
-    letters = _run(list_dead_letters(settings.outbox.path, args.reason))
+    letters = _run(list_dead_letters(outbox.path, args.reason))
     for letter in letters:
         row = letter.as_dict()
         if args.json:
@@ -141,7 +138,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
             f"name={_shown(row['name'])}  pipeline={_shown(row['pipeline'])}  {row['detail']}"
         )
     if not args.json:
-        print(f"{len(letters)} dead letter(s) in {settings.outbox.path}", file=sys.stderr)
+        print(f"{len(letters)} dead letter(s) in {outbox.path}", file=sys.stderr)
     return 0
 
 
@@ -149,7 +146,7 @@ def _shown(value: str | None) -> str:
     return "-" if value is None else orjson.dumps(value).decode()
 
 
-def _act(args: argparse.Namespace, settings: Settings) -> int:
+def _act(args: argparse.Namespace, outbox: OutboxSettings) -> int:
     """Replay or purge: the selected dead letters, every one only with --all."""
     from relay import deadletters
 
@@ -163,7 +160,7 @@ def _act(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    path = settings.outbox.path
+    path = outbox.path
     selection = deadletters.Selection(args.reason, args.ids, older_than)
     if args.dry_run:
         count = _run(deadletters.count(path, selection))
@@ -199,10 +196,10 @@ class _Progress:
             print(file=sys.stderr)
 
 
-def _check(args: argparse.Namespace, settings: Settings) -> int:
+def _check(args: argparse.Namespace, outbox: OutboxSettings) -> int:
     from relay.outbox_file import check
 
-    path = settings.outbox.path
+    path = outbox.path
     report = check(path)
     if report.problems:
         print(f"outbox {path} is damaged:")
@@ -217,10 +214,10 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _move_aside(args: argparse.Namespace, settings: Settings) -> int:
+def _move_aside(args: argparse.Namespace, outbox: OutboxSettings) -> int:
     from relay.outbox_file import ServeLock, move_aside
 
-    path = settings.outbox.path
+    path = outbox.path
     lock = ServeLock(path)
     lock.acquire()  # refuses while a relay serves this outbox
     try:

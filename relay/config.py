@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from pydantic import (
@@ -28,6 +28,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from relay.exits import UserError
 from relay.intake import MAX_EVENTS_PER_REQUEST, PIPELINE_PATH, SITES, Site
 
 DEFAULT_PORT = 8780
@@ -222,24 +223,59 @@ class _DatadogEnvSource(PydanticBaseSettingsSource):
         return {"upstream": upstream} if upstream else {}
 
 
-class ConfigError(Exception):
+class _OutboxOnly(BaseSettings):
+    """The outbox group alone, for commands that touch nothing else (the other groups of
+    the file and the environment are not read, so a bad daemon setting cannot stop them)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CI_RELAY_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+class ConfigError(UserError):
     """The configuration cannot be used; the message names the key."""
 
 
 def load_settings(config_file: Path | None = None) -> Settings:
     """Settings from ``config_file`` (if any) and the environment, or ConfigError."""
+    return _load(Settings, config_file)
+
+
+def load_outbox_settings(config_file: Path | None = None) -> OutboxSettings:
+    """Only the outbox settings, from the same file and environment, or ConfigError."""
+    return _load(_OutboxOnly, config_file).outbox
+
+
+_Loaded = TypeVar("_Loaded", bound=BaseSettings)
+
+
+def _load(model: type[_Loaded], config_file: Path | None) -> _Loaded:
     if config_file is not None and not config_file.is_file():
         raise ConfigError(f"config file {config_file}: not found")
 
-    class _Settings(Settings):
+    class _FromFile(model):  # type: ignore[valid-type,misc]
         model_config = SettingsConfigDict(toml_file=config_file)
 
     try:
-        return _Settings()
+        loaded: _Loaded = _FromFile()
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     except ValueError as exc:  # a TOML syntax error, with its line and column
         raise ConfigError(f"config file {config_file}: {exc}") from None
+    return loaded
 
 
 def _describe(exc: ValidationError) -> str:

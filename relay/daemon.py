@@ -21,7 +21,7 @@ from relay.config import Settings
 from relay.connections import ConnectionGuard, connection_bound, raise_open_file_limit
 from relay.flusher import Flusher
 from relay.outbox import Outbox
-from relay.server import create_app, runner
+from relay.server import app_runner, create_app
 from relay.upstream import Upstream
 
 logger = structlog.get_logger(__name__)
@@ -54,7 +54,7 @@ async def serve(settings: Settings) -> int:
         grace_s = settings.flusher.shutdown_grace_s
         stack.push_async_callback(_finish_flusher, flusher, flusher_task, grace_s)
         app = create_app(outbox, settings.server.max_body_bytes, settings.outbox.retry_after_s)
-        web_runner = runner(app, guard)
+        web_runner = app_runner(app, guard)
         await web_runner.setup()
         stack.push_async_callback(web_runner.cleanup)
         site = web.TCPSite(

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from relay.exits import UserError
+
 # Stamped in the database header (PRAGMA application_id): "ciR1".
 APPLICATION_ID = 0x63695231
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -28,7 +30,7 @@ _PROGRESS_STEPS = 10_000
 SIDECARS = ("-wal", "-shm")
 
 
-class OutboxError(Exception):
+class OutboxError(UserError):
     """The outbox file cannot be used; the message names the path and the cause."""
 
 

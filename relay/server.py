@@ -148,7 +148,7 @@ async def method_not_allowed(request: web.Request) -> web.Response:
 
 
 def create_app(outbox: Outbox, max_body_bytes: int, retry_after_s: int) -> web.Application:
-    """The aiohttp application; run it with ``runner()`` so bodies arrive undecoded.
+    """The aiohttp application; run it with ``app_runner()`` so bodies arrive undecoded.
 
     404 and 405 are routes of their own rather than a middleware: they answer in
     Datadog's shape, and the ingest path does not pay for a middleware on every request.
@@ -165,7 +165,7 @@ def create_app(outbox: Outbox, max_body_bytes: int, retry_after_s: int) -> web.A
     return app
 
 
-def runner(app: web.Application, guard: ConnectionGuard | None = None) -> RelayRunner:
+def app_runner(app: web.Application, guard: ConnectionGuard | None = None) -> RelayRunner:
     """A runner that leaves decompression to ``_decode``, which bounds its output, and
     whose connections ``guard`` watches (read timeout, connection bound, protocol errors)."""
     return RelayRunner(app, guard or ConnectionGuard(), auto_decompress=False, access_log=None)

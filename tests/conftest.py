@@ -13,7 +13,7 @@ from aiohttp import web
 from relay.config import OutboxSettings
 from relay.intake import PIPELINE_PATH
 from relay.outbox import Outbox
-from relay.server import create_app, runner
+from relay.server import app_runner, create_app
 from tests.delivery_rig import Rig
 from tests.fake_intake import FakeIntake
 
@@ -35,7 +35,7 @@ async def start_relay(
     settings: OutboxSettings, max_body_bytes: int = 5 * 1024 * 1024
 ) -> tuple[web.AppRunner, Outbox, str]:
     outbox = await Outbox.open(settings)
-    web_runner = runner(create_app(outbox, max_body_bytes, retry_after_s=7))
+    web_runner = app_runner(create_app(outbox, max_body_bytes, retry_after_s=7))
     await web_runner.setup()
     site = web.TCPSite(web_runner, "127.0.0.1", 0)
     await site.start()

@@ -20,7 +20,7 @@ from relay.intake import PIPELINE_PATH
 from relay.outbox import Outbox
 from relay.process import RelayProcess, write_config
 from relay.samples import event, request
-from relay.server import create_app, runner
+from relay.server import app_runner, create_app
 from tests.conftest import RunningRelay
 
 JSON = {"Content-Type": "application/json"}
@@ -266,7 +266,7 @@ async def bounded_relay(
     """An in-process relay that keeps at most 3 connections and admits without a grace time."""
     outbox = await Outbox.open(outbox_settings)
     guard = ConnectionGuard(read_timeout_s=30.0, max_connections=3, admission_grace_s=0.0)
-    web_runner = runner(create_app(outbox, 5 * 1024 * 1024, retry_after_s=7), guard)
+    web_runner = app_runner(create_app(outbox, 5 * 1024 * 1024, retry_after_s=7), guard)
     await web_runner.setup()
     site = aiohttp.web.TCPSite(web_runner, "127.0.0.1", 0)
     await site.start()

@@ -167,21 +167,11 @@ class LogSettings(_Group):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class Settings(BaseSettings):
-    """Every setting of the relay; ``config.example.toml`` documents each key."""
+class _FromFileAndEnvironment(BaseSettings):
+    """Settings read, strongest first, from CI_RELAY_* variables, DD_API_KEY / DD_SITE and
+    the TOML file (``load_settings`` names it)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CI_RELAY_",
-        env_nested_delimiter="__",
-        extra="forbid",
-    )
-
-    server: ServerSettings = Field(default_factory=ServerSettings)
-    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
-    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
-    flusher: FlusherSettings = Field(default_factory=FlusherSettings)
-    retry: RetrySettings = Field(default_factory=RetrySettings)
-    log: LogSettings = Field(default_factory=LogSettings)
+    model_config = SettingsConfigDict(env_prefix="CI_RELAY_", env_nested_delimiter="__")
 
     @classmethod
     def settings_customise_sources(
@@ -198,6 +188,19 @@ class Settings(BaseSettings):
             _DatadogEnvSource(settings_cls),
             TomlConfigSettingsSource(settings_cls),
         )
+
+
+class Settings(_FromFileAndEnvironment):
+    """Every setting of the relay; ``config.example.toml`` documents each key."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    flusher: FlusherSettings = Field(default_factory=FlusherSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    log: LogSettings = Field(default_factory=LogSettings)
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings for the startup log: the API key is never shown."""
@@ -223,26 +226,13 @@ class _DatadogEnvSource(PydanticBaseSettingsSource):
         return {"upstream": upstream} if upstream else {}
 
 
-class _OutboxOnly(BaseSettings):
+class _OutboxOnly(_FromFileAndEnvironment):
     """The outbox group alone, for commands that touch nothing else (the other groups of
     the file and the environment are not read, so a bad daemon setting cannot stop them)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CI_RELAY_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(extra="ignore")
 
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
 
 class ConfigError(UserError):

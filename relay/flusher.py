@@ -40,6 +40,11 @@ State = Literal[
     "store_unavailable",
 ]
 
+# What the error line says while delivery is paused and probing, by state.
+_PAUSED: dict[State, str] = {
+    "unauthorized": "upstream refuses the API key; delivery paused",
+    "rejecting": "upstream refuses every request alike; delivery paused",
+}
 # How often a persisting condition (no key, bad key, old events) is logged again.
 _REMIND_S = 60.0
 # How often the flusher checks whether another process (a replay) wrote to the outbox.
@@ -213,25 +218,9 @@ class Flusher:
                     "upstream retry", reason=retry.reason, attempt=self._attempt, wait_s=wait
                 )
             case Unauthorized(status=status, detail=detail):
-                wait = self._settings.unauthorized_probe_s
-                if self._entering("unauthorized", now):
-                    logger.error(
-                        "upstream refuses the API key; delivery paused",
-                        status=status,
-                        detail=detail,
-                        probe_in_s=wait,
-                        pending=self._outbox.counts.events,
-                    )
+                wait = self._pause("unauthorized", now, status, detail)
             case Reject(status=status, detail=detail):
-                wait = self._settings.unauthorized_probe_s
-                if self._entering("rejecting", now):
-                    logger.error(
-                        "upstream refuses every request alike; delivery paused",
-                        status=status,
-                        detail=detail,
-                        probe_in_s=wait,
-                        pending=self._outbox.counts.events,
-                    )
+                wait = self._pause("rejecting", now, status, detail)
             case Misconfigured() as misconfigured:
                 wait = self._back_off(None)
                 if self._entering("misconfigured", now):
@@ -253,6 +242,19 @@ class Flusher:
         self._resume_at = now + wait
         step.wait_s = wait
         return step
+
+    def _pause(self, state: State, now: float, status: int, detail: str) -> float:
+        """Pause delivery until the next probe; say so on entering, then once a minute."""
+        wait = self._settings.unauthorized_probe_s
+        if self._entering(state, now):
+            logger.error(
+                _PAUSED[state],
+                status=status,
+                detail=detail,
+                probe_in_s=wait,
+                pending=self._outbox.counts.events,
+            )
+        return wait
 
     def _back_off(self, after_s: float | None) -> float:
         """The next backoff delay (floored by the upstream's wait, capped); counts the attempt."""

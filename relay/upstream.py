@@ -44,27 +44,26 @@ class Retry:
 
 
 @dataclass(frozen=True)
-class Split:
+class _Refusal:
+    """An answer that refuses the batch, with its status and the upstream's detail."""
+
+    status: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class Split(_Refusal):
     """413: the batch is too large; halves may pass."""
 
-    status: int
-    detail: str
-
 
 @dataclass(frozen=True)
-class Reject:
+class Reject(_Refusal):
     """400: the upstream refuses something in the batch."""
 
-    status: int
-    detail: str
-
 
 @dataclass(frozen=True)
-class Unauthorized:
+class Unauthorized(_Refusal):
     """401/403: the API key is missing, wrong or lacks permission; nothing will pass."""
-
-    status: int
-    detail: str
 
 
 @dataclass(frozen=True)

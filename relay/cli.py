@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     _selection_arguments(purge, "purge")
     purge.set_defaults(run=_act, load=load_outbox_settings, verb="purge", past="purged", into="")
 
+    check_config = commands.add_parser(
+        "check-config",
+        parents=[common],
+        help="show the effective settings and where each comes from; check them",
+    )
+    check_config.set_defaults(run=_check_config, load=lambda config: config)
+
     store = commands.add_parser("outbox", help="check the outbox file, or move a damaged one aside")
     store_commands = store.add_subparsers(required=True, metavar="ACTION")
     check = store_commands.add_parser(
@@ -225,4 +232,31 @@ def _move_aside(args: argparse.Namespace, outbox: OutboxSettings) -> int:
     finally:
         lock.release()
     print(f"moved outbox {path} to {target}; the next start creates a new outbox")
+    return 0
+
+
+def _check_config(args: argparse.Namespace, config: Path | None) -> int:
+    """Every setting with its origin, redacted; then the checks, one line per problem."""
+    from relay.config import ConfigError, origins, writable_directory
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"ci-relay: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    came_from = origins(config)
+    for group, values in settings.redacted().items():
+        print(f"[{group}]")
+        for key, value in values.items():
+            origin = came_from.get(f"{group}.{key}", "default")
+            shown = "(unset)" if value is None else orjson.dumps(value).decode()
+            print(f"  {f'{key} = {shown}':<56}  # {origin}")
+    print(f"# batches go to {settings.upstream.intake_url}")
+    directory = settings.outbox.path.parent
+    if not writable_directory(directory):
+        problem = f"outbox directory {directory} cannot be created or written"
+        print(f"ci-relay: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"# the outbox directory {directory} is writable")
     return 0

@@ -8,6 +8,7 @@ then the defaults below. This is the only module that reads the environment.
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -236,7 +237,14 @@ class _OutboxOnly(_FromFileAndEnvironment):
 
 
 class ConfigError(UserError):
-    """The configuration cannot be used; the message names the key."""
+    """The configuration cannot be used; the message names the key.
+
+    ``problems`` has one line per problem (the message names the first of them).
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 def load_settings(config_file: Path | None = None) -> Settings:
@@ -262,16 +270,49 @@ def _load(model: type[_Loaded], config_file: Path | None) -> _Loaded:
     try:
         loaded: _Loaded = _FromFile()
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc), [_problem(e) for e in exc.errors()]) from None
     except ValueError as exc:  # a TOML syntax error, with its line and column
         raise ConfigError(f"config file {config_file}: {exc}") from None
     return loaded
 
 
 def _describe(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
     more = len(exc.errors()) - 1
     suffix = f" (and {more} more problem{'s' * (more > 1)})" if more else ""
-    message = first["msg"].removeprefix("Value error, ")
-    return f"invalid config: {key}: {message}{suffix}"
+    return _problem(exc.errors()[0]) + suffix
+
+
+def _problem(error: Any) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"invalid config: {key}: {message}"
+
+
+def writable_directory(directory: Path) -> bool:
+    """True when ``directory`` exists and is writable, or its nearest existing parent is
+    (the relay creates the missing part)."""
+    while not directory.exists() and directory.parent != directory:
+        directory = directory.parent
+    return directory.is_dir() and os.access(directory, os.W_OK | os.X_OK)
+
+
+def origins(config_file: Path | None = None) -> dict[str, str]:
+    """Where each setting that is not a default comes from, by ``group.key``.
+
+    The precedence of ``Settings``: a CI_RELAY_* variable, then DD_API_KEY / DD_SITE, then
+    the file. A key absent here has its default.
+    """
+    found: dict[str, str] = {}
+    if config_file is not None and config_file.is_file():
+        with config_file.open("rb") as file:
+            for group, values in tomllib.load(file).items():
+                for key in values if isinstance(values, dict) else ():
+                    found[f"{group}.{key}"] = f"file {config_file}"
+    for name, key in (("DD_SITE", "upstream.site"), ("DD_API_KEY", "upstream.api_key")):
+        if os.environ.get(name):
+            found[key] = f"environment {name}"
+    for name in os.environ:
+        if name.upper().startswith("CI_RELAY_") and "__" in name:
+            group, _, key = name[len("CI_RELAY_") :].lower().partition("__")
+            found[f"{group}.{key}"] = f"environment {name}"
+    return found

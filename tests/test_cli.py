@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from relay.config import OutboxSettings
 from relay.outbox import Outbox
 from relay.process import write_config
 
+MOUNT, UMOUNT = shutil.which("mount") or "/bin/mount", shutil.which("umount") or "/bin/umount"
+# A stand-in secret the tests look for where it must never appear.
+SECRET = "check-config-secret"  # noqa: S105
 
-def ci_relay(*args: str) -> subprocess.CompletedProcess[str]:
-    """``ci-relay ARGS`` as a subprocess, outside any CI_RELAY_*/DD_* environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CI_RELAY_", "DD_"))}
+
+def ci_relay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``ci-relay ARGS`` as a subprocess, outside any CI_RELAY_*/DD_* environment but ``env``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CI_RELAY_", "DD_"))}
     return subprocess.run(
         [sys.executable, "-m", "relay", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env=env,
+        env=clean | (env or {}),
         check=False,
     )
 
@@ -54,3 +61,51 @@ def test_an_outbox_setting_error_still_stops_an_outbox_command(tmp_path: Path) -
     listing = ci_relay("dead-letters", "list", "--config", str(config))
     assert (2, 1) == (listing.returncode, len(listing.stderr.splitlines())), listing.stderr
     assert "outbox.x" in listing.stderr
+
+
+def test_check_config_shows_each_setting_with_its_origin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check-config prints every setting, where it came from, and never a secret."""
+    config = write_config(
+        tmp_path / "relay.toml",
+        server={"port": 9000},
+        outbox={"path": str(tmp_path / "state" / "outbox.db")},
+        upstream={"url": f"https://relay:{SECRET}@proxy.example:8443"},
+    )
+    env = {"CI_RELAY_FLUSHER__FLUSH_INTERVAL_S": "2.5", "DD_API_KEY": SECRET}
+    result = ci_relay("check-config", "--config", str(config), env=env)
+
+    assert (0, "") == (result.returncode, result.stderr), result.stderr
+    lines = {line.split("=")[0].strip(): line for line in result.stdout.splitlines()}
+    assert lines["port"].endswith(f"# file {config}")
+    assert lines["flush_interval_s"].endswith("# environment CI_RELAY_FLUSHER__FLUSH_INTERVAL_S")
+    assert lines["api_key"].endswith("# environment DD_API_KEY")
+    assert lines["max_events"].endswith("# default")
+    assert '"set (redacted)"' in lines["api_key"]
+    assert SECRET not in result.stdout
+    assert "https://relay:***@proxy.example:8443/api/v2/ci/pipeline" in result.stdout
+
+
+def test_check_config_lists_every_problem_one_line_each(tmp_path: Path) -> None:
+    """Each invalid setting is one line on stderr, and the exit status is 2."""
+    config = tmp_path / "bad.toml"
+    config.write_text('[server]\nport = 99999\n[upstream]\nurl = "ftp://x"\n', encoding="utf-8")
+    result = ci_relay("check-config", "--config", str(config))
+    lines = result.stderr.splitlines()
+    assert (2, 2) == (result.returncode, len(lines)), result.stderr
+    assert ("server.port" in lines[0], "upstream.url" in lines[1]) == (True, True)
+
+
+def test_check_config_refuses_an_outbox_directory_it_cannot_write(tmp_path: Path) -> None:
+    """An outbox under a read-only file system is one problem line and exit 2."""
+    where = tmp_path / "ro"
+    where.mkdir()
+    subprocess.run([MOUNT, "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], check=True)
+    try:
+        config = write_config(tmp_path / "relay.toml", outbox={"path": str(where / "s" / "o.db")})
+        result = ci_relay("check-config", "--config", str(config))
+    finally:
+        subprocess.run([UMOUNT, str(where)], check=True)
+    assert (2, 1) == (result.returncode, len(result.stderr.splitlines())), result.stderr
+    assert f"outbox directory {where / 's'} cannot be created or written" in result.stderr

@@ -203,9 +203,18 @@ class Delivery:
 
     async def _send(self, batch: Sequence[StoredEvent], tally: FlushResult) -> Outcome:
         tally.requests += 1
+        started = time.perf_counter()
         outcome = await self._upstream.send([e.body for e in batch])
         if not isinstance(outcome, Delivered):
             tally.failed_requests += 1
+        logger.debug(
+            "batch sent",
+            events=len(batch),
+            bytes=sum(e.size for e in batch),
+            outcome=type(outcome).__name__,
+            status=getattr(outcome, "status", None),
+            latency_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
         return outcome
 
     # --- a batch that keeps failing: isolate, hold, dead-letter ------------------------

@@ -45,6 +45,8 @@ _PAUSED: dict[State, str] = {
     "unauthorized": "upstream refuses the API key; delivery paused",
     "rejecting": "upstream refuses every request alike; delivery paused",
 }
+# A retried failure is logged louder as it persists: (seconds failing, or attempts) -> level.
+_ESCALATION = ((60.0, 5, "warning"), (300.0, 10, "error"))
 # How often a persisting condition (no key, bad key, old events) is logged again.
 _REMIND_S = 60.0
 # How often the flusher checks whether another process (a replay) wrote to the outbox.
@@ -89,6 +91,8 @@ class Flusher:
         self.stats = Counts()  # totals since start
         self._oldest_received_at: float | None = None
         self._delivery = Delivery(outbox, upstream, settings, retry, clock)
+        self._failing_since: float | None = None
+        self._reported = Counts()  # stats at the last progress line
 
     async def flush_once(self) -> FlushResult:
         """One step of delivery (``Delivery.step``), then the state and wait it leads to."""
@@ -105,6 +109,7 @@ class Flusher:
                     await self._outbox.refresh_counts()
                     self._oldest_received_at = None  # another process may have written
                     await self._warn_if_old()
+                    await self._report_progress()
                 wait = await self._seconds_until_due()
             except OutboxUnavailable as exc:
                 if not exc.transient:
@@ -184,6 +189,23 @@ class Flusher:
             if result.blocked_by is not None or not (result.requests or result.dead_lettered):
                 return
 
+    async def _report_progress(self) -> None:
+        """Once a minute, while anything was delivered or dead-lettered: one info line."""
+        now = self._clock()
+        moved = self.stats != self._reported
+        if not moved or not self._reminder.due("progress", now):
+            return
+        oldest = await self._outbox.oldest_received_at()
+        logger.info(
+            "delivery progress",
+            delivered=self.stats.delivered - self._reported.delivered,
+            dead_lettered=self.stats.dead_lettered - self._reported.dead_lettered,
+            pending=self._outbox.counts.events,
+            oldest_pending_age_s=None if oldest is None else round(now - oldest, 1),
+            state=self.state,
+        )
+        self._reported = Counts(**vars(self.stats))
+
     async def _warn_if_old(self) -> None:
         """Warn (once a minute) while pending events near the upstream's 18-hour window.
 
@@ -207,16 +229,13 @@ class Flusher:
 
     def _conclude(self, step: FlushResult) -> FlushResult:
         """Update state, backoff and totals from what one step did."""
-        self.stats.add(step)
         now = self._clock()
         wait = 0.0
         match step.blocked_by:
             case Retry() as retry:
                 wait = self._back_off(retry.after_s)
                 self.state = "retrying"
-                logger.info(
-                    "upstream retry", reason=retry.reason, attempt=self._attempt, wait_s=wait
-                )
+                self._log_retry(retry, now, wait)
             case Unauthorized(status=status, detail=detail):
                 wait = self._pause("unauthorized", now, status, detail)
             case Reject(status=status, detail=detail):
@@ -234,14 +253,41 @@ class Flusher:
                         wait_s=round(wait, 3),
                     )
             case None:
-                if self.state != "delivering" and step.requests:
-                    logger.info("delivery resumed", after_state=self.state)
+                if step.requests and (self.state != "delivering" or not self.stats.delivered):
+                    logger.info(
+                        "first delivery"
+                        if self.state == "delivering" and not self.stats.delivered
+                        else "delivery resumed",
+                        after_state=self.state,
+                        delivered=step.delivered,
+                        url=self._upstream.display_url,
+                    )
                 if step.requests:
                     self._attempt = 0
+                    self._failing_since = None
                     self.state = "delivering"
+        self.stats.add(step)
         self._resume_at = now + wait
         step.wait_s = wait
         return step
+
+    def _log_retry(self, retry: Retry, now: float, wait: float) -> None:
+        """A retry at info while it is new; warning, then error, as the failure persists."""
+        if self._failing_since is None:
+            self._failing_since = now
+        failing_s = now - self._failing_since
+        level = "info"
+        for threshold_s, attempts, louder in _ESCALATION:
+            if failing_s >= threshold_s or self._attempt >= attempts:
+                level = louder
+        getattr(logger, level)(
+            "upstream retry",
+            url=self._upstream.display_url,
+            last_answer=retry.reason,
+            attempt=self._attempt,
+            failing_s=round(failing_s, 1),
+            wait_s=round(wait, 3),
+        )
 
     def _pause(self, state: State, now: float, status: int, detail: str) -> float:
         """Pause delivery until the next probe; say so on entering, then once a minute."""

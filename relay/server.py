@@ -7,6 +7,7 @@ committed to the outbox; only then does the runner get ``202 {}``.
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 
 import structlog
@@ -26,6 +27,8 @@ MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
 RETRY_AFTER_S = web.AppKey("retry_after_s", int)
 
 _ACCEPTED = b"{}"
+# While runners are refused with 503, one warning line per this many seconds.
+_REPORT_S = 10.0
 # Bodies larger than this (up to 5 MiB; a 1000-event request is about 0.5 MB) are parsed
 # and validated in a worker thread, so that the event loop keeps answering other requests
 # through the few hundred milliseconds they can take; smaller ones are parsed inline, where
@@ -58,7 +61,8 @@ async def post_pipeline(request: web.Request) -> web.Response:
         return _refuse(request, exc.status, *exc.details)
     except (OutboxFull, OutboxUnavailable, OutboxClosed) as exc:
         retry = {"Retry-After": str(app[RETRY_AFTER_S])}
-        return _refuse(request, 503, f"the relay cannot store events now: {exc}", headers=retry)
+        app[STORE_REFUSALS].refused(str(exc))
+        return error_response(503, f"the relay cannot store events now: {exc}", headers=retry)
     except ConnectionError as exc:
         # The runner hung up (or was dropped for slowness) before its body arrived: nothing
         # was stored and nobody is left to answer. Routine, so not an error.
@@ -120,6 +124,31 @@ def _decode(raw: bytes, encoding: str, limit: int) -> bytes:
     return body
 
 
+class _StoreRefusals:
+    """503s for a full or failing outbox: a warning at the first, then one a ``_REPORT_S``
+    with how many there were, rather than one line per runner request."""
+
+    def __init__(self) -> None:
+        self._since_report = 0
+        self._last_report = -_REPORT_S
+
+    def refused(self, reason: str) -> None:
+        self._since_report += 1
+        now = time.monotonic()
+        if now - self._last_report < _REPORT_S:
+            return
+        logger.warning(
+            "runners refused with 503: the outbox cannot take events",
+            reason=reason,
+            refused=self._since_report,
+            hint="see the outbox limits (outbox.max_events, outbox.max_bytes) and its disk",
+        )
+        self._last_report, self._since_report = now, 0
+
+
+STORE_REFUSALS = web.AppKey("store_refusals", _StoreRefusals)
+
+
 def _refuse(
     request: web.Request, status: int, *details: str, headers: dict[str, str] | None = None
 ) -> web.Response:
@@ -157,6 +186,7 @@ def create_app(outbox: Outbox, max_body_bytes: int, retry_after_s: int) -> web.A
     app[OUTBOX] = outbox
     app[MAX_BODY_BYTES] = max_body_bytes
     app[RETRY_AFTER_S] = retry_after_s
+    app[STORE_REFUSALS] = _StoreRefusals()
     app.router.add_post(PIPELINE_PATH, post_pipeline)
     app.router.add_route("*", PIPELINE_PATH, method_not_allowed)
     app.router.add_get("/health", get_health, allow_head=False)

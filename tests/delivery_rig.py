@@ -1,16 +1,15 @@
 """A real outbox on a temporary file and a fake intake on loopback, for delivery tests.
 
-The ``intake`` and ``rig`` fixtures (in conftest.py) build these; the helpers make events
-of known names and sizes.
+The ``intake`` and ``rig`` fixtures (in conftest.py) build these.
 """
 
 from __future__ import annotations
 
-import socket
+import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from contextlib import closing
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,22 @@ from pydantic import SecretStr
 from relay.config import FlusherSettings, RetrySettings, UpstreamSettings
 from relay.flusher import Flusher
 from relay.outbox import Outbox
-from relay.samples import event, request
+from relay.samples import request
 from relay.schema import parse_request
 from relay.upstream import Upstream
 from tests.fake_intake import FakeIntake
+from tests.helpers import API_KEY
 
-API_KEY = "test-key"
-HOUR = 3600.0
-EMPTY_BODY_BYTES = len(b'{"data":[]}')
+
+@asynccontextmanager
+async def running(flusher: Flusher) -> AsyncIterator[None]:
+    """``flusher.run()`` as a task for the block, stopped and awaited (5 s at most) at its end."""
+    task = asyncio.create_task(flusher.run())
+    try:
+        yield
+    finally:
+        flusher.stop()
+        await asyncio.wait_for(task, timeout=5)
 
 
 @dataclass(frozen=True)
@@ -110,41 +117,3 @@ class Rig:
                 DeadLetter(reason, status, detail, orjson.loads(body))
                 for reason, status, detail, body in conn.execute(query)
             ]
-
-
-def jobs(n: int, prefix: str = "job") -> list[dict[str, Any]]:
-    """``n`` finished job events, each with its own id and name (equal lengths, so equal sizes)."""
-    return [event("job", id=f"{prefix}-{i:05d}", name=f"{prefix}-{i:05d}") for i in range(n)]
-
-
-def big_job(name: str, size: int) -> dict[str, Any]:
-    """A job event whose stored JSON is longer than ``size`` bytes."""
-    return event("job", id=name, name=name, parameters={"blob": "x" * size})
-
-
-def stored(events: Sequence[dict[str, Any]]) -> list[bytes]:
-    """The events' JSON as the outbox stores it."""
-    return [accepted.body for accepted in parse_request(orjson.dumps(request(*events)))]
-
-
-def body_len(events: Sequence[dict[str, Any]]) -> int:
-    """The length of the request body the relay sends for ``events``."""
-    return len(wire_body(events))
-
-
-def wire_body(events: Sequence[dict[str, Any]]) -> bytes:
-    """The request body the relay must send for ``events``, written out independently."""
-    return b'{"data":[' + b",".join(stored(events)) + b"]}"
-
-
-def ahead(seconds: float) -> Callable[[], float]:
-    """A clock ``seconds`` ahead of the real one."""
-    return lambda: time.time() + seconds
-
-
-def closed_port() -> int:
-    """A loopback port that nothing listens on."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port

@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, get_args
 
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 from pydantic import BaseModel
 
 from relay.config import ConfigError, Settings, load_settings
 from relay.intake import Site
 from relay.process import RelayProcess, write_config
 from relay.samples import event, request
+from tests.fake_intake import FakeIntake, Status
+from tests.helpers import JSON
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"
-JSON = {"Content-Type": "application/json"}
 # A stand-in API key the test looks for in places it must never appear.
 SECRET = "some-secret-value"  # noqa: S105
 
@@ -296,57 +294,32 @@ def test_redacted_settings_hide_the_api_key(monkeypatch: pytest.MonkeyPatch) -> 
     assert SECRET not in str(settings)
 
 
-class _RefusingIntake:
-    """An upstream that records the API keys it is sent and refuses them (403)."""
-
-    def __init__(self) -> None:
-        self.keys: list[str] = []
-        self.called = asyncio.Event()
-
-    async def handle(self, req: web.Request) -> web.Response:
-        await req.read()
-        self.keys.append(req.headers.get("DD-API-KEY", ""))
-        self.called.set()
-        body = {"errors": [{"status": "403", "title": "Forbidden", "detail": "Forbidden"}]}
-        return web.json_response(body, status=403)
-
-
-@pytest.fixture
-async def refusing_intake() -> AsyncIterator[tuple[_RefusingIntake, str]]:
-    intake = _RefusingIntake()
-    app = web.Application()
-    app.router.add_post("/api/v2/ci/pipeline", intake.handle)
-    web_runner = web.AppRunner(app, access_log=None)
-    await web_runner.setup()
-    site = web.TCPSite(web_runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = web_runner.addresses[0][:2]
-    yield intake, f"http://{host}:{port}"
-    await web_runner.cleanup()
-
-
-async def test_api_key_never_in_daemon_logs(
-    tmp_path: Path, refusing_intake: tuple[_RefusingIntake, str]
-) -> None:
-    """The daemon sends DD_API_KEY upstream but never writes it to its log."""
-    intake, intake_url = refusing_intake
+async def deliver_once(tmp_path: Path, url: str, api_key: str, intake: FakeIntake) -> RelayProcess:
+    """Run the daemon, sending to ``url`` with ``DD_API_KEY``, until ``intake`` is sent a batch."""
     config = write_config(
         tmp_path / "relay.toml",
         server={"port": 0},
         outbox={"path": str(tmp_path / "outbox.db")},
-        upstream={"url": intake_url},
+        upstream={"url": url},
         flusher={"flush_interval_s": 0.0},
     )
-    relay = RelayProcess(config, env={"DD_API_KEY": SECRET})
+    relay = RelayProcess(config, env={"DD_API_KEY": api_key})
     async with relay:
         async with (
             aiohttp.ClientSession() as client,
             client.post(relay.url, data=orjson.dumps(request(event("job"))), headers=JSON) as resp,
         ):
             assert 202 == resp.status
-        await asyncio.wait_for(intake.called.wait(), 20)
+        await intake.wait_for_requests(1, timeout_s=20)
         assert 0 == await relay.terminate()
-    assert SECRET == intake.keys[0]
+    return relay
+
+
+async def test_api_key_never_in_daemon_logs(tmp_path: Path, intake: FakeIntake) -> None:
+    """The daemon sends DD_API_KEY upstream but never writes it to its log."""
+    intake.default = Status(403, detail="Forbidden")
+    relay = await deliver_once(tmp_path, intake.url, SECRET, intake)
+    assert SECRET == intake.received[0].headers["DD-API-KEY"]
     listening: dict[str, Any] = relay.events("listening")[0]
     assert "set (redacted)" == listening["config"]["upstream"]["api_key"]
     leaks = [entry for entry in relay.logs if SECRET in orjson.dumps(entry).decode()]
@@ -448,27 +421,13 @@ def test_cli_refuses_a_key_with_a_newline_inside(tmp_path: Path) -> None:
 
 
 async def test_start_up_line_names_the_effective_url_without_credentials(
-    tmp_path: Path, refusing_intake: tuple[_RefusingIntake, str]
+    tmp_path: Path, intake: FakeIntake
 ) -> None:
     """The listening line gives the URL batches go to, its password redacted everywhere."""
-    intake, intake_url = refusing_intake
+    intake.default = Status(403, detail="Forbidden")
+    intake_url = intake.url
     url = intake_url.replace("http://", f"http://relay:{SECRET}@")
-    config = write_config(
-        tmp_path / "relay.toml",
-        server={"port": 0},
-        outbox={"path": str(tmp_path / "outbox.db")},
-        upstream={"url": url},
-        flusher={"flush_interval_s": 0.0},
-    )
-    relay = RelayProcess(config, env={"DD_API_KEY": "k"})
-    async with relay:
-        async with (
-            aiohttp.ClientSession() as client,
-            client.post(relay.url, data=orjson.dumps(request(event("job"))), headers=JSON) as resp,
-        ):
-            assert 202 == resp.status
-        await asyncio.wait_for(intake.called.wait(), 20)
-        assert 0 == await relay.terminate()
+    relay = await deliver_once(tmp_path, url, "k", intake)
     listening: dict[str, Any] = relay.events("listening")[0]
     expected = intake_url.replace("http://", "http://relay:***@") + "/api/v2/ci/pipeline"
     assert expected == listening["upstream"]

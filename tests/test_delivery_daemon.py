@@ -28,9 +28,7 @@ from tests.fake_intake import (
     Slow,
     Status,
 )
-
-API_KEY = "0123456789abcdef0123456789abcdef"
-JSON = {"Content-Type": "application/json"}
+from tests.helpers import API_KEY, JSON, event_id, jobs, wait_until
 
 # Small intervals keep every scenario fast; the logic under test does not depend on them.
 FAST_FLUSHER: dict[str, Any] = {"flush_interval_s": 0.05, "shutdown_grace_s": 2.0}
@@ -70,28 +68,9 @@ def pending_bodies(db: Path) -> list[bytes]:
         return [bytes(row[0]) for row in conn.execute("SELECT body FROM events ORDER BY id")]
 
 
-def event_id(delivered: dict[str, Any]) -> str:
-    """The resource id a test gave an event."""
-    return str(delivered["attributes"]["resource"]["id"])
-
-
 def delivered_ids(intake: FakeIntake) -> list[str]:
     """The ids of every event the intake accepted, duplicates included."""
     return [event_id(e) for e in intake.accepted_events]
-
-
-def jobs(prefix: str, count: int) -> list[dict[str, Any]]:
-    """``count`` valid job events with ids ``{prefix}-0`` onwards."""
-    return [event("job", id=f"{prefix}-{i}") for i in range(count)]
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``condition`` every 10 ms (for facts no event announces); fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def wait_for_ids(intake: FakeIntake, ids: set[str], timeout_s: float) -> None:
@@ -239,7 +218,7 @@ async def test_sigkill_during_flush_redelivers_after_restart(
         tap = Tap()
         intake.queue(Slow(60, then=RejectEvents(tap)))
         config = relay_config(tmp_path, intake)
-        first, later = jobs("first", 20), jobs("later", 30)
+        first, later = jobs(20, "first"), jobs(30, "later")
         async with RelayProcess(config) as relay:
             assert 202 == await post(session, relay, *first)
             await asyncio.wait_for(tap.seen.wait(), 10)
@@ -268,7 +247,7 @@ async def test_sigterm_final_flush_delivers_pending_events(
     async with FakeIntake() as intake:
         # A long flush interval keeps the events pending until the final flush.
         config = relay_config(tmp_path, intake, flusher={"flush_interval_s": 60.0})
-        items = jobs("term", 25)
+        items = jobs(25, "term")
         async with RelayProcess(config) as relay:
             for first in range(0, len(items), 5):
                 assert 202 == await post(session, relay, *items[first : first + 5])
@@ -291,7 +270,7 @@ async def test_sigterm_with_intake_down_exits_promptly_and_keeps_events(
     down: Answer = Slow(60, then=RejectEvents(tap)) if hangs else Status(503)
     async with FakeIntake(default=down) as intake:
         config = relay_config(tmp_path, intake, flusher={"shutdown_grace_s": 0.5})
-        items = jobs("down", 10)
+        items = jobs(10, "down")
         async with RelayProcess(config) as relay:
             assert 202 == await post(session, relay, *items)
             if hangs:
@@ -321,7 +300,7 @@ async def test_flusher_death_stops_the_process_with_status_1(
     """A flusher that dies on a database fault ends the process with status 1 and 'task died'."""
     async with FakeIntake(default=Status(503)) as intake:
         async with RelayProcess(relay_config(tmp_path, intake)) as relay:
-            assert 202 == await post(session, relay, *jobs("doomed", 3))
+            assert 202 == await post(session, relay, *jobs(3, "doomed"))
             await wait_until(lambda: len(intake.received) >= 2, 10, "the flusher retrying")
             with closing(sqlite3.connect(outbox_path(tmp_path), timeout=10)) as conn:
                 conn.execute("DROP TABLE events")
@@ -341,7 +320,7 @@ async def test_without_api_key_events_are_kept_and_nothing_is_sent(
 ) -> None:
     """With no API key the relay accepts and keeps events, sends none, and warns it waits."""
     async with FakeIntake() as intake:
-        items = jobs("nokey", 3)
+        items = jobs(3, "nokey")
         async with RelayProcess(relay_config(tmp_path, intake, api_key=None)) as relay:
             assert 202 == await post(session, relay, *items)
             # Nothing to await for "sends nothing": give it 20 flush intervals to misbehave.
@@ -371,7 +350,7 @@ async def test_refused_key_keeps_events_until_restart_with_accepting_intake(
     async with FakeIntake(default=Status(401)) as intake:
         # A probe interval longer than the test: only the restart can deliver.
         config = relay_config(tmp_path, intake, flusher={"unauthorized_probe_s": 600.0})
-        items = jobs("k401", 5)
+        items = jobs(5, "k401")
         async with RelayProcess(config) as relay:
             assert 202 == await post(session, relay, *items)
             await wait_until(lambda: bool(relay.events(REFUSED_KEY)), 10, "the refused-key error")
@@ -397,7 +376,7 @@ async def test_refused_key_is_probed_and_delivery_resumes_without_restart(
     """While the key is refused the relay probes, logs the error once, and resumes on 2xx."""
     async with FakeIntake(default=Status(status)) as intake:
         config = relay_config(tmp_path, intake, flusher={"unauthorized_probe_s": 0.2})
-        items = jobs(f"k{status}", 5)
+        items = jobs(5, f"k{status}")
         async with RelayProcess(config) as relay:
             assert 202 == await post(session, relay, *items)
             await wait_until(lambda: len(intake.received) >= 4, 10, "three probes after the 401")
@@ -424,7 +403,7 @@ async def test_a_store_locked_past_the_busy_timeout_never_stops_the_daemon(
         # Each batch is answered 202 after 1 s: the time to lock the file before its ack.
         intake.default = Slow(1.0, RejectEvents(tap))
         async with RelayProcess(relay_config(tmp_path, intake)) as relay:
-            assert 202 == await post(session, relay, *jobs("locked", 2))
+            assert 202 == await post(session, relay, *jobs(2, "locked"))
             await asyncio.wait_for(tap.seen.wait(), 10)
             with closing(sqlite3.connect(outbox_path(tmp_path), isolation_level=None)) as other:
                 # Held past the relay's 10 s busy timeout: the ack cannot be written.
@@ -441,4 +420,4 @@ async def test_a_store_locked_past_the_busy_timeout_never_stops_the_daemon(
     [line] = relay.events("the outbox cannot be written; delivery backs off")
     assert ("error", "database is locked") == (line["level"], line["error"])
     assert [] == relay.events("task died")
-    assert {"locked-0", "locked-1"} == set(delivered_ids(intake))
+    assert {"locked-00000", "locked-00001"} == set(delivered_ids(intake))

@@ -13,7 +13,7 @@ import gzip
 import sqlite3
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from contextlib import closing, contextmanager
 from typing import Any
 
@@ -25,7 +25,7 @@ from relay.config import FlusherSettings, RetrySettings
 from relay.delivery import StoreFailed
 from relay.flusher import FlushResult
 from relay.upstream import Misconfigured, Reject, Retry
-from tests.delivery_rig import DeadLetter, Rig, big_job, jobs
+from tests.delivery_rig import DeadLetter, Rig
 from tests.fake_intake import (
     PIPELINE_PATH,
     Accept,
@@ -36,14 +36,9 @@ from tests.fake_intake import (
     Raw,
     Status,
 )
+from tests.helpers import big_job, jobs, named
 
 MIB = 1024 * 1024
-
-
-def named(*names: str) -> Callable[[dict[str, Any]], bool]:
-    """A predicate matching events whose resource name is one of ``names``."""
-    wanted = set(names)
-    return lambda e: e["attributes"]["resource"]["name"] in wanted
 
 
 class Clock:

@@ -10,9 +10,7 @@ import asyncio
 import gzip
 import sqlite3
 import time
-from collections.abc import Callable
 from contextlib import closing
-from typing import Any
 
 import orjson
 import pytest
@@ -23,19 +21,7 @@ from relay.flusher import FlushResult
 from relay.outbox import Outbox
 from relay.samples import event
 from relay.upstream import Retry, Unauthorized
-from tests.delivery_rig import (
-    API_KEY,
-    EMPTY_BODY_BYTES,
-    HOUR,
-    DeadLetter,
-    Rig,
-    ahead,
-    big_job,
-    body_len,
-    closed_port,
-    jobs,
-    wire_body,
-)
+from tests.delivery_rig import DeadLetter, Rig, running
 from tests.fake_intake import (
     PIPELINE_PATH,
     Accept,
@@ -46,6 +32,18 @@ from tests.fake_intake import (
     Slow,
     Status,
     TooLarge,
+)
+from tests.helpers import (
+    API_KEY,
+    EMPTY_BODY_BYTES,
+    HOUR,
+    ahead,
+    big_job,
+    body_len,
+    closed_port,
+    jobs,
+    named,
+    wire_body,
 )
 
 # --- 2xx ---------------------------------------------------------------------------------
@@ -278,12 +276,6 @@ async def test_retry_never_gives_up_and_backoff_is_capped(rig: Rig) -> None:
 # --- 400: bisect and dead-letter the refused events --------------------------------------
 
 
-def named(*names: str) -> Callable[[dict[str, Any]], bool]:
-    """A predicate matching events whose resource name is one of ``names``."""
-    wanted = set(names)
-    return lambda e: e["attributes"]["resource"]["name"] in wanted
-
-
 async def test_400_dead_letters_only_the_refused_events(rig: Rig) -> None:
     """A 400 is bisected: the two refused events are dead-lettered with the detail, 8 delivered."""
     originals = jobs(10)
@@ -495,13 +487,9 @@ async def test_warns_when_pending_events_near_the_window(
     )
 
     with capture_logs() as logs:
-        task = asyncio.create_task(flusher.run())
-        try:
+        async with running(flusher):
             # The check comes before the first send of the loop.
             await rig.intake.wait_for_requests(1, timeout_s=5)
-        finally:
-            flusher.stop()
-            await asyncio.wait_for(task, timeout=5)
 
     near = [e for e in logs if e["log_level"] == "warning" and "18-hour" in e["event"]]
     assert warns == bool(near), logs
@@ -612,13 +600,9 @@ async def test_run_sends_a_partial_batch_after_the_flush_interval(rig: Rig) -> N
     flusher = rig.flusher(settings=FlusherSettings(flush_interval_s=0.05))
     originals = jobs(3)
 
-    task = asyncio.create_task(flusher.run())
-    try:
+    async with running(flusher):
         await rig.put(originals)
         await rig.intake.wait_for_events(3, timeout_s=5)
-    finally:
-        flusher.stop()
-        await asyncio.wait_for(task, timeout=5)
 
     assert [originals] == [r.events for r in rig.intake.received]
     assert 0 == rig.outbox.counts.events
@@ -629,13 +613,9 @@ async def test_run_sends_a_full_batch_without_waiting(rig: Rig) -> None:
     flusher = rig.flusher(settings=FlusherSettings(flush_interval_s=60))
     originals = jobs(1000)
 
-    task = asyncio.create_task(flusher.run())
-    try:
+    async with running(flusher):
         await rig.put(originals)
         await rig.intake.wait_for_events(1000, timeout_s=5)
-    finally:
-        flusher.stop()
-        await asyncio.wait_for(task, timeout=5)
 
     assert [originals] == [r.events for r in rig.intake.received]
 
@@ -651,12 +631,8 @@ async def test_run_backs_off_then_delivers(rig: Rig) -> None:
     )
 
     started = time.monotonic()
-    task = asyncio.create_task(flusher.run())
-    try:
+    async with running(flusher):
         await rig.intake.wait_for_events(3, timeout_s=5)
-    finally:
-        flusher.stop()
-        await asyncio.wait_for(task, timeout=5)
 
     assert time.monotonic() - started >= 0.3
     assert [429, 202] == [r.answered for r in rig.intake.received]
@@ -673,13 +649,9 @@ async def test_run_probes_again_after_unauthorized(rig: Rig) -> None:
     )
 
     started = time.monotonic()
-    task = asyncio.create_task(flusher.run())
-    try:
+    async with running(flusher):
         await rig.put(second)
         await rig.intake.wait_for_events(4, timeout_s=5)
-    finally:
-        flusher.stop()
-        await asyncio.wait_for(task, timeout=5)
 
     assert time.monotonic() - started >= 0.3
     assert 401 == rig.intake.received[0].answered

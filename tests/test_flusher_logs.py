@@ -5,20 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
-from aiohttp import web
 from structlog.testing import capture_logs
 
 from relay.config import FlusherSettings, OutboxSettings
 from relay.intake import PIPELINE_PATH
-from relay.outbox import Outbox
 from relay.samples import event, request
-from relay.server import app_runner, create_app
-from tests.delivery_rig import Rig, jobs
+from tests.delivery_rig import Rig
 from tests.fake_intake import Accept, Status
+from tests.helpers import JSON, jobs, serving
 
 Log = MutableMapping[str, Any]
 
@@ -33,7 +31,7 @@ class Clock:
         return self.now
 
 
-def named(logs: list[Log], event_name: str) -> list[Log]:
+def logged(logs: list[Log], event_name: str) -> list[Log]:
     return [entry for entry in logs if entry["event"] == event_name]
 
 
@@ -49,7 +47,7 @@ async def test_a_persistent_failure_is_logged_louder_as_it_lasts(rig: Rig) -> No
             await flusher.flush_once()
             clock.now += 30
 
-    retries = named(logs, "upstream retry")
+    retries = logged(logs, "upstream retry")
     levels = [entry["log_level"] for entry in retries]
     assert ["info", "info"] == levels[:2]
     assert "warning" in levels
@@ -61,7 +59,7 @@ async def test_a_persistent_failure_is_logged_louder_as_it_lasts(rig: Rig) -> No
     rig.intake.default = Accept()
     with capture_logs() as logs:
         await flusher.flush_once()
-    [resumed] = named(logs, "delivery resumed")
+    [resumed] = logged(logs, "delivery resumed")
     assert ("info", "retrying", 1) == (
         resumed["log_level"],
         resumed["after_state"],
@@ -77,7 +75,7 @@ async def test_the_first_delivery_after_a_start_is_logged(rig: Rig) -> None:
         await flusher.flush_once()
         await rig.put(jobs(1, "later"))
         await flusher.flush_once()
-    [first] = named(logs, "first delivery")
+    [first] = logged(logs, "first delivery")
     assert (2, rig.intake.url + PIPELINE_PATH) == (first["delivered"], first["url"])
     assert [] == [e for e in logs if e["log_level"] == "info" and e is not first]
 
@@ -90,36 +88,25 @@ async def test_debug_shows_each_batch_sent(rig: Rig) -> None:
     with capture_logs() as logs:
         await flusher.flush_once()
         await flusher.flush_once()
-    sent = named(logs, "batch sent")
+    sent = logged(logs, "batch sent")
     assert [(3, "Retry", 500), (3, "Delivered", None)] == [
         (e["events"], e["outcome"], e["status"]) for e in sent
     ]
     assert all(e["log_level"] == "debug" and e["latency_ms"] >= 0 for e in sent)
 
 
-async def test_store_refusals_are_one_warning_not_one_line_each(tmp_path: Any) -> None:
+async def test_store_refusals_are_one_warning_not_one_line_each(tmp_path: Path) -> None:
     """Runners refused because the outbox is full: a warning with a count, not a line each."""
-    outbox = await Outbox.open(OutboxSettings(path=tmp_path / "outbox.db", max_events=1))
-    web_runner = app_runner(create_app(outbox, 1 << 20, retry_after_s=3))
-    await web_runner.setup()
-    site = web.TCPSite(web_runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = web_runner.addresses[0][:2]
-    url = f"http://{host}:{port}{PIPELINE_PATH}"
     body = orjson.dumps(request(event("job")))
-    try:
+    full_after_one = OutboxSettings(path=tmp_path / "outbox.db", max_events=1)
+    async with serving(full_after_one) as relay:
         with capture_logs() as logs:
-            async with aiohttp.ClientSession() as client:
-                statuses = []
-                for _ in range(6):
-                    headers = {"Content-Type": "application/json"}
-                    async with client.post(url, data=body, headers=headers) as resp:
-                        statuses.append(resp.status)
-    finally:
-        await web_runner.cleanup()
-        await outbox.close()
+            statuses = []
+            for _ in range(6):
+                async with relay.client.post(relay.url, data=body, headers=JSON) as resp:
+                    statuses.append(resp.status)
     assert [202, 503, 503, 503, 503, 503] == statuses
-    [warning] = named(logs, "runners refused with 503: the outbox cannot take events")
+    [warning] = logged(logs, "runners refused with 503: the outbox cannot take events")
     assert ("warning", 1) == (warning["log_level"], warning["refused"])
     assert [] == [e for e in logs if e["event"] == "request refused" and e["status"] == 503]
 
@@ -132,12 +119,12 @@ async def test_progress_is_reported_while_events_move(rig: Rig) -> None:
         await rig.put(jobs(4))
         await rig.intake.wait_for_events(4, timeout_s=10)
         for _ in range(150):  # the loop reports on its once-a-second tick: at most 3 s
-            if named(logs, "delivery progress"):
+            if logged(logs, "delivery progress"):
                 break
             await asyncio.sleep(0.02)
         flusher.stop()
         await asyncio.wait_for(task, 10)
-    [progress] = named(logs, "delivery progress")
+    [progress] = logged(logs, "delivery progress")
     assert ("info", 4, 0, 0) == (
         progress["log_level"],
         progress["delivered"],

@@ -1,0 +1,121 @@
+"""Shared test helpers: constants, sample batches, predicates, clocks, waits, a served relay."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from relay.config import OutboxSettings
+from relay.connections import ConnectionGuard
+from relay.intake import PIPELINE_PATH
+from relay.outbox import Outbox
+from relay.samples import event, request
+from relay.schema import parse_request
+from relay.server import app_runner, create_app
+
+JSON = {"Content-Type": "application/json"}
+"""The header every well-formed request to the relay carries."""
+API_KEY = "0123456789abcdef0123456789abcdef"
+HOUR = 3600.0
+EMPTY_BODY_BYTES = len(b'{"data":[]}')
+
+
+def jobs(n: int, prefix: str = "job") -> list[dict[str, Any]]:
+    """``n`` finished job events, each with its own id and name (equal lengths, so equal sizes)."""
+    return [event("job", id=f"{prefix}-{i:05d}", name=f"{prefix}-{i:05d}") for i in range(n)]
+
+
+def big_job(name: str, size: int) -> dict[str, Any]:
+    """A job event whose stored JSON is longer than ``size`` bytes."""
+    return event("job", id=name, name=name, parameters={"blob": "x" * size})
+
+
+def event_id(sent: dict[str, Any]) -> str:
+    """The resource id a test gave an event."""
+    return str(sent["attributes"]["resource"]["id"])
+
+
+def named(*names: str) -> Callable[[dict[str, Any]], bool]:
+    """A predicate matching events whose resource name is one of ``names``."""
+    wanted = set(names)
+    return lambda e: e["attributes"]["resource"]["name"] in wanted
+
+
+def stored(events: Sequence[dict[str, Any]]) -> list[bytes]:
+    """The events' JSON as the outbox stores it."""
+    return [accepted.body for accepted in parse_request(orjson.dumps(request(*events)))]
+
+
+def wire_body(events: Sequence[dict[str, Any]]) -> bytes:
+    """The request body the relay must send for ``events``, written out independently."""
+    return b'{"data":[' + b",".join(stored(events)) + b"]}"
+
+
+def body_len(events: Sequence[dict[str, Any]]) -> int:
+    """The length of the request body the relay sends for ``events``."""
+    return len(wire_body(events))
+
+
+def ahead(seconds: float) -> Callable[[], float]:
+    """A clock ``seconds`` ahead of the real one."""
+    return lambda: time.time() + seconds
+
+
+def closed_port() -> int:
+    """A loopback port that nothing listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``condition`` every 10 ms (for facts no event announces); fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@dataclass
+class RunningRelay:
+    """An in-process relay: its URL, its outbox, and a client session to talk to it."""
+
+    base_url: str
+    outbox: Outbox
+    client: aiohttp.ClientSession
+
+    @property
+    def url(self) -> str:
+        """The relay's pipeline URL."""
+        return self.base_url + PIPELINE_PATH
+
+
+@asynccontextmanager
+async def serving(
+    settings: OutboxSettings,
+    max_body_bytes: int = 5 * 1024 * 1024,
+    guard: ConnectionGuard | None = None,
+) -> AsyncIterator[RunningRelay]:
+    """The relay's HTTP API on 127.0.0.1 over a real outbox, closed on exit."""
+    outbox = await Outbox.open(settings)
+    web_runner = app_runner(create_app(outbox, max_body_bytes, retry_after_s=7), guard)
+    try:
+        await web_runner.setup()
+        await web.TCPSite(web_runner, "127.0.0.1", 0).start()
+        host, port = web_runner.addresses[0][:2]
+        async with aiohttp.ClientSession() as client:
+            yield RunningRelay(f"http://{host}:{port}", outbox, client)
+    finally:
+        await web_runner.cleanup()
+        await outbox.close()

@@ -28,6 +28,8 @@ _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if getattr(args, "runner_side", False):  # emit and run read no relay settings
+        return int(args.run(args))
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -84,6 +86,19 @@ def _parser() -> argparse.ArgumentParser:
         help="rename the outbox (with its -wal) for salvage, so that serve starts a new one",
     )
     aside.set_defaults(run=_move_aside)
+
+    from relay.runner.arguments import add_emit_arguments, add_run_arguments
+
+    emit = commands.add_parser(
+        "emit", help="send one pipeline, stage, job or step event of the current CI run"
+    )
+    add_emit_arguments(emit)
+    emit.set_defaults(run=_emit, runner_side=True)
+    wrap = commands.add_parser(
+        "run", help="run a command, then report it as a job or step (its exit status kept)"
+    )
+    add_run_arguments(wrap)
+    wrap.set_defaults(run=_wrap, runner_side=True)
     return parser
 
 
@@ -197,6 +212,18 @@ class _Progress:
     def end(self) -> None:
         if self._shown:
             print(file=sys.stderr)
+
+
+def _emit(args: argparse.Namespace) -> int:
+    from relay.runner.emit import emit
+
+    return emit(args)
+
+
+def _wrap(args: argparse.Namespace) -> int:
+    from relay.runner.wrap import run
+
+    return run(args)
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:

@@ -8,7 +8,8 @@ Precedence, highest first:
 - author, committer, times, message: ``DD_GIT_COMMIT_*``, then the checkout's commit of that
   sha (``git log``), then the provider's variables. The checkout is read for the resolved
   sha only, so a checkout of another commit never lends its author.
-- pipeline and stage names, URLs, ids: flags, then the provider.
+- pipeline and stage names, URLs, ids: flags, then the provider. Where the provider gives
+  no run identifiers, ``--pipeline-id`` is the run's key.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def resolve(env: Env, overrides: Overrides, checkout_dir: Path) -> CIFacts:
             setattr(facts, name, value)
     if overrides.unique_id:
         facts.explicit_unique_id = overrides.unique_id
+    if facts.run_key is None and facts.pipeline_id:
+        # The generic rule: a run is its pipeline id (give one per run and attempt).
+        facts.run_key = f"{facts.provider}:{facts.pipeline_id}"
     facts.git = _git(env, overrides, facts.git, Checkout(checkout_dir))
     return facts
 

@@ -75,9 +75,7 @@ class Done:
         return orjson.loads(self.stdout)
 
 
-async def ci_relay(
-    *args: str, env: dict[str, str], cwd: Path, stdin: bytes | None = None
-) -> Done:
+async def ci_relay(*args: str, env: dict[str, str], cwd: Path, stdin: bytes | None = None) -> Done:
     """``python -m relay ARGS`` run to its end, its output captured."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

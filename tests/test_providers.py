@@ -365,8 +365,9 @@ def test_circleci(checkout: tuple[Path, str]) -> None:
         },
         "node": {"hostname": HOST, "workspace": "/home/circleci/project"},
     } == event(env, cwd)
-    assert "https://app.circleci.com/pipelines/workflows/5c1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6" == (
-        event(env, cwd, level="pipeline")["url"]
+    assert (
+        "https://app.circleci.com/pipelines/workflows/5c1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
+        == (event(env, cwd, level="pipeline")["url"])
     )
 
 
@@ -517,7 +518,7 @@ def test_dd_git_variables_and_flags_override_in_order(checkout: tuple[Path, str]
 
 
 def test_checkout_of_another_commit_lends_no_author(checkout: tuple[Path, str]) -> None:
-    """When the provider names a commit the checkout does not hold, its HEAD's author is not used."""
+    """A provider commit the checkout does not hold gets no author from the checkout HEAD."""
     cwd, _ = checkout
     env = {
         "CIRCLECI": "true",

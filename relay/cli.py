@@ -8,14 +8,18 @@ import re
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from relay import __version__, log
-from relay.config import ConfigError, Settings, load_settings
-from relay.outbox import DEAD_LETTER_REASONS
-from relay.outbox_file import OutboxError
+from relay import __version__
+
+if TYPE_CHECKING:
+    from relay.config import Settings
+
+# The relay's modules are imported where used: `emit` and `run` start once per job step
+# and need none of them (bench/run_overhead.py).
+_RUNNER_COMMANDS = ("emit", "run")
 
 T = TypeVar("T")
 
@@ -26,10 +30,15 @@ _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] and argv[0] in _RUNNER_COMMANDS:  # no relay settings, no relay modules
+        args = _runner_parser().parse_args(argv)
+        return int(args.run(args))
+    from relay.config import ConfigError, load_settings
+    from relay.outbox_file import OutboxError
+
     parser = _parser()
     args = parser.parse_args(argv)
-    if getattr(args, "runner_side", False):  # emit and run read no relay settings
-        return int(args.run(args))
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -43,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from relay.outbox import DEAD_LETTER_REASONS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config", type=Path, metavar="PATH", help="TOML config file (see config.example.toml)"
@@ -86,23 +97,34 @@ def _parser() -> argparse.ArgumentParser:
         help="rename the outbox (with its -wal) for salvage, so that serve starts a new one",
     )
     aside.set_defaults(run=_move_aside)
+    _runner_commands(commands)
+    return parser
 
+
+def _runner_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ci-relay")
+    _runner_commands(parser.add_subparsers(required=True, metavar="COMMAND"))
+    return parser
+
+
+def _runner_commands(commands: Any) -> None:
     from relay.runner.arguments import add_emit_arguments, add_run_arguments
 
     emit = commands.add_parser(
         "emit", help="send one pipeline, stage, job or step event of the current CI run"
     )
     add_emit_arguments(emit)
-    emit.set_defaults(run=_emit, runner_side=True)
+    emit.set_defaults(run=_emit)
     wrap = commands.add_parser(
         "run", help="run a command, then report it as a job or step (its exit status kept)"
     )
     add_run_arguments(wrap)
-    wrap.set_defaults(run=_wrap, runner_side=True)
-    return parser
+    wrap.set_defaults(run=_wrap)
 
 
 def _selection_arguments(command: argparse.ArgumentParser, verb: str) -> None:
+    from relay.outbox import DEAD_LETTER_REASONS
+
     command.add_argument("--reason", choices=DEAD_LETTER_REASONS)
     command.add_argument(
         "--id",
@@ -135,6 +157,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from relay import log
     from relay.daemon import serve
 
     log.configure(settings.log.format, settings.log.level)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,17 @@ async def test_nothing_but_the_command_writes_to_stdout(
     )
     assert (0, payload, b"") == (done.returncode, done.stdout, done.stderr)
     assert 1 == len(await stored(relay))
+
+
+def test_the_wrapper_starts_without_the_relay_modules() -> None:
+    """What run loads before starting the command holds none of the relay's heavy libraries."""
+    probe = (
+        "import sys, relay.cli, relay.runner.wrap\n"
+        "heavy = ('pydantic', 'pydantic_settings', 'structlog', 'aiosqlite', 'aiohttp',"
+        " 'relay.config', 'relay.outbox', 'relay.schema')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert ("[]\n", "") == (done.stdout, done.stderr)

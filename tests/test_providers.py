@@ -9,6 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
+from relay.runner import providers
+from relay.runner.arguments import PROVIDER_NAMES
 from relay.runner.event import EventOptions, body
 from relay.runner.facts import derived_id
 from relay.runner.resolve import Overrides, resolve
@@ -542,3 +544,8 @@ def test_detection_order_prefers_a_provider_over_a_stray_jenkins_url(tmp_path: P
     assert "github" == resolve(env, Overrides(), tmp_path).provider
     assert "generic" == resolve({}, Overrides(), tmp_path).provider
     assert "jenkins" == resolve(env, Overrides(provider="jenkins"), tmp_path).provider
+
+
+def test_the_provider_flag_offers_every_provider() -> None:
+    """--provider accepts exactly the providers detection knows, and generic."""
+    assert sorted(providers.NAMES) == sorted(PROVIDER_NAMES)

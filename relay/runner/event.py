@@ -11,8 +11,6 @@ import orjson
 from relay.runner.facts import CIFacts, GitFacts, derived_id
 
 Level = Literal["pipeline", "stage", "job", "step"]
-LEVELS: tuple[Level, ...] = ("pipeline", "stage", "job", "step")
-STATUSES = ("running", "success", "error", "canceled", "skipped", "blocked")
 # Levels the intake takes a running event for; a running stage or step is only a start mark.
 RUNNING_LEVELS = ("pipeline", "job")
 

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from relay import __version__, log
-from relay.config import OutboxSettings, Settings, load_outbox_settings, load_settings
+from relay import __version__
 from relay.exits import EXIT_USAGE, UserError
-from relay.outbox import DEAD_LETTER_REASONS
+
+if TYPE_CHECKING:
+    from relay.config import OutboxSettings, Settings
+
+# The relay's modules are imported where used: `emit` and `run` start once per job step
+# and need none of them (bench/run_overhead.py).
+_RUNNER_COMMANDS = ("emit", "run")
 
 T = TypeVar("T")
 
@@ -24,6 +28,10 @@ _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] and argv[0] in _RUNNER_COMMANDS:  # no relay settings, no relay modules
+        args = _runner_parser().parse_args(argv)
+        return int(args.run(args))
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -36,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from relay.config import load_outbox_settings, load_settings
+    from relay.outbox import DEAD_LETTER_REASONS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config", type=Path, metavar="PATH", help="TOML config file (see config.example.toml)"
@@ -88,10 +99,34 @@ def _parser() -> argparse.ArgumentParser:
         help="rename the outbox (with its -wal) for salvage, so that serve starts a new one",
     )
     aside.set_defaults(run=_move_aside, load=load_outbox_settings)
+    _runner_commands(commands)
     return parser
 
 
+def _runner_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ci-relay")
+    _runner_commands(parser.add_subparsers(required=True, metavar="COMMAND"))
+    return parser
+
+
+def _runner_commands(commands: Any) -> None:
+    from relay.runner.arguments import add_emit_arguments, add_run_arguments
+
+    emit = commands.add_parser(
+        "emit", help="send one pipeline, stage, job or step event of the current CI run"
+    )
+    add_emit_arguments(emit)
+    emit.set_defaults(run=_emit)
+    wrap = commands.add_parser(
+        "run", help="run a command, then report it as a job or step (its exit status kept)"
+    )
+    add_run_arguments(wrap)
+    wrap.set_defaults(run=_wrap)
+
+
 def _selection_arguments(command: argparse.ArgumentParser, verb: str) -> None:
+    from relay.outbox import DEAD_LETTER_REASONS
+
     command.add_argument("--reason", choices=DEAD_LETTER_REASONS)
     command.add_argument(
         "--id",
@@ -119,11 +154,14 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:
+        import asyncio
+
         return asyncio.run(coro)
     return uvloop.run(coro)
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from relay import log
     from relay.daemon import serve
 
     log.configure(settings.log.format, settings.log.level)
@@ -203,6 +241,18 @@ class _Progress:
             print(file=sys.stderr)
 
 
+def _emit(args: argparse.Namespace) -> int:
+    from relay.runner.emit import emit
+
+    return emit(args)
+
+
+def _wrap(args: argparse.Namespace) -> int:
+    from relay.runner.wrap import run
+
+    return run(args)
+
+
 def _check(args: argparse.Namespace, outbox: OutboxSettings) -> int:
     from relay.outbox_file import check
 
@@ -237,7 +287,7 @@ def _move_aside(args: argparse.Namespace, outbox: OutboxSettings) -> int:
 
 def _check_config(args: argparse.Namespace, config: Path | None) -> int:
     """Every setting with its origin, redacted; then the checks, one line per problem."""
-    from relay.config import ConfigError, origins, writable_directory
+    from relay.config import ConfigError, load_settings, origins, writable_directory
 
     try:
         settings = load_settings(config)

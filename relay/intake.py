@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
-from http import HTTPStatus
 from typing import Literal, get_args
 
-import orjson
+# orjson and http are imported inside the two error-body functions: `ci-relay run` reads
+# the path from here once per job step, and must start quickly.
 
 PIPELINE_PATH = "/api/v2/ci/pipeline"
 
@@ -59,6 +59,10 @@ def body_size(sizes: Iterable[int]) -> int:
 
 def error_body(status: int, details: Iterable[str]) -> bytes:
     """The intake's error body for ``status``: ``{"errors":[{"status","title","detail"}]}``."""
+    from http import HTTPStatus
+
+    import orjson
+
     title = HTTPStatus(status).phrase
     errors = [{"status": str(status), "title": title, "detail": d} for d in details]
     return orjson.dumps({"errors": errors})
@@ -66,6 +70,8 @@ def error_body(status: int, details: Iterable[str]) -> bytes:
 
 def error_detail(status: int, body: bytes, limit: int = 2000) -> str:
     """The details of an error body, joined; the raw text when it is not that shape."""
+    import orjson
+
     try:
         errors = orjson.loads(body)["errors"]
         details = [

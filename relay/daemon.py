@@ -53,7 +53,9 @@ async def serve(settings: Settings) -> int:
         flusher_task = asyncio.create_task(flusher.run(), name="flusher")
         grace_s = settings.flusher.shutdown_grace_s
         stack.push_async_callback(_finish_flusher, flusher, flusher_task, grace_s)
-        app = create_app(outbox, settings.server.max_body_bytes, settings.outbox.retry_after_s)
+        app = create_app(
+            outbox, settings.server.max_body_bytes, settings.outbox.retry_after_s, settings.outbox
+        )
         web_runner = app_runner(app, guard)
         await web_runner.setup()
         stack.push_async_callback(web_runner.cleanup)

@@ -14,10 +14,12 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from relay.config import OutboxSettings
 from relay.connections import ConnectionGuard, RelayRunner
 from relay.errors import error_response
 from relay.intake import PIPELINE_PATH
 from relay.outbox import Outbox, OutboxClosed, OutboxFull, OutboxUnavailable
+from relay.probes import Verdict, liveness, readiness
 from relay.schema import InvalidRequest, parse_request
 
 logger = structlog.get_logger(__name__)
@@ -25,6 +27,7 @@ logger = structlog.get_logger(__name__)
 OUTBOX = web.AppKey("outbox", Outbox)
 MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
 RETRY_AFTER_S = web.AppKey("retry_after_s", int)
+OUTBOX_SETTINGS = web.AppKey("outbox_settings", OutboxSettings)
 
 _ACCEPTED = b"{}"
 # While runners are refused with 503, one warning line per this many seconds.
@@ -76,8 +79,17 @@ async def post_pipeline(request: web.Request) -> web.Response:
 
 
 async def get_health(request: web.Request) -> web.Response:
-    """Liveness for container health checks: the process serves HTTP."""
-    return web.json_response({"status": "ok"})
+    """Liveness (``relay.probes``): 200 while the loop answers and the writer lives, else 503."""
+    return _probe_response(liveness(request.app[OUTBOX]))
+
+
+async def get_ready(request: web.Request) -> web.Response:
+    """Readiness for runners (``relay.probes``): 200, or 503 saying which check fails."""
+    return _probe_response(readiness(request.app[OUTBOX], request.app[OUTBOX_SETTINGS]))
+
+
+def _probe_response(verdict: Verdict) -> web.Response:
+    return web.json_response(verdict.body(), status=200 if verdict.passed else 503)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -171,12 +183,17 @@ async def not_found(request: web.Request) -> web.Response:
 
 async def method_not_allowed(request: web.Request) -> web.Response:
     """405 in Datadog's shape, with Allow, for a known path and a wrong method."""
-    allowed = "GET" if request.path == "/health" else "POST"
+    allowed = "GET, HEAD" if request.path in ("/health", "/ready") else "POST"
     detail = f"method {request.method} is not allowed on {request.path}; use {allowed}"
     return _refuse(request, 405, detail, headers={"Allow": allowed})
 
 
-def create_app(outbox: Outbox, max_body_bytes: int, retry_after_s: int) -> web.Application:
+def create_app(
+    outbox: Outbox,
+    max_body_bytes: int,
+    retry_after_s: int,
+    outbox_settings: OutboxSettings | None = None,
+) -> web.Application:
     """The aiohttp application; run it with ``app_runner()`` so bodies arrive undecoded.
 
     404 and 405 are routes of their own rather than a middleware: they answer in
@@ -189,8 +206,10 @@ def create_app(outbox: Outbox, max_body_bytes: int, retry_after_s: int) -> web.A
     app[STORE_REFUSALS] = _StoreRefusals()
     app.router.add_post(PIPELINE_PATH, post_pipeline)
     app.router.add_route("*", PIPELINE_PATH, method_not_allowed)
-    app.router.add_get("/health", get_health, allow_head=False)
-    app.router.add_route("*", "/health", method_not_allowed)
+    app[OUTBOX_SETTINGS] = outbox_settings or OutboxSettings()
+    for path, probe in (("/health", get_health), ("/ready", get_ready)):
+        app.router.add_get(path, probe)  # and HEAD
+        app.router.add_route("*", path, method_not_allowed)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
 

@@ -109,7 +109,8 @@ async def serving(
 ) -> AsyncIterator[RunningRelay]:
     """The relay's HTTP API on 127.0.0.1 over a real outbox, closed on exit."""
     outbox = await Outbox.open(settings)
-    web_runner = app_runner(create_app(outbox, max_body_bytes, retry_after_s=7), guard)
+    app = create_app(outbox, max_body_bytes, retry_after_s=7, outbox_settings=settings)
+    web_runner = app_runner(app, guard)
     try:
         await web_runner.setup()
         await web.TCPSite(web_runner, "127.0.0.1", 0).start()

@@ -288,7 +288,7 @@ async def test_synchronous_setting_is_applied(synchronous: str, level: int, tmp_
     settings = OutboxSettings.model_validate({"path": path, "synchronous": synchronous})
     outbox = await Outbox.open(settings)
     try:
-        rows = list(await outbox._writer.execute_fetchall("PRAGMA synchronous"))
+        rows = list(await outbox._conn.execute_fetchall("PRAGMA synchronous"))
         db = sqlite3.connect(path)
         try:
             journal_mode = db.execute("PRAGMA journal_mode").fetchone()[0]

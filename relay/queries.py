@@ -1,0 +1,162 @@
+"""Every SQL statement of the store, by name, and how a result row becomes an object.
+
+Ids travel as one JSON array parameter (``json_ids``), whatever their number. Rows are
+read as ``sqlite3.Row`` and mapped to objects by column name (``as_objects``), never by
+position. The schema itself is not here: it is the migrations' (``relay.migrate``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiosqlite
+
+from relay.intake import MAX_EVENTS_PER_REQUEST
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_IN_IDS = "IN (SELECT value FROM json_each(?))"
+
+# -- the outbox proper: events waiting for the upstream's 2xx
+
+_INTO_EVENTS = "INSERT INTO events (received_at, end_at, size, body)"
+APPEND = f"{_INTO_EVENTS} VALUES (?, ?, ?, ?)"
+
+_EVENT = "id, received_at, end_at, size, attempts, first_failure_at, body"
+# A batch is read in two steps, so that it never loads more than its byte cap however large
+# the events behind it: the sizes of the oldest events (ids in a JSON array left out; a
+# size precedes the body in the row, so no body is read), then the bodies of those that fit.
+OLDEST_SIZES = f"SELECT id, size FROM events WHERE id NOT {_IN_IDS} ORDER BY id LIMIT ?"
+EVENTS_BETWEEN = (
+    f"SELECT {_EVENT} FROM events WHERE id BETWEEN ? AND ? AND id NOT {_IN_IDS} ORDER BY id"
+)
+EVENTS_BY_ID = f"SELECT {_EVENT} FROM events WHERE id {_IN_IDS} ORDER BY id"
+OLDEST_RECEIVED = f"SELECT received_at FROM events WHERE id NOT {_IN_IDS} ORDER BY id LIMIT 1"
+# The earliest end among the events the next batches take.
+OLDEST_END = (
+    "SELECT min(end_at) AS end_at FROM (SELECT end_at FROM events ORDER BY id "
+    f"LIMIT {MAX_EVENTS_PER_REQUEST})"
+)
+COUNT_EVENTS = "SELECT count(*) AS events, coalesce(sum(size), 0) AS bytes FROM events"
+DELETE_EVENTS = f"DELETE FROM events WHERE id {_IN_IDS}"
+RECORD_FAILURE = (
+    "UPDATE events SET attempts = attempts + 1, first_failure_at = coalesce(first_failure_at, ?) "
+    f"WHERE id {_IN_IDS}"
+)
+
+# -- dead letters: events the upstream refused, or that expired, kept for an operator
+
+# The one way a dead letter is made: (reason, upstream_status, detail, attempts added,
+# failure time, failure time, ids).
+TO_DEAD_LETTERS = (
+    "INSERT INTO dead_letters (event_id, received_at, reason, upstream_status, detail, attempts, "
+    "first_failure_at, last_failure_at, end_at, body) "
+    "SELECT id, received_at, ?, ?, ?, attempts + ?, coalesce(first_failure_at, ?), ?, end_at, body "
+    f"FROM events WHERE id {_IN_IDS} ORDER BY id"
+)
+COUNT_DEAD_LETTERS = "SELECT count(*) AS dead_letters FROM dead_letters"
+# A dead letter is named by its event's outbox id.
+DEAD_LETTERS_OF_REASON = (
+    "SELECT d.event_id AS id, d.received_at, d.reason, d.upstream_status, d.detail, d.attempts, "
+    "d.first_failure_at, d.last_failure_at, d.body "
+    "FROM dead_letters AS d WHERE ?1 IS NULL OR d.reason = ?1 ORDER BY d.id"
+)
+UNKNOWN_DEAD_LETTER_IDS = (
+    "SELECT value AS id FROM json_each(?1) "
+    "WHERE value NOT IN (SELECT event_id FROM dead_letters) ORDER BY value"
+)
+# The dead letters an operator's selection names: ?1 a reason, ?2 a JSON array of ids,
+# ?3 a time their last failure precedes; a NULL matches every dead letter.
+SELECTED = (
+    "(?1 IS NULL OR reason = ?1) "
+    "AND (?2 IS NULL OR event_id IN (SELECT value FROM json_each(?2))) "
+    "AND (?3 IS NULL OR last_failure_at < ?3)"
+)
+COUNT_SELECTED = f"SELECT count(*) AS dead_letters FROM dead_letters WHERE {SELECTED}"
+# The next chunk of a replay or purge: ?4 the last id done, ?5 the chunk's size.
+NEXT_CHUNK = f"SELECT id FROM dead_letters WHERE id > ?4 AND {SELECTED} ORDER BY id LIMIT ?5"
+REPLAY_CHUNK = (
+    f"{_INTO_EVENTS} SELECT ?1, end_at, length(body), body "
+    "FROM dead_letters WHERE id IN (SELECT value FROM json_each(?2)) ORDER BY id"
+)
+DELETE_CHUNK = "DELETE FROM dead_letters WHERE id IN (SELECT value FROM json_each(?1))"
+BEGIN_WRITE = "BEGIN IMMEDIATE"
+
+# -- the migration ledger
+
+CREATE_LEDGER = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)
+"""
+APPLIED_VERSIONS = "SELECT version FROM schema_migrations ORDER BY version"
+LEDGER_COLUMNS = "PRAGMA table_info(schema_migrations)"
+
+# -- the file itself
+
+TABLES = "SELECT name FROM sqlite_master WHERE type='table'"
+APPLICATION_ID = "PRAGMA application_id"
+DATA_VERSION = "PRAGMA data_version"
+WAL = "PRAGMA journal_mode = WAL"
+QUICK_CHECK = "PRAGMA quick_check"
+INTEGRITY_CHECK = "PRAGMA integrity_check"
+
+
+def migration_script(sql: str, version: int, name: str, applied_at: str) -> str:
+    """A migration and its row in the ledger, as one transaction."""
+    return (
+        f"BEGIN;\n{sql}\n;"
+        "INSERT INTO schema_migrations (version, name, applied_at) "
+        f"VALUES ({version}, '{name}', '{applied_at}');\nCOMMIT;"
+    )
+
+
+def busy_timeout(seconds: float) -> str:
+    return f"PRAGMA busy_timeout = {int(seconds * 1000)}"
+
+
+def synchronous(level: str) -> str:
+    return f"PRAGMA synchronous = {level}"
+
+
+def stamp(application_id: int) -> str:
+    return f"PRAGMA application_id = {application_id}"
+
+
+async def prepare(conn: aiosqlite.Connection, busy_timeout_s: float) -> None:
+    """Rows by column name, and how long to wait for a lock held by another connection."""
+    conn.row_factory = sqlite3.Row
+    await conn.execute(busy_timeout(busy_timeout_s))
+
+
+def json_ids(ids: Iterable[int]) -> str:
+    """Ids as one JSON array, the form every statement here takes them in."""
+    return "[" + ",".join(str(i) for i in ids) + "]"
+
+
+T = TypeVar("T", bound="DataclassInstance")
+
+
+def as_objects(cls: type[T], rows: Sequence[sqlite3.Row]) -> list[T]:
+    """Rows as ``cls`` (a dataclass), each field taken from the column of its name."""
+    if not rows:
+        return []
+    columns = rows[0].keys()
+    pick = _picker([columns.index(field.name) for field in dataclasses.fields(cls)])
+    return [cls(*pick(row)) for row in rows]
+
+
+def _picker(indices: list[int]) -> Callable[[sqlite3.Row], tuple[Any, ...]]:
+    # One lookup of the names per result, then a C-level pick per row: the hot path reads
+    # a thousand rows per batch.
+    get = itemgetter(*indices)
+    if len(indices) == 1:
+        return lambda row: (get(row),)
+    return get

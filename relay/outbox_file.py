@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from relay import queries
+
 # Stamped in the database header (PRAGMA application_id): "ciR1".
 APPLICATION_ID = 0x63695231
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -175,14 +177,16 @@ def read_only_uri(path: Path) -> str:
 
 
 def open_read_only(path: Path) -> sqlite3.Connection:
-    """A connection that cannot write to the file (``mode=ro``)."""
-    return sqlite3.connect(read_only_uri(path), uri=True, timeout=10)
+    """A connection that cannot write to the file (``mode=ro``); rows by column name."""
+    conn = sqlite3.connect(read_only_uri(path), uri=True, timeout=10)
+    conn.row_factory = sqlite3.Row
+    return conn
 
 
 def integrity_problems(conn: sqlite3.Connection, quick: bool = False) -> list[str]:
     """SQLite's integrity or quick check: the problems it found, [] when the file is sound."""
-    pragma = "quick_check" if quick else "integrity_check"
-    rows = [str(row[0]) for row in conn.execute(f"PRAGMA {pragma}")]
+    pragma = queries.QUICK_CHECK if quick else queries.INTEGRITY_CHECK
+    rows = [str(problem) for (problem,) in conn.execute(pragma)]
     return [] if rows == ["ok"] else rows
 
 
@@ -209,9 +213,9 @@ def check(path: Path) -> CheckReport:
         problems = integrity_problems(conn)
         if problems:
             return CheckReport(problems)
-        events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-        dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-        return CheckReport([], events, dead)
+        totals = conn.execute(queries.COUNT_EVENTS).fetchone()
+        dead = conn.execute(queries.COUNT_DEAD_LETTERS).fetchone()
+        return CheckReport([], totals["events"], dead["dead_letters"])
     except sqlite3.Error as exc:
         return CheckReport([str(exc)])
     finally:
@@ -228,10 +232,10 @@ def damaged(path: Path, cause: str) -> OutboxDamaged:
 
 
 def _identify(conn: sqlite3.Connection, path: Path) -> bool:
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    app_id = conn.execute(queries.APPLICATION_ID).fetchone()["application_id"]
     if app_id == APPLICATION_ID:
         return False
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    tables = {row["name"] for row in conn.execute(queries.TABLES)}
     if app_id == 0 and (tables >= _OUTBOX_TABLES or _has_our_ledger(conn, tables)):
         return True
     shown = ", ".join(sorted(tables)) or "none"
@@ -246,7 +250,7 @@ def _has_our_ledger(conn: sqlite3.Connection, tables: set[str]) -> bool:
     # told from other tools' schema_migrations tables by its columns.
     if "schema_migrations" not in tables:
         return False
-    columns = [row[1] for row in conn.execute("PRAGMA table_info(schema_migrations)")]
+    columns = [row["name"] for row in conn.execute(queries.LEDGER_COLUMNS)]
     return columns == ["version", "name", "applied_at"]
 
 

@@ -45,7 +45,7 @@ class Selection:
 
     def params(self, now: float) -> tuple[Any, ...]:
         """The parameters of ``queries.SELECTED`` (?1 to ?3)."""
-        ids = None if self.ids is None else orjson.dumps(self.ids).decode()
+        ids = None if self.ids is None else queries.json_ids(self.ids)
         cutoff = None if self.older_than_s is None else now - self.older_than_s
         return self.reason, ids, cutoff
 
@@ -105,8 +105,8 @@ async def list_dead_letters(path: Path, reason: DeadLetterReason | None = None) 
     """Every dead letter, oldest first, optionally of one reason; the file is opened read-only."""
     conn = await open_read_only(path)
     try:
-        rows = await conn.execute_fetchall(queries.DEAD_LETTERS_OF_REASON, (reason,))
-        return queries.as_objects(DeadLetter, list(rows))
+        found = await queries.fetch(conn, queries.DEAD_LETTERS_OF_REASON, (reason,))
+        return found.objects(DeadLetter)
     finally:
         await conn.close()
 
@@ -115,7 +115,7 @@ async def open_read_only(path: Path) -> aiosqlite.Connection:
     """A read-only connection to an existing outbox (OutboxMissing, OutboxError otherwise)."""
     await asyncio.to_thread(outbox_file.inspect, path, None)
     conn = await aiosqlite.connect(outbox_file.read_only_uri(path), uri=True)
-    await queries.prepare(conn, BUSY_TIMEOUT_S)
+    await conn.execute(queries.busy_timeout(BUSY_TIMEOUT_S))
     return conn
 
 
@@ -124,9 +124,9 @@ async def missing_ids(path: Path, ids: list[int]) -> list[int]:
     conn = await open_read_only(path)
     try:
         rows = await conn.execute_fetchall(
-            queries.UNKNOWN_DEAD_LETTER_IDS, (orjson.dumps(ids).decode(),)
+            queries.UNKNOWN_DEAD_LETTER_IDS, (queries.json_ids(ids),)
         )
-        return [int(row["id"]) for row in rows]
+        return [int(event_id) for (event_id,) in rows]
     finally:
         await conn.close()
 
@@ -176,12 +176,10 @@ async def _in_chunks(
         while True:
             started = time.monotonic()
             await conn.execute(queries.BEGIN_WRITE)
-            chunk = [
-                int(row["id"])
-                for row in await conn.execute_fetchall(queries.NEXT_CHUNK, (*params, after, rows))
-            ]
+            found = await conn.execute_fetchall(queries.NEXT_CHUNK, (*params, after, rows))
+            chunk = [int(letter) for (letter,) in found]
             if chunk:
-                await act(conn, orjson.dumps(chunk).decode())
+                await act(conn, queries.json_ids(chunk))
             await conn.commit()
             if not chunk:
                 return done

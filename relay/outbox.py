@@ -125,7 +125,7 @@ async def open_file(
 async def _set_up(
     conn: aiosqlite.Connection, path: Path, synchronous: str, busy_timeout_s: float, stamp: bool
 ) -> None:
-    await queries.prepare(conn, busy_timeout_s)
+    await conn.execute(queries.busy_timeout(busy_timeout_s))
     if stamp:
         # First, so that a file this relay made is recognised as an outbox whatever follows.
         await conn.execute(queries.stamp(outbox_file.APPLICATION_ID))
@@ -186,9 +186,9 @@ class Outbox:
         reader: aiosqlite.Connection | None = None
         try:
             reader = await aiosqlite.connect(path)
-            await queries.prepare(reader, settings.busy_timeout_s)
-            (totals,) = await reader.execute_fetchall(queries.COUNT_EVENTS)
-            (dead,) = await reader.execute_fetchall(queries.COUNT_DEAD_LETTERS)
+            await reader.execute(queries.busy_timeout(settings.busy_timeout_s))
+            pending = await _pending(reader)
+            ((dead,),) = await reader.execute_fetchall(queries.COUNT_DEAD_LETTERS)
         except BaseException as exc:
             # Both connections' threads would keep the process alive after the error.
             if reader is not None:
@@ -199,14 +199,14 @@ class Outbox:
             raise
         outbox = cls(settings, opened.conn, reader)
         outbox._lock = lock
-        outbox.counts.events, outbox.counts.bytes = totals["events"], totals["bytes"]
+        outbox.counts.events, outbox.counts.bytes = pending
         if opened.was_empty:
             logger.warning("outbox file was empty (0 bytes): starting a new outbox", path=str(path))
         logger.info(
             "outbox created" if opened.created else "outbox opened",
             path=str(path),
             pending_events=outbox.counts.events,
-            dead_letters=dead["dead_letters"],
+            dead_letters=dead,
         )
         outbox._writer.start()
         return outbox
@@ -275,23 +275,23 @@ class Outbox:
         """The oldest events but ``exclude``: at most ``max_events``, and a request body of at
         most ``max_bytes`` (or one event alone, however large)."""
         excluded = queries.json_ids(exclude)
-        sizes = await self._read(queries.OLDEST_SIZES, (excluded, max_events))
-        if not sizes:
+        oldest = await self._read(queries.OLDEST_SIZES, (excluded, max_events))
+        if not oldest.rows:
             return []
-        first = last = sizes[0]["id"]
-        total = ENVELOPE_BYTES + sizes[0]["size"]
-        for row in sizes[1:]:
-            total += row["size"] + 1  # the comma before it
+        ids, sizes = oldest.column("id"), oldest.column("size")
+        count, total = 1, ENVELOPE_BYTES + sizes[0]
+        for size in sizes[1:]:
+            total += size + 1  # the comma before it
             if total > max_bytes:
                 break
-            last = row["id"]
-        rows = await self._read(queries.EVENTS_BETWEEN, (first, last, excluded))
-        return queries.as_objects(StoredEvent, rows)
+            count += 1
+        batch = await self._read(queries.EVENTS_BETWEEN, (ids[0], ids[count - 1], excluded))
+        return batch.objects(StoredEvent)
 
     async def events(self, ids: Collection[int]) -> list[StoredEvent]:
         """The pending events of ``ids`` (those still in the outbox), by id."""
-        rows = await self._read(queries.EVENTS_BY_ID, (queries.json_ids(ids),))
-        return queries.as_objects(StoredEvent, rows)
+        found = await self._read(queries.EVENTS_BY_ID, (queries.json_ids(ids),))
+        return found.objects(StoredEvent)
 
     async def oldest_end_at(self) -> float | None:
         """The earliest end among the oldest pending events (the next batches to go)."""
@@ -301,14 +301,13 @@ class Outbox:
         return await self._first(queries.OLDEST_RECEIVED, "received_at", queries.json_ids(exclude))
 
     async def _first(self, query: str, column: str, *params: object) -> float | None:
-        rows = await self._read(query, params)
-        value: float | None = rows[0][column] if rows else None
+        value: float | None = (await self._read(query, params)).first(column)
         return value
 
-    async def _read(self, query: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
-        """Rows of a read on the reader connection; a failing file is OutboxUnavailable."""
+    async def _read(self, query: str, params: tuple[object, ...] = ()) -> queries.Result:
+        """A read on the reader connection; a failing file is OutboxUnavailable."""
         try:
-            return list(await self._reader.execute_fetchall(query, params))
+            return await queries.fetch(self._reader, query, params)
         except sqlite3.Error as exc:
             raise unavailable(exc) from exc
 
@@ -324,8 +323,7 @@ class Outbox:
             ((version,),) = await conn.execute_fetchall(queries.DATA_VERSION)
             if version != self._data_version:
                 self._data_version = version
-                (totals,) = await conn.execute_fetchall(queries.COUNT_EVENTS)
-                self.counts.events, self.counts.bytes = totals["events"], totals["bytes"]
+                self.counts.events, self.counts.bytes = await _pending(conn)
             return 0, 0
 
         await self.apply(work)
@@ -341,6 +339,12 @@ class Outbox:
             finally:
                 if self._lock is not None:
                     self._lock.release()
+
+
+async def _pending(conn: aiosqlite.Connection) -> tuple[int, int]:
+    """How many events, and how many bytes of them, the file holds."""
+    totals = await queries.fetch(conn, queries.COUNT_EVENTS)
+    return totals.first("events"), totals.first("bytes")
 
 
 def _ids(events: Sequence[StoredEvent]) -> str:

@@ -177,10 +177,8 @@ def read_only_uri(path: Path) -> str:
 
 
 def open_read_only(path: Path) -> sqlite3.Connection:
-    """A connection that cannot write to the file (``mode=ro``); rows by column name."""
-    conn = sqlite3.connect(read_only_uri(path), uri=True, timeout=10)
-    conn.row_factory = sqlite3.Row
-    return conn
+    """A connection that cannot write to the file (``mode=ro``)."""
+    return sqlite3.connect(read_only_uri(path), uri=True, timeout=10)
 
 
 def integrity_problems(conn: sqlite3.Connection, quick: bool = False) -> list[str]:
@@ -213,9 +211,9 @@ def check(path: Path) -> CheckReport:
         problems = integrity_problems(conn)
         if problems:
             return CheckReport(problems)
-        totals = conn.execute(queries.COUNT_EVENTS).fetchone()
-        dead = conn.execute(queries.COUNT_DEAD_LETTERS).fetchone()
-        return CheckReport([], totals["events"], dead["dead_letters"])
+        events = queries.fetch_now(conn, queries.COUNT_EVENTS).first("events")
+        (dead,) = conn.execute(queries.COUNT_DEAD_LETTERS).fetchone()
+        return CheckReport([], events, dead)
     except sqlite3.Error as exc:
         return CheckReport([str(exc)])
     finally:
@@ -232,10 +230,10 @@ def damaged(path: Path, cause: str) -> OutboxDamaged:
 
 
 def _identify(conn: sqlite3.Connection, path: Path) -> bool:
-    app_id = conn.execute(queries.APPLICATION_ID).fetchone()["application_id"]
+    (app_id,) = conn.execute(queries.APPLICATION_ID).fetchone()
     if app_id == APPLICATION_ID:
         return False
-    tables = {row["name"] for row in conn.execute(queries.TABLES)}
+    tables = {name for (name,) in conn.execute(queries.TABLES)}
     if app_id == 0 and (tables >= _OUTBOX_TABLES or _has_our_ledger(conn, tables)):
         return True
     shown = ", ".join(sorted(tables)) or "none"
@@ -250,7 +248,7 @@ def _has_our_ledger(conn: sqlite3.Connection, tables: set[str]) -> bool:
     # told from other tools' schema_migrations tables by its columns.
     if "schema_migrations" not in tables:
         return False
-    columns = [row["name"] for row in conn.execute(queries.LEDGER_COLUMNS)]
+    columns = queries.fetch_now(conn, queries.LEDGER_COLUMNS).column("name")
     return columns == ["version", "name", "applied_at"]
 
 

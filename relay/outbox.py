@@ -152,7 +152,6 @@ class Outbox:
     def __init__(
         self, settings: OutboxSettings, conn: aiosqlite.Connection, reader: aiosqlite.Connection
     ) -> None:
-        self._settings = settings
         self._conn = conn
         self._reader = reader
         self._writer = Writer(conn, settings)

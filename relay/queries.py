@@ -153,8 +153,7 @@ class Result:
 
     def column(self, name: str) -> list[Any]:
         """The values of one column, row by row."""
-        at = self.columns.index(name)
-        return [row[at] for row in self.rows]
+        return list(map(itemgetter(self.columns.index(name)), self.rows))
 
     def first(self, name: str) -> Any:
         """The value of one column in the first row; None if there is no row."""

@@ -23,7 +23,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from relay import outbox_file
+from relay import outbox_file, queries
 from relay.outbox import BUSY_TIMEOUT_S, DeadLetterReason, connect
 
 # A write transaction of replay or purge aims to hold the lock about this long, and the
@@ -39,20 +39,15 @@ Progress = Callable[[int, int], None]
 class Selection:
     """Which dead letters a command acts on: those matching every filter given."""
 
-    reason: str | None = None
+    reason: DeadLetterReason | None = None
     ids: list[int] | None = None
     older_than_s: float | None = None
 
-    def where(self, now: float) -> tuple[str, tuple[Any, ...]]:
-        """A WHERE clause for dead_letters and its parameters (?1 to ?3)."""
-        ids = None if self.ids is None else orjson.dumps(self.ids).decode()
+    def params(self, now: float) -> tuple[Any, ...]:
+        """The parameters of ``queries.SELECTED`` (?1 to ?3)."""
+        ids = None if self.ids is None else queries.json_ids(self.ids)
         cutoff = None if self.older_than_s is None else now - self.older_than_s
-        clause = (
-            "(?1 IS NULL OR reason = ?1) "
-            "AND (?2 IS NULL OR event_id IN (SELECT value FROM json_each(?2))) "
-            "AND (?3 IS NULL OR last_failure_at < ?3)"
-        )
-        return clause, (self.reason, ids, cutoff)
+        return self.reason, ids, cutoff
 
 
 @dataclass(frozen=True)
@@ -106,21 +101,12 @@ def pipeline_name(resource: dict[str, Any]) -> str | None:
     return _text(resource.get("pipeline_name"))
 
 
-_COLUMNS = (
-    "event_id, received_at, reason, upstream_status, detail, attempts, "
-    "first_failure_at, last_failure_at, body"
-)
-
-
-async def list_dead_letters(path: Path, reason: str | None = None) -> list[DeadLetter]:
+async def list_dead_letters(path: Path, reason: DeadLetterReason | None = None) -> list[DeadLetter]:
     """Every dead letter, oldest first, optionally of one reason; the file is opened read-only."""
     conn = await open_read_only(path)
     try:
-        rows = await conn.execute_fetchall(
-            f"SELECT {_COLUMNS} FROM dead_letters WHERE ?1 IS NULL OR reason = ?1 ORDER BY id",
-            (reason,),
-        )
-        return [DeadLetter(*row) for row in rows]
+        found = await queries.fetch(conn, queries.DEAD_LETTERS_OF_REASON, (reason,))
+        return found.objects(DeadLetter)
     finally:
         await conn.close()
 
@@ -129,7 +115,7 @@ async def open_read_only(path: Path) -> aiosqlite.Connection:
     """A read-only connection to an existing outbox (OutboxMissing, OutboxError otherwise)."""
     await asyncio.to_thread(outbox_file.inspect, path, None)
     conn = await aiosqlite.connect(outbox_file.read_only_uri(path), uri=True)
-    await conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    await conn.execute(queries.busy_timeout(BUSY_TIMEOUT_S))
     return conn
 
 
@@ -138,11 +124,9 @@ async def missing_ids(path: Path, ids: list[int]) -> list[int]:
     conn = await open_read_only(path)
     try:
         rows = await conn.execute_fetchall(
-            "SELECT value FROM json_each(?1) "
-            "WHERE value NOT IN (SELECT event_id FROM dead_letters) ORDER BY value",
-            (orjson.dumps(ids).decode(),),
+            queries.UNKNOWN_DEAD_LETTER_IDS, (queries.json_ids(ids),)
         )
-        return [int(row[0]) for row in rows]
+        return [int(event_id) for (event_id,) in rows]
     finally:
         await conn.close()
 
@@ -151,11 +135,7 @@ async def count(path: Path, selection: Selection) -> int:
     """How many dead letters ``selection`` names (what a dry run reports)."""
     conn = await open_read_only(path)
     try:
-        where, params = selection.where(time.time())
-        rows = list(
-            await conn.execute_fetchall(f"SELECT count(*) FROM dead_letters WHERE {where}", params)
-        )
-        return int(rows[0][0])
+        return await _count_selected(conn, selection.params(time.time()))
     finally:
         await conn.close()
 
@@ -165,13 +145,8 @@ async def replay(path: Path, selection: Selection, progress: Progress | None = N
     now = time.time()
 
     async def move(conn: aiosqlite.Connection, ids: str) -> None:
-        await conn.execute(
-            "INSERT INTO events (received_at, end_at, size, body) SELECT ?1, end_at, "
-            "length(body), body FROM dead_letters WHERE id IN (SELECT value FROM json_each(?2)) "
-            "ORDER BY id",
-            (now, ids),
-        )
-        await conn.execute(_DELETE_CHUNK, (ids,))
+        await conn.execute(queries.REPLAY_CHUNK, (now, ids))
+        await conn.execute(queries.DELETE_CHUNK, (ids,))
 
     return await _in_chunks(path, selection, now, move, progress)
 
@@ -180,12 +155,9 @@ async def purge(path: Path, selection: Selection, progress: Progress | None = No
     """Delete the selected dead letters; how many."""
 
     async def delete(conn: aiosqlite.Connection, ids: str) -> None:
-        await conn.execute(_DELETE_CHUNK, (ids,))
+        await conn.execute(queries.DELETE_CHUNK, (ids,))
 
     return await _in_chunks(path, selection, time.time(), delete, progress)
-
-
-_DELETE_CHUNK = "DELETE FROM dead_letters WHERE id IN (SELECT value FROM json_each(?1))"
 
 
 async def _in_chunks(
@@ -198,23 +170,16 @@ async def _in_chunks(
     """Run ``act`` on the selected rows, a chunk per short write transaction."""
     conn = await connect(path, create=False)
     try:
-        where, params = selection.where(now)
-        total_rows = list(
-            await conn.execute_fetchall(f"SELECT count(*) FROM dead_letters WHERE {where}", params)
-        )
-        total, done, after, rows = int(total_rows[0][0]), 0, 0, _FIRST_CHUNK_ROWS
+        params = selection.params(now)
+        total = await _count_selected(conn, params)
+        done, after, rows = 0, 0, _FIRST_CHUNK_ROWS
         while True:
             started = time.monotonic()
-            await conn.execute("BEGIN IMMEDIATE")
-            chunk = [
-                int(row[0])
-                for row in await conn.execute_fetchall(
-                    f"SELECT id FROM dead_letters WHERE id > ?4 AND {where} ORDER BY id LIMIT ?5",
-                    (*params, after, rows),
-                )
-            ]
+            await conn.execute(queries.BEGIN_WRITE)
+            found = await conn.execute_fetchall(queries.NEXT_CHUNK, (*params, after, rows))
+            chunk = [int(letter) for (letter,) in found]
             if chunk:
-                await act(conn, orjson.dumps(chunk).decode())
+                await act(conn, queries.json_ids(chunk))
             await conn.commit()
             if not chunk:
                 return done
@@ -228,6 +193,11 @@ async def _in_chunks(
             await asyncio.sleep(max(held, TARGET_HOLD_S))
     finally:
         await conn.close()
+
+
+async def _count_selected(conn: aiosqlite.Connection, params: tuple[Any, ...]) -> int:
+    ((selected,),) = await conn.execute_fetchall(queries.COUNT_SELECTED, params)
+    return int(selected)
 
 
 def _next_chunk_rows(rows: int, held_s: float) -> int:

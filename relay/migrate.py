@@ -1,4 +1,4 @@
-"""Schema migrations: the ordered ``NNNN_name.sql`` files of ``relay.migrations``.
+"""Schema migrations: the ordered ``NNNN_name.sql`` files of ``migrations/``.
 
 Each file is applied once, in its own transaction together with its row in
 ``schema_migrations``, so a crash mid-migration leaves the previous schema intact.
@@ -13,17 +13,14 @@ from importlib import resources
 
 import aiosqlite
 
+from relay import queries
 from relay.outbox_file import OutboxError
 
-_NAME = re.compile(r"(\d{4})_(\w+)\.sql")
+# The top-level migrations/ folder: pyproject.toml installs it as this package (package-dir
+# and package-data), so a non-editable install such as the Docker image finds the SQL files.
+MIGRATIONS_PACKAGE = "relay.migrations"
 
-_CREATE_LEDGER = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    INTEGER PRIMARY KEY,
-    name       TEXT NOT NULL,
-    applied_at TEXT NOT NULL
-)
-"""
+_NAME = re.compile(r"(\d{4})_(\w+)\.sql")
 
 
 @dataclass(frozen=True)
@@ -40,17 +37,17 @@ class SchemaTooNew(OutboxError):
 def available() -> list[Migration]:
     """The migrations shipped with this version, in order."""
     found = []
-    for entry in resources.files("relay.migrations").iterdir():
+    for entry in resources.files(MIGRATIONS_PACKAGE).iterdir():
         if match := _NAME.fullmatch(entry.name):
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
     return sorted(found, key=lambda m: m.version)
 
 
 async def applied_versions(conn: aiosqlite.Connection) -> list[int]:
-    await conn.execute(_CREATE_LEDGER)
+    await conn.execute(queries.CREATE_LEDGER)
     await conn.commit()
-    rows = await conn.execute_fetchall("SELECT version FROM schema_migrations ORDER BY version")
-    return [row[0] for row in rows]
+    rows = await conn.execute_fetchall(queries.APPLIED_VERSIONS)
+    return [version for (version,) in rows]
 
 
 async def migrate(conn: aiosqlite.Connection, path: str) -> list[Migration]:
@@ -69,9 +66,7 @@ async def migrate(conn: aiosqlite.Connection, path: str) -> list[Migration]:
             continue
         stamp = datetime.now(UTC).isoformat()
         await conn.executescript(
-            f"BEGIN;\n{migration.sql}\n;"
-            "INSERT INTO schema_migrations (version, name, applied_at) "
-            f"VALUES ({migration.version}, '{migration.name}', '{stamp}');\nCOMMIT;"
+            queries.migration_script(migration.sql, migration.version, migration.name, stamp)
         )
         applied.append(migration)
     return applied

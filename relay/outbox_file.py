@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from relay import queries
 from relay.exits import UserError
 
 # Stamped in the database header (PRAGMA application_id): "ciR1".
@@ -183,8 +184,8 @@ def open_read_only(path: Path) -> sqlite3.Connection:
 
 def integrity_problems(conn: sqlite3.Connection, quick: bool = False) -> list[str]:
     """SQLite's integrity or quick check: the problems it found, [] when the file is sound."""
-    pragma = "quick_check" if quick else "integrity_check"
-    rows = [str(row[0]) for row in conn.execute(f"PRAGMA {pragma}")]
+    pragma = queries.QUICK_CHECK if quick else queries.INTEGRITY_CHECK
+    rows = [str(problem) for (problem,) in conn.execute(pragma)]
     return [] if rows == ["ok"] else rows
 
 
@@ -211,8 +212,8 @@ def check(path: Path) -> CheckReport:
         problems = integrity_problems(conn)
         if problems:
             return CheckReport(problems)
-        events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-        dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        events = queries.fetch_now(conn, queries.COUNT_EVENTS).first("events")
+        (dead,) = conn.execute(queries.COUNT_DEAD_LETTERS).fetchone()
         return CheckReport([], events, dead)
     except sqlite3.Error as exc:
         return CheckReport([str(exc)])
@@ -230,10 +231,10 @@ def damaged(path: Path, cause: str) -> OutboxDamaged:
 
 
 def _identify(conn: sqlite3.Connection, path: Path) -> bool:
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    (app_id,) = conn.execute(queries.APPLICATION_ID).fetchone()
     if app_id == APPLICATION_ID:
         return False
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    tables = {name for (name,) in conn.execute(queries.TABLES)}
     if app_id == 0 and (tables >= _OUTBOX_TABLES or _has_our_ledger(conn, tables)):
         return True
     shown = ", ".join(sorted(tables)) or "none"
@@ -248,7 +249,7 @@ def _has_our_ledger(conn: sqlite3.Connection, tables: set[str]) -> bool:
     # told from other tools' schema_migrations tables by its columns.
     if "schema_migrations" not in tables:
         return False
-    columns = [row[1] for row in conn.execute("PRAGMA table_info(schema_migrations)")]
+    columns = queries.fetch_now(conn, queries.LEDGER_COLUMNS).column("name")
     return columns == ["version", "name", "applied_at"]
 
 

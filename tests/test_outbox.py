@@ -14,6 +14,7 @@ import aiosqlite
 import orjson
 import pytest
 
+from relay import queries
 from relay.config import OutboxSettings
 from relay.migrate import migrate
 from relay.outbox import Outbox, OutboxFull, StoredEvent
@@ -288,7 +289,7 @@ async def test_synchronous_setting_is_applied(synchronous: str, level: int, tmp_
     settings = OutboxSettings.model_validate({"path": path, "synchronous": synchronous})
     outbox = await Outbox.open(settings)
     try:
-        rows = list(await outbox._writer.execute_fetchall("PRAGMA synchronous"))
+        rows = list(await outbox._conn.execute_fetchall("PRAGMA synchronous"))
         db = sqlite3.connect(path)
         try:
             journal_mode = db.execute("PRAGMA journal_mode").fetchone()[0]
@@ -317,3 +318,18 @@ async def test_outbox_made_before_the_header_stamp_is_recognised_and_stamped(
     with closing(sqlite3.connect(path)) as conn:
         stamp = conn.execute("PRAGMA application_id").fetchone()[0]
     assert (1, APPLICATION_ID) == (pending, stamp)
+
+
+async def test_rows_become_events_by_column_name_whatever_their_order(
+    outbox: Outbox, outbox_settings: OutboxSettings
+) -> None:
+    """A result maps to StoredEvent by its column names, so the columns' order does not matter."""
+    await outbox.append([AcceptedEvent(b'{"n":1}', end_at=1.5)])
+    await outbox.record_failure(await all_events(outbox), now=7.0)
+    reversed_columns = (
+        "SELECT body, first_failure_at, attempts, size, end_at, received_at, id FROM events"
+    )
+    async with aiosqlite.connect(outbox_settings.path) as conn:
+        found = await queries.fetch(conn, reversed_columns)
+
+    assert await all_events(outbox) == found.objects(StoredEvent)

@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from relay import queries
 from relay.process import RelayProcess, write_config
 from relay.samples import event, request
 
@@ -36,16 +37,19 @@ def config_for(tmp_path: Path, **outbox: object) -> Path:
 
 
 def add_dead_letters(db: Path, count: int) -> None:
-    """``count`` dead letters written straight into the outbox file, as a flusher leaves them."""
+    """``count`` dead letters written straight into the outbox file by the flusher's statements."""
     body = orjson.dumps(event("job", name="replayed"))
-    with closing(sqlite3.connect(db, timeout=10)) as conn:
-        conn.executemany(
-            "INSERT INTO dead_letters (event_id, received_at, reason, upstream_status, detail, "
-            "attempts, first_failure_at, last_failure_at, body) "
-            "VALUES (?, 0, 'upstream_error', 500, 'boom', 5, 0, 0, ?)",
-            ((1_000_000 + i, body) for i in range(count)),
+    with closing(sqlite3.connect(db, timeout=10, isolation_level=None)) as conn:
+        # One transaction: the running daemon never sees these rows as pending events.
+        conn.execute(queries.BEGIN_WRITE)
+        (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+        conn.executemany(queries.APPEND, [(0.0, None, len(body), body)] * count)
+        ids = queries.json_ids(
+            i for (i,) in conn.execute("SELECT id FROM events WHERE id > ?", (last,))
         )
-        conn.commit()
+        conn.execute(queries.TO_DEAD_LETTERS, ("upstream_error", 500, "boom", 1, 0.0, 0.0, ids))
+        conn.execute(queries.DELETE_EVENTS, (ids,))
+        conn.execute("COMMIT")
 
 
 async def replay_all(config: Path) -> tuple[int, str]:

@@ -1,0 +1,257 @@
+"""The outbox's one writer task, the only user of the write connection: group commit.
+
+Request handlers hand it their rows and await the commit; rows that arrive together share
+one transaction (one ``executemany``, one commit), so durable ingest is not capped at one
+fsync per request, and one request's failure never rolls back a neighbour's rows.
+Maintenance writes (acks, dead-letter moves, recounts) go through the same queue, each in
+a transaction of its own, so the counts never race a commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiosqlite
+import structlog
+
+from relay import queries
+from relay.config import OutboxSettings
+
+logger = structlog.get_logger(__name__)
+
+# A group commit stops growing at this many rows, so one transaction stays short.
+_MAX_GROUP_ROWS = 20_000
+
+# received_at, end_at, size, body: the parameters of queries.APPEND.
+Row = tuple[float, float | None, int, bytes]
+# A maintenance write; returns how many events and bytes it removed from the outbox.
+Work = Callable[[aiosqlite.Connection], Awaitable[tuple[int, int]]]
+
+
+class OutboxFull(Exception):
+    """Accepting the request would exceed outbox.max_events or outbox.max_bytes."""
+
+
+class OutboxUnavailable(Exception):
+    """The file could not be read or written; nothing of the operation took effect.
+
+    ``transient``: the cause can pass by itself (disk full, a lock held elsewhere, an I/O
+    error), so callers wait and try again. Otherwise the file or its schema is damaged
+    (a table gone, corrupt pages), which no retry mends.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class OutboxClosed(Exception):
+    """The outbox is shutting down and takes no more writes."""
+
+
+# SQLite's primary result codes for failures that can pass without anyone mending the file.
+_TRANSIENT_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
+
+def unavailable(exc: sqlite3.Error) -> OutboxUnavailable:
+    """The OutboxUnavailable for a SQLite error, transient or not by its result code."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    transient = code is not None and code & 0xFF in _TRANSIENT_CODES
+    return OutboxUnavailable(str(exc), transient=transient)
+
+
+@dataclass
+class OutboxCounts:
+    events: int = 0
+    bytes: int = 0
+    accepted_total: int = 0
+
+
+@dataclass(slots=True)
+class _Append:
+    rows: list[Row]
+    size: int
+    done: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _Apply:
+    """A maintenance write run in a transaction of its own."""
+
+    work: Work
+    done: asyncio.Future[None]
+
+
+_Op = _Append | _Apply
+
+
+class Writer:
+    """The task that owns ``conn`` for writing: ``start()``, hand it work, then ``stop()``."""
+
+    def __init__(self, conn: aiosqlite.Connection, settings: OutboxSettings) -> None:
+        self._conn = conn
+        self._settings = settings
+        self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.counts = OutboxCounts()
+        # Set after each commit that added events: the flusher waits on it instead of polling.
+        self.appended = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._write_loop(), name="outbox-writer")
+
+    @property
+    def task(self) -> asyncio.Task[None]:
+        assert self._task is not None
+        return self._task
+
+    async def append(self, rows: list[Row]) -> None:
+        """Commit ``rows``, all or none, in the next group; returns once they are committed."""
+        self._check_open()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Append(rows, sum(r[2] for r in rows), done))
+        await done
+
+    async def apply(self, work: Work) -> None:
+        """Run ``work`` in a write transaction of its own, serialised with the appends."""
+        self._check_open()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Apply(work, done))
+        await done
+
+    async def stop(self) -> None:
+        """Commit what was handed in, then end the task; later writes are OutboxClosed."""
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self._queue.put_nowait(None)
+            await self._task
+
+    def _check_open(self) -> None:
+        if self._closing or (self._task is not None and self._task.done()):
+            raise OutboxClosed("the outbox is closed")
+
+    async def _write_loop(self) -> None:
+        group: list[_Op] = []
+        try:
+            while True:
+                op = await self._queue.get()
+                if op is None:
+                    return
+                group, stop = self._drain(op)
+                await self._write_group(group)
+                if stop:
+                    return
+        except BaseException as exc:
+            # Nobody may wait forever on a writer that is gone: its group included.
+            self._closing = True
+            failure = OutboxClosed(f"outbox writer stopped: {exc!r}")
+            for op in group:
+                _settle(op.done, failure)
+            self._fail_pending(failure)
+            raise
+
+    def _drain(self, first: _Op) -> tuple[list[_Op], bool]:
+        group = [first]
+        rows = len(first.rows) if isinstance(first, _Append) else 0
+        while rows < _MAX_GROUP_ROWS and not self._queue.empty():
+            op = self._queue.get_nowait()
+            if op is None:
+                return group, True
+            group.append(op)
+            rows += len(op.rows) if isinstance(op, _Append) else 0
+        return group, False
+
+    async def _write_group(self, group: list[_Op]) -> None:
+        appends: list[_Append] = []
+        for op in group:
+            if isinstance(op, _Append):
+                appends.append(op)
+                continue
+            await self._commit_appends(appends)
+            appends = []
+            await self._run_apply(op)
+        await self._commit_appends(appends)
+
+    async def _commit_appends(self, ops: list[_Append]) -> None:
+        if not ops:
+            return
+        events, size = self.counts.events, self.counts.bytes
+        accepted: list[_Append] = []
+        rows: list[Row] = []
+        for op in ops:
+            if (
+                events + len(op.rows) > self._settings.max_events
+                or size + op.size > self._settings.max_bytes
+            ):
+                _settle(op.done, OutboxFull("the outbox is full"))
+                continue
+            events += len(op.rows)
+            size += op.size
+            rows.extend(op.rows)
+            accepted.append(op)
+        if not accepted:
+            return
+        try:
+            await self._conn.executemany(queries.APPEND, rows)
+            await self._conn.commit()
+        except sqlite3.Error as exc:
+            await self._rollback()
+            logger.error("outbox commit failed", error=str(exc), requests=len(accepted))
+            for op in accepted:
+                _settle(op.done, unavailable(exc))
+            return
+        self.counts.events, self.counts.bytes = events, size
+        self.counts.accepted_total += len(rows)
+        for op in accepted:
+            _settle(op.done, None)
+        self.appended.set()
+
+    async def _run_apply(self, op: _Apply) -> None:
+        try:
+            removed_events, removed_bytes = await op.work(self._conn)
+            await self._conn.commit()
+        except sqlite3.Error as exc:
+            await self._rollback()
+            _settle(op.done, unavailable(exc))
+            return
+        # Never below zero, even if rows another process added were removed before a recount.
+        self.counts.events = max(0, self.counts.events - removed_events)
+        self.counts.bytes = max(0, self.counts.bytes - removed_bytes)
+        _settle(op.done, None)
+
+    async def _rollback(self) -> None:
+        try:
+            await self._conn.rollback()
+        except sqlite3.Error as exc:  # the connection is unusable; the next op will say so
+            logger.error("outbox rollback failed", error=str(exc))
+
+    def _fail_pending(self, failure: OutboxClosed) -> None:
+        while not self._queue.empty():
+            op = self._queue.get_nowait()
+            if op is not None:
+                _settle(op.done, failure)
+
+
+def _settle(future: asyncio.Future[None], outcome: BaseException | None) -> None:
+    # A handler whose client went away may have stopped waiting; its rows are still committed.
+    if future.done():
+        return
+    if outcome is None:
+        future.set_result(None)
+    else:
+        future.set_exception(outcome)

@@ -146,6 +146,8 @@ async def replay(path: Path, selection: Selection, progress: Progress | None = N
 
     async def move(conn: aiosqlite.Connection, ids: str) -> None:
         await conn.execute(queries.REPLAY_CHUNK, (now, ids))
+        # Tells a running daemon what it gained, so it need not recount the whole table.
+        await conn.execute(queries.RECORD_REPLAYED, (ids,))
         await conn.execute(queries.DELETE_CHUNK, (ids,))
 
     return await _in_chunks(path, selection, now, move, progress)

@@ -86,6 +86,14 @@ REPLAY_CHUNK = (
     "FROM dead_letters WHERE id IN (SELECT value FROM json_each(?2)) ORDER BY id"
 )
 DELETE_CHUNK = "DELETE FROM dead_letters WHERE id IN (SELECT value FROM json_each(?1))"
+# What a replay chunk adds to the events table, for the daemon's counts (outbox_changes).
+RECORD_REPLAYED = (
+    "UPDATE outbox_changes SET (events, bytes) = (SELECT events + count(*), "
+    "bytes + coalesce(sum(length(body)), 0) FROM dead_letters WHERE id IN "
+    "(SELECT value FROM json_each(?1)))"
+)
+TAKE_CHANGES = "SELECT events, bytes FROM outbox_changes"
+CLEAR_CHANGES = "UPDATE outbox_changes SET events = 0, bytes = 0"
 BEGIN_WRITE = "BEGIN IMMEDIATE"
 
 # -- the migration ledger

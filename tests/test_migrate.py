@@ -42,6 +42,11 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int]]] = {
         ("end_at", "REAL", 0),
         ("body", "BLOB", 1),
     ],
+    "outbox_changes": [
+        ("id", "INTEGER", 0),
+        ("events", "INTEGER", 1),
+        ("bytes", "INTEGER", 1),
+    ],
     "schema_migrations": [
         ("version", "INTEGER", 0),
         ("name", "TEXT", 1),

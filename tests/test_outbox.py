@@ -14,7 +14,7 @@ import aiosqlite
 import orjson
 import pytest
 
-from relay import queries
+from relay import deadletters, queries
 from relay.config import OutboxSettings
 from relay.migrate import migrate
 from relay.outbox import Outbox, OutboxFull, StoredEvent
@@ -333,3 +333,28 @@ async def test_rows_become_events_by_column_name_whatever_their_order(
         found = await queries.fetch(conn, reversed_columns)
 
     assert await all_events(outbox) == found.objects(StoredEvent)
+
+
+async def test_counts_follow_a_replay_beside_them_without_a_recount(
+    outbox: Outbox, outbox_settings: OutboxSettings
+) -> None:
+    """Events a replay adds are counted from what it records, even when delivered before the
+    next refresh; the counts equal the file's after each step."""
+    await outbox.append([accepted("job") for _ in range(3)])
+    letters = await outbox.next_batch(1000, 1 << 30)
+    await outbox.dead_letter(letters[:2], "rejected", 400, "bad", 0.0)
+    assert 1 == outbox.counts.events
+
+    assert 2 == await deadletters.replay(outbox_settings.path, deadletters.Selection())
+    # Delivered straight from the file, before the relay looked at what the replay did:
+    await outbox.ack(await outbox.next_batch(1000, 1 << 30))
+    assert (0, 0) == (outbox.counts.events, outbox.counts.bytes)
+
+    await outbox.append([accepted("job")])
+    await outbox.dead_letter((await outbox.next_batch(1000, 1 << 30))[:1], "expired", None, "x", 0)
+    assert 1 == await deadletters.replay(outbox_settings.path, deadletters.Selection())
+    await outbox.refresh_counts()
+    with closing(sqlite3.connect(outbox_settings.path)) as conn:
+        expected = conn.execute(queries.COUNT_EVENTS).fetchone()
+    assert tuple(expected) == (outbox.counts.events, outbox.counts.bytes)
+    assert 1 == outbox.counts.events

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,15 @@ def test_mypy_strict() -> None:
     """mypy --strict (pyproject's config) finds no type error in relay, tests and bench."""
     result = _run(sys.executable, "-m", "mypy")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject's package list names every package under relay/, so a non-editable install
+    (the README's `pip install .`, the image) ships all of them."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    listed = set(config["tool"]["setuptools"]["packages"]) - {"relay.migrations"}
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "relay").rglob("__init__.py")
+    }
+    assert found == listed

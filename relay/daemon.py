@@ -54,7 +54,11 @@ async def serve(settings: Settings) -> int:
         grace_s = settings.flusher.shutdown_grace_s
         stack.push_async_callback(_finish_flusher, flusher, flusher_task, grace_s)
         app = create_app(
-            outbox, settings.server.max_body_bytes, settings.outbox.retry_after_s, settings.outbox
+            outbox,
+            settings.server.max_body_bytes,
+            settings.outbox.retry_after_s,
+            settings.outbox,
+            flusher,
         )
         web_runner = app_runner(app, guard)
         await web_runner.setup()

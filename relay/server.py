@@ -9,15 +9,19 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
+from collections import Counter
 
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from relay.config import OutboxSettings
 from relay.connections import ConnectionGuard, RelayRunner
 from relay.errors import error_response
+from relay.flusher import Flusher
 from relay.intake import PIPELINE_PATH
+from relay.metrics import RelayCollector, exposition
 from relay.outbox import Outbox, OutboxClosed, OutboxFull, OutboxUnavailable
 from relay.probes import Verdict, liveness, readiness
 from relay.schema import InvalidRequest, parse_request
@@ -28,6 +32,15 @@ OUTBOX = web.AppKey("outbox", Outbox)
 MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
 RETRY_AFTER_S = web.AppKey("retry_after_s", int)
 OUTBOX_SETTINGS = web.AppKey("outbox_settings", OutboxSettings)
+METRICS = web.AppKey("metrics", RelayCollector)
+# The reason label of ci_relay_requests_refused_total, by the status a runner got.
+_REFUSAL_REASONS = {
+    400: "invalid",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_encoding",
+}
 
 _ACCEPTED = b"{}"
 # While runners are refused with 503, one warning line per this many seconds.
@@ -63,6 +76,9 @@ async def post_pipeline(request: web.Request) -> web.Response:
     except _Refused as exc:
         return _refuse(request, exc.status, *exc.details)
     except (OutboxFull, OutboxUnavailable, OutboxClosed) as exc:
+        app[METRICS].refused[
+            "outbox_full" if isinstance(exc, OutboxFull) else "store_unavailable"
+        ] += 1
         retry = {"Retry-After": str(app[RETRY_AFTER_S])}
         app[STORE_REFUSALS].refused(str(exc))
         return error_response(503, f"the relay cannot store events now: {exc}", headers=retry)
@@ -164,6 +180,7 @@ STORE_REFUSALS = web.AppKey("store_refusals", _StoreRefusals)
 def _refuse(
     request: web.Request, status: int, *details: str, headers: dict[str, str] | None = None
 ) -> web.Response:
+    request.app[METRICS].refused[_REFUSAL_REASONS.get(status, str(status))] += 1
     logger.info(
         "request refused",
         status=status,
@@ -183,9 +200,16 @@ async def not_found(request: web.Request) -> web.Response:
 
 async def method_not_allowed(request: web.Request) -> web.Response:
     """405 in Datadog's shape, with Allow, for a known path and a wrong method."""
-    allowed = "GET, HEAD" if request.path in ("/health", "/ready") else "POST"
+    allowed = "GET, HEAD" if request.path in ("/health", "/ready", "/metrics") else "POST"
     detail = f"method {request.method} is not allowed on {request.path}; use {allowed}"
     return _refuse(request, 405, detail, headers={"Allow": allowed})
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    """The relay's metrics in the Prometheus text format (``relay.metrics``)."""
+    collector = request.app[METRICS]
+    collector.oldest_received_at = await request.app[OUTBOX].oldest_received_at()
+    return web.Response(body=exposition(collector), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def create_app(
@@ -193,6 +217,7 @@ def create_app(
     max_body_bytes: int,
     retry_after_s: int,
     outbox_settings: OutboxSettings | None = None,
+    flusher: Flusher | None = None,
 ) -> web.Application:
     """The aiohttp application; run it with ``app_runner()`` so bodies arrive undecoded.
 
@@ -204,10 +229,11 @@ def create_app(
     app[MAX_BODY_BYTES] = max_body_bytes
     app[RETRY_AFTER_S] = retry_after_s
     app[STORE_REFUSALS] = _StoreRefusals()
+    app[METRICS] = RelayCollector(outbox, flusher, Counter())
     app.router.add_post(PIPELINE_PATH, post_pipeline)
     app.router.add_route("*", PIPELINE_PATH, method_not_allowed)
     app[OUTBOX_SETTINGS] = outbox_settings or OutboxSettings()
-    for path, probe in (("/health", get_health), ("/ready", get_ready)):
+    for path, probe in (("/health", get_health), ("/ready", get_ready), ("/metrics", get_metrics)):
         app.router.add_get(path, probe)  # and HEAD
         app.router.add_route("*", path, method_not_allowed)
     app.router.add_route("*", "/{tail:.*}", not_found)

@@ -1,0 +1,85 @@
+"""GET /metrics of a real relay process: values that move as events go through."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay.process import RelayProcess, write_config
+from relay.samples import request
+from tests.fake_intake import Accept, FakeIntake, Status
+from tests.helpers import API_KEY, JSON, jobs
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def relay_config(tmp_path: Path, intake: FakeIntake) -> Path:
+    return write_config(
+        tmp_path / "relay.toml",
+        server={"port": 0},
+        outbox={"path": str(tmp_path / "outbox.db")},
+        upstream={"url": intake.url, "api_key": API_KEY},
+        flusher={"flush_interval_s": 0.05},
+        retry={"initial_backoff_s": 0.05, "max_backoff_s": 0.2, "isolate_after": 1000},
+    )
+
+
+async def scrape(client: aiohttp.ClientSession, relay: RelayProcess) -> Samples:
+    """Every sample of /metrics by (name, labels)."""
+    async with client.get(f"http://127.0.0.1:{relay.port}/metrics") as resp:
+        assert 200 == resp.status
+        assert resp.headers["Content-Type"].startswith("text/plain; version=")
+        text = await resp.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def post(client: aiohttp.ClientSession, relay: RelayProcess, body: bytes) -> int:
+    async with client.post(relay.url, data=body, headers=JSON) as resp:
+        return resp.status
+
+
+async def test_metrics_follow_events_from_outage_to_delivery(tmp_path: Path) -> None:
+    """During an outage the depth, age, failures and state show it; after, delivery does."""
+    async with (
+        FakeIntake(Status(503)) as intake,
+        aiohttp.ClientSession() as client,
+        RelayProcess(relay_config(tmp_path, intake)) as relay,
+    ):
+        assert 202 == await post(client, relay, orjson.dumps(request(*jobs(3))))
+        assert 400 == await post(client, relay, b'{"data": {}}')
+        await intake.wait_for_requests(2, timeout_s=10)
+        during = await scrape(client, relay)
+
+        intake.default = Accept()
+        await intake.wait_for_events(3, timeout_s=10)
+        after = await scrape(client, relay)
+        for _ in range(100):  # the ack follows the 202 by a few milliseconds
+            if after[("ci_relay_outbox_events", ())] == 0:
+                break
+            after = await scrape(client, relay)
+        assert 0 == await relay.terminate()
+
+    def state(samples: Samples, name: str) -> float:
+        return samples[("ci_relay_delivery_state", (("state", name),))]
+
+    assert 3 == during[("ci_relay_outbox_events", ())]
+    assert during[("ci_relay_outbox_bytes", ())] > 0
+    assert during[("ci_relay_oldest_pending_age_seconds", ())] > 0
+    assert 3 == during[("ci_relay_events_accepted_total", ())]
+    assert 1 == during[("ci_relay_requests_refused_total", (("reason", "invalid"),))]
+    assert during[("ci_relay_upstream_requests_total", (("outcome", "failed"),))] >= 1
+    assert (1, 0) == (state(during, "retrying"), state(during, "delivering"))
+    assert 0 == during[("ci_relay_events_delivered_total", ())]
+
+    assert (0, 0) == (after[("ci_relay_outbox_events", ())], after[("ci_relay_outbox_bytes", ())])
+    assert 0 == after[("ci_relay_oldest_pending_age_seconds", ())]
+    assert 3 == after[("ci_relay_events_delivered_total", ())]
+    assert 1 == after[("ci_relay_upstream_requests_total", (("outcome", "delivered"),))]
+    assert (0, 1) == (state(after, "retrying"), state(after, "delivering"))

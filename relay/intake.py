@@ -48,15 +48,6 @@ def request_body(events: Sequence[bytes]) -> bytes:
     return _OPEN + b",".join(events) + _CLOSE
 
 
-def body_size(sizes: Iterable[int]) -> int:
-    """The length of ``request_body`` for events of these sizes."""
-    total, count = 0, 0
-    for size in sizes:
-        total += size
-        count += 1
-    return ENVELOPE_BYTES + total + max(0, count - 1)
-
-
 def error_body(status: int, details: Iterable[str]) -> bytes:
     """The intake's error body for ``status``: ``{"errors":[{"status","title","detail"}]}``."""
     from http import HTTPStatus

@@ -76,11 +76,11 @@ async def post_pipeline(request: web.Request) -> web.Response:
     except _Refused as exc:
         return _refuse(request, exc.status, *exc.details)
     except (OutboxFull, OutboxUnavailable, OutboxClosed) as exc:
-        app[METRICS].refused[
-            "outbox_full" if isinstance(exc, OutboxFull) else "store_unavailable"
-        ] += 1
+        refused = app[METRICS].refused
+        refused["outbox_full" if isinstance(exc, OutboxFull) else "store_unavailable"] += 1
         retry = {"Retry-After": str(app[RETRY_AFTER_S])}
-        app[STORE_REFUSALS].refused(str(exc))
+        total = refused["outbox_full"] + refused["store_unavailable"]
+        app[STORE_REFUSALS].refused(str(exc), total)
         return error_response(503, f"the relay cannot store events now: {exc}", headers=retry)
     except ConnectionError as exc:
         # The runner hung up (or was dropped for slowness) before its body arrived: nothing
@@ -154,24 +154,25 @@ def _decode(raw: bytes, encoding: str, limit: int) -> bytes:
 
 class _StoreRefusals:
     """503s for a full or failing outbox: a warning at the first, then one a ``_REPORT_S``
-    with how many there were, rather than one line per runner request."""
+    with how many there were, rather than one line per runner request. The count comes
+    from the metrics' running totals."""
 
     def __init__(self) -> None:
-        self._since_report = 0
+        self._reported_total = 0
         self._last_report = -_REPORT_S
 
-    def refused(self, reason: str) -> None:
-        self._since_report += 1
+    def refused(self, reason: str, total: int) -> None:
+        """Report, if due, the 503s since the last report; ``total`` counts them all."""
         now = time.monotonic()
         if now - self._last_report < _REPORT_S:
             return
         logger.warning(
             "runners refused with 503: the outbox cannot take events",
             reason=reason,
-            refused=self._since_report,
+            refused=total - self._reported_total,
             hint="see the outbox limits (outbox.max_events, outbox.max_bytes) and its disk",
         )
-        self._last_report, self._since_report = now, 0
+        self._last_report, self._reported_total = now, total
 
 
 STORE_REFUSALS = web.AppKey("store_refusals", _StoreRefusals)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -120,3 +123,29 @@ async def serving(
     finally:
         await web_runner.cleanup()
         await outbox.close()
+
+
+class Clock:
+    """A clock the test moves by hand, starting now."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+MOUNT, UMOUNT = shutil.which("mount") or "/bin/mount", shutil.which("umount") or "/bin/umount"
+
+
+@contextmanager
+def tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A tmpfs of the test's own mounted at ``where`` with ``options``, unmounted afterwards
+    (the suite runs as root, which ignores permission bits: a real read-only or full file
+    system is how a test gets one)."""
+    where.mkdir()
+    subprocess.run([MOUNT, "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run([UMOUNT, "-l", str(where)], check=True)

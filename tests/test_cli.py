@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,8 @@ import pytest
 from relay.config import OutboxSettings
 from relay.outbox import Outbox
 from relay.process import write_config
+from tests.helpers import tmpfs
 
-MOUNT, UMOUNT = shutil.which("mount") or "/bin/mount", shutil.which("umount") or "/bin/umount"
 # A stand-in secret the tests look for where it must never appear.
 SECRET = "check-config-secret"  # noqa: S105
 
@@ -99,13 +98,8 @@ def test_check_config_lists_every_problem_one_line_each(tmp_path: Path) -> None:
 
 def test_check_config_refuses_an_outbox_directory_it_cannot_write(tmp_path: Path) -> None:
     """An outbox under a read-only file system is one problem line and exit 2."""
-    where = tmp_path / "ro"
-    where.mkdir()
-    subprocess.run([MOUNT, "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], check=True)
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as where:
         config = write_config(tmp_path / "relay.toml", outbox={"path": str(where / "s" / "o.db")})
         result = ci_relay("check-config", "--config", str(config))
-    finally:
-        subprocess.run([UMOUNT, str(where)], check=True)
     assert (2, 1) == (result.returncode, len(result.stderr.splitlines())), result.stderr
     assert f"outbox directory {where / 's'} cannot be created or written" in result.stderr

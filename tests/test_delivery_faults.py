@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import sqlite3
-import time
 import tracemalloc
 from collections.abc import Iterator, MutableMapping
 from contextlib import closing, contextmanager
@@ -36,19 +35,9 @@ from tests.fake_intake import (
     Raw,
     Status,
 )
-from tests.helpers import big_job, jobs, named
+from tests.helpers import Clock, big_job, jobs, named
 
 MIB = 1024 * 1024
-
-
-class Clock:
-    """A clock the test moves by hand, starting now."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def errors(logs: list[MutableMapping[str, Any]], event: str) -> list[MutableMapping[str, Any]]:

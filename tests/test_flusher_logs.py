@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,9 @@ from relay.intake import PIPELINE_PATH
 from relay.samples import event, request
 from tests.delivery_rig import Rig
 from tests.fake_intake import Accept, Status
-from tests.helpers import JSON, jobs, serving
+from tests.helpers import JSON, Clock, jobs, serving
 
 Log = MutableMapping[str, Any]
-
-
-class Clock:
-    """A clock the test moves by hand, starting now."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def logged(logs: list[Log], event_name: str) -> list[Log]:

@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +22,9 @@ import pytest
 
 from relay.process import RelayProcess, write_config
 from relay.samples import event, request
+from tests.helpers import MOUNT, tmpfs
 
 SERVE_TIMEOUT_S = 20.0
-MOUNT, UMOUNT = shutil.which("mount") or "/bin/mount", shutil.which("umount") or "/bin/umount"
 JSON = {"Content-Type": "application/json"}
 
 
@@ -81,17 +79,6 @@ def digest(path: Path) -> str:
 def siblings(path: Path) -> list[str]:
     """The files beside ``path``, its lock file aside (the lock is the relay's, and harmless)."""
     return sorted(p.name for p in path.parent.iterdir() if p.name != path.name + ".lock")
-
-
-@contextmanager
-def tmpfs(where: Path, options: str) -> Iterator[Path]:
-    """A tmpfs mounted at ``where`` with ``options``, unmounted afterwards."""
-    where.mkdir()
-    subprocess.run([MOUNT, "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
-    try:
-        yield where
-    finally:
-        subprocess.run([UMOUNT, "-l", str(where)], check=True)
 
 
 def remount_read_only(where: Path) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +11,7 @@ import pytest
 
 from relay.config import OutboxSettings
 from relay.samples import event, request
-from tests.helpers import JSON, RunningRelay, serving
-
-MOUNT, UMOUNT = shutil.which("mount") or "/bin/mount", shutil.which("umount") or "/bin/umount"
+from tests.helpers import JSON, RunningRelay, serving, tmpfs
 
 
 async def probe(relay: RunningRelay, path: str) -> tuple[int, dict[str, object]]:
@@ -74,11 +70,8 @@ async def test_health_fails_once_the_outbox_writer_has_stopped(tmp_path: Path) -
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs of the test's own, unmounted after it."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    subprocess.run([MOUNT, "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], check=True)
-    yield where
-    subprocess.run([UMOUNT, "-l", str(where)], check=True)
+    with tmpfs(tmp_path / "disk", "size=4m") as where:
+        yield where
 
 
 async def test_ready_fails_while_the_outbox_disk_is_full(small_disk: Path) -> None:

@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     from relay.config import load_outbox_settings, load_settings
     from relay.outbox import DEAD_LETTER_REASONS
+    from relay.status import exit_statuses_help
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -86,6 +87,22 @@ def _parser() -> argparse.ArgumentParser:
         help="show the effective settings and where each comes from; check them",
     )
     check_config.set_defaults(run=_check_config, load=lambda config: config)
+
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        help="ask the running relay what it holds and does; exit non-zero when it needs care",
+        description="Ask the running relay (found through the same --config and environment "
+        "as serve, or at --url) for GET /status and summarise it.",
+        epilog=exit_statuses_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument(
+        "--url", metavar="URL", help="the relay's address, e.g. http://127.0.0.1:8780"
+    )
+    status.add_argument("--json", action="store_true", help="print the /status document")
+    status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default: 5")
+    status.set_defaults(run=_status, load=lambda config: config)
 
     store = commands.add_parser("outbox", help="check the outbox file, or move a damaged one aside")
     store_commands = store.add_subparsers(required=True, metavar="ACTION")
@@ -310,3 +327,29 @@ def _check_config(args: argparse.Namespace, config: Path | None) -> int:
         return EXIT_USAGE
     print(f"# the outbox directory {directory} is writable")
     return 0
+
+
+def _status(args: argparse.Namespace, config: Path | None) -> int:
+    """GET /status of the running relay: a summary or the JSON, and the verdict's status."""
+    import urllib.error
+    import urllib.request
+
+    from relay.config import load_settings
+    from relay.status import EXIT_UNREACHABLE, exit_status, render
+
+    url = (args.url or load_settings(config).server.local_url).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise UserError(f"--url must start with http:// or https://, not {url!r}")
+    try:
+        with urllib.request.urlopen(f"{url}/status", timeout=args.timeout) as answer:  # noqa: S310
+            document = orjson.loads(answer.read())
+    except (OSError, ValueError) as exc:  # refused, timed out, an HTTP error, not JSON
+        reason = getattr(exc, "reason", None) or exc
+        print(f"ci-relay: no relay answers at {url}: {reason}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    print(
+        orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
+        if args.json
+        else render(document, url)
+    )
+    return exit_status(document)

@@ -53,6 +53,13 @@ class ServerSettings(_Group):
     read_timeout_s: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=1024, ge=1)
 
+    @property
+    def local_url(self) -> str:
+        """Where a command on this machine reaches the relay (a wildcard host is loopback)."""
+        wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+        host = wildcard.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
 
 class OutboxSettings(_Group):
     path: Annotated[Path, AfterValidator(lambda p: p.expanduser())] = Field(

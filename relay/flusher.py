@@ -23,7 +23,7 @@ import structlog
 
 from relay.backoff import Backoff
 from relay.config import FlusherSettings, RetrySettings
-from relay.delivery import Counts, Delivery, StoreFailed
+from relay.delivery import Blocker, Counts, Delivery, StoreFailed
 from relay.delivery import FlushResult as FlushResult  # the step's result, for callers
 from relay.outbox import Outbox, OutboxUnavailable
 from relay.upstream import Misconfigured, Reject, Retry, Unauthorized, Upstream
@@ -66,6 +66,23 @@ class _Reminder:
         return True
 
 
+@dataclass(frozen=True)
+class LastDelivery:
+    """The latest request the upstream answered 2xx: when, and how many events it took."""
+
+    at: float
+    events: int
+
+
+@dataclass(frozen=True)
+class LastError:
+    """The latest failed step: when, the state it led to, and the upstream's answer."""
+
+    at: float
+    state: State
+    answer: str
+
+
 class Flusher:
     """Delivers the outbox's events upstream; see the module docstring."""
 
@@ -78,7 +95,7 @@ class Flusher:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._outbox = outbox
-        self._upstream = upstream
+        self.upstream = upstream  # also read by /metrics: its request counts and latency
         self._settings = settings
         self._retry = retry
         self._backoff = Backoff.from_settings(retry)
@@ -87,12 +104,36 @@ class Flusher:
         self._attempt = 0
         self._resume_at = 0.0
         self._reminder = _Reminder()
-        self.state: State = "delivering" if upstream.has_api_key else "no_api_key"
+        self._state: State = "delivering" if upstream.has_api_key else "no_api_key"
+        self.state_since = clock()
         self.stats = Counts()  # totals since start
+        self.retries = 0  # backoffs since start
+        self.last_delivery: LastDelivery | None = None
+        self.last_error: LastError | None = None
         self._oldest_received_at: float | None = None
         self._delivery = Delivery(outbox, upstream, settings, retry, clock)
         self._failing_since: float | None = None
         self._reported = Counts()  # stats at the last progress line
+
+    @property
+    def state(self) -> State:
+        """What delivery is doing; ``state_since`` says since when."""
+        return self._state
+
+    @state.setter
+    def state(self, state: State) -> None:
+        if state != self._state:
+            self._state, self.state_since = state, self._clock()
+
+    @property
+    def expiry_warning_s(self) -> float:
+        """Age of a pending event's end past which it counts as close to expiring."""
+        return self._settings.expiry_warning_s
+
+    @property
+    def backoff_s(self) -> float:
+        """Seconds until delivery tries again after a failure; 0 when it is not waiting."""
+        return max(0.0, self._resume_at - self._clock())
 
     async def flush_once(self) -> FlushResult:
         """One step of delivery (``Delivery.step``), then the state and wait it leads to."""
@@ -129,7 +170,7 @@ class Flusher:
     async def _seconds_until_due(self) -> float:
         """0 when a request should go now; otherwise how long to wait (woken by appends)."""
         now = self._clock()
-        if not self._upstream.has_api_key:
+        if not self.upstream.has_api_key:
             self._warn_no_key(now)
             return _RECOUNT_S
         if now < self._resume_at:
@@ -168,7 +209,7 @@ class Flusher:
     async def _sleep(self, seconds: float) -> None:
         """Wait ``seconds``, or less if stopped, or if new events arrive while not paused."""
         waits = [asyncio.ensure_future(self._stop.wait())]
-        if self._clock() >= self._resume_at and self._upstream.has_api_key:
+        if self._clock() >= self._resume_at and self.upstream.has_api_key:
             waits.append(asyncio.ensure_future(self._outbox.appended.wait()))
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -178,7 +219,7 @@ class Flusher:
 
     async def _final_flush(self) -> None:
         """Send what is pending, unless the upstream asked us to wait (backoff, bad key)."""
-        if not self._upstream.has_api_key or self._clock() < self._resume_at:
+        if not self.upstream.has_api_key or self._clock() < self._resume_at:
             return
         try:
             await self._outbox.refresh_counts()
@@ -192,7 +233,10 @@ class Flusher:
     async def _report_progress(self) -> None:
         """Once a minute, while anything was delivered or dead-lettered: one info line."""
         now = self._clock()
-        moved = self.stats != self._reported
+        moved = (self.stats.delivered, self.stats.dead_lettered) != (
+            self._reported.delivered,
+            self._reported.dead_lettered,
+        )
         if not moved or not self._reminder.due("progress", now):
             return
         oldest = await self._outbox.oldest_received_at()
@@ -260,12 +304,16 @@ class Flusher:
                         else "delivery resumed",
                         after_state=self.state,
                         delivered=step.delivered,
-                        url=self._upstream.display_url,
+                        url=self.upstream.display_url,
                     )
+                if step.delivered:
+                    self.last_delivery = LastDelivery(now, step.delivered)
                 if step.requests:
                     self._attempt = 0
                     self._failing_since = None
                     self.state = "delivering"
+        if step.blocked_by is not None:
+            self.last_error = LastError(now, self.state, _answer(step.blocked_by))
         self.stats.add(step)
         self._resume_at = now + wait
         step.wait_s = wait
@@ -282,7 +330,7 @@ class Flusher:
                 level = louder
         getattr(logger, level)(
             "upstream retry",
-            url=self._upstream.display_url,
+            url=self.upstream.display_url,
             last_answer=retry.reason,
             attempt=self._attempt,
             failing_s=round(failing_s, 1),
@@ -312,6 +360,7 @@ class Flusher:
             )
         wait = self._backoff.delay_for(self._attempt, after_s)
         self._attempt += 1
+        self.retries += 1
         return wait
 
     def _entering(self, state: State, now: float) -> bool:
@@ -329,9 +378,20 @@ class Flusher:
             status=outcome.status,
             detail=outcome.detail,
             location=outcome.location,
-            url=self._upstream.display_url,
+            url=self.upstream.display_url,
             hint="redirects are never followed: set upstream.url to the final URL"
             if redirect
             else "check upstream.url or upstream.site, and any proxy on the way",
             wait_s=round(wait, 3),
         )
+
+
+def _answer(blocker: Blocker) -> str:
+    """What stopped a step, in one line: the upstream's answer or the store's error."""
+    match blocker:
+        case Retry(reason=reason):
+            return reason
+        case StoreFailed(detail=detail):
+            return f"outbox: {detail}"
+        case _:
+            return f"{blocker.status}: {blocker.detail}"

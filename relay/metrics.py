@@ -1,9 +1,11 @@
 """Prometheus metrics for ``GET /metrics``, read from the relay's own state when scraped.
 
-The collector reads the outbox's counts and the flusher's totals and state at scrape time,
-so the ingest path pays nothing for them but a counter per refused request. Counters start
-at 0 with the process (their HELP says so); the outbox's depth comes from the store and is
-right after a restart.
+The collector reads the outbox's counts, the store's readings (``Outbox.readings``), the
+flusher's totals and state, and the histograms observed where things happen
+(``relay.meters``) at scrape time, so the ingest path pays a few integer increments per
+request and one histogram observation per group commit. Counters start at 0 with the
+process (their HELP says so); depth, age and dead letters come from the store and are
+right after a restart. docs/metrics.md lists them all.
 """
 
 from __future__ import annotations
@@ -11,77 +13,144 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import get_args
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from relay import __version__
 from relay.flusher import Flusher, State
-from relay.outbox import Outbox
+from relay.intake import WINDOW_S
+from relay.outbox import DEAD_LETTER_REASONS, Outbox, Readings
 
 _SINCE_START = " Counted since this process started."
 
 
-class RelayCollector(Collector):
-    """The relay's metrics, from the outbox, the flusher (when there is one) and refusals."""
+@dataclass
+class IngestCounts:
+    """What the runner-facing server saw: the server counts, the collector reads."""
 
-    def __init__(self, outbox: Outbox, flusher: Flusher | None, refused: Counter[str]) -> None:
+    requests: int = 0  # POSTs to the ingest path
+    events: int = 0  # events in those that passed validation
+    requests_accepted: int = 0
+    refused: Counter[str] = field(default_factory=Counter)  # runner requests, by reason
+    last_full_at: float | None = None  # the latest 503 for a full outbox (epoch seconds)
+
+
+class RelayCollector(Collector):
+    """The relay's metrics: outbox, ingest, the flusher and upstream (when delivering)."""
+
+    def __init__(self, outbox: Outbox, flusher: Flusher | None) -> None:
         self._outbox = outbox
-        self._flusher = flusher
-        self.refused = refused  # runner requests refused, by reason: the server counts
-        self.oldest_received_at: float | None = None  # set by the handler before a scrape
+        self.flusher = flusher
+        self.ingest = IngestCounts()
+        self.started_at = time.time()
+        self.readings = Readings(None, None, {})  # the handler reads the store before a scrape
 
     def collect(self) -> Iterator[Metric]:
-        counts = self._outbox.counts
-        yield GaugeMetricFamily(
-            "ci_relay_outbox_events", "Events waiting in the outbox.", value=counts.events
+        build = GaugeMetricFamily(
+            "ci_relay_build_info",
+            "Always 1; the version label says which ci-relay runs.",
+            labels=["version"],
         )
-        yield GaugeMetricFamily(
-            "ci_relay_outbox_bytes", "Bytes of events waiting in the outbox.", value=counts.bytes
+        build.add_metric([__version__], 1.0)
+        yield build
+        yield _gauge(
+            "ci_relay_start_time_seconds",
+            "When this process started (epoch seconds).",
+            self.started_at,
         )
-        age = 0.0 if self.oldest_received_at is None else time.time() - self.oldest_received_at
-        yield GaugeMetricFamily(
+        yield from self._store()
+        yield from self._ingest()
+        if self.flusher is not None:
+            yield from self._delivery(self.flusher)
+            yield from self._upstream(self.flusher)
+
+    def _store(self) -> Iterator[Metric]:
+        counts, readings, now = self._outbox.counts, self.readings, time.time()
+        yield _gauge("ci_relay_outbox_events", "Events waiting in the outbox.", counts.events)
+        yield _gauge(
+            "ci_relay_outbox_bytes", "Bytes of events waiting in the outbox.", counts.bytes
+        )
+        oldest = readings.oldest_received_at
+        yield _gauge(
             "ci_relay_oldest_pending_age_seconds",
             "Seconds since the oldest waiting event was received (0 when none waits).",
-            value=max(0.0, age),
+            0.0 if oldest is None else max(0.0, now - oldest),
         )
-        yield CounterMetricFamily(
+        if readings.oldest_end_at is not None:
+            yield _gauge(
+                "ci_relay_next_expiry_seconds",
+                "Seconds until the earliest-ending waiting event is 18 hours past its end, "
+                "when the intake would refuse it (absent when no waiting event has ended).",
+                readings.oldest_end_at + WINDOW_S - now,
+            )
+        dead = GaugeMetricFamily(
+            "ci_relay_dead_letters",
+            "Dead letters kept in the outbox file, by reason (from the file).",
+            labels=["reason"],
+        )
+        for reason in DEAD_LETTER_REASONS:
+            dead.add_metric([reason], readings.dead_letters.get(reason, 0))
+        yield dead
+
+    def _ingest(self) -> Iterator[Metric]:
+        outbox, counts = self._outbox, self.ingest
+        yield _counter(
+            "ci_relay_requests_received", "Runner POSTs to the ingest path.", counts.requests
+        )
+        yield _counter(
+            "ci_relay_requests_accepted", "Runner POSTs answered 202.", counts.requests_accepted
+        )
+        yield _counter(
+            "ci_relay_events_received",
+            "Events in runner requests that passed validation, stored or not.",
+            counts.events,
+        )
+        yield _counter(
             "ci_relay_events_accepted",
-            "Events accepted (answered 202) and committed to the outbox." + _SINCE_START,
-            value=counts.accepted_total,
+            "Events accepted (answered 202) and committed to the outbox.",
+            outbox.counts.accepted_total,
         )
         refused = CounterMetricFamily(
             "ci_relay_requests_refused",
             "Runner requests refused, by reason." + _SINCE_START,
             labels=["reason"],
         )
-        for reason, count in sorted(self.refused.items()):
+        for reason, count in sorted(counts.refused.items()):
             refused.add_metric([reason], count)
         yield refused
-        if self._flusher is not None:
-            yield from self._delivery(self._flusher)
+        yield from outbox.commit_seconds.collect()
+        yield from outbox.group_events.collect()
 
     def _delivery(self, flusher: Flusher) -> Iterator[Metric]:
         stats = flusher.stats
-        yield CounterMetricFamily(
-            "ci_relay_events_delivered",
-            "Events the upstream answered 2xx for." + _SINCE_START,
-            value=stats.delivered,
+        yield _counter(
+            "ci_relay_events_delivered", "Events the upstream answered 2xx for.", stats.delivered
         )
-        yield CounterMetricFamily(
+        yield _counter(
             "ci_relay_events_dead_lettered",
-            "Events moved to the dead letters." + _SINCE_START,
-            value=stats.dead_lettered,
+            "Events moved to the dead letters by delivery.",
+            stats.dead_lettered,
         )
-        requests = CounterMetricFamily(
-            "ci_relay_upstream_requests",
-            "Requests sent upstream, by outcome (delivered: 2xx)." + _SINCE_START,
-            labels=["outcome"],
+        yield _counter(
+            "ci_relay_upstream_retries",
+            "Times delivery backed off after a failure before trying again.",
+            flusher.retries,
         )
-        requests.add_metric(["delivered"], stats.requests - stats.failed_requests)
-        requests.add_metric(["failed"], stats.failed_requests)
-        yield requests
+        yield _gauge(
+            "ci_relay_delivery_backoff_seconds",
+            "Seconds until delivery tries again after a failure (0 when not waiting).",
+            flusher.backoff_s,
+        )
+        if flusher.last_delivery is not None:
+            yield _gauge(
+                "ci_relay_last_delivery_timestamp_seconds",
+                "When the upstream last answered 2xx (epoch seconds; absent until it has).",
+                flusher.last_delivery.at,
+            )
         state = GaugeMetricFamily(
             "ci_relay_delivery_state",
             "1 for the flusher's current delivery state, 0 for the others.",
@@ -91,9 +160,31 @@ class RelayCollector(Collector):
             state.add_metric([name], 1.0 if flusher.state == name else 0.0)
         yield state
 
+    def _upstream(self, flusher: Flusher) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "ci_relay_upstream_requests",
+            "Requests sent upstream, by outcome and the answer's status class "
+            "(none: no answer)." + _SINCE_START,
+            labels=["outcome", "status_class"],
+        )
+        for (outcome, status_class), count in sorted(flusher.upstream.answers.items()):
+            requests.add_metric([outcome, status_class], count)
+        yield requests
+        yield from flusher.upstream.latency.collect()
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation + _SINCE_START, value=value)
+
 
 def exposition(collector: RelayCollector) -> bytes:
-    """The Prometheus text format of ``collector`` (a registry of its own, no globals)."""
+    """The Prometheus text format of ``collector`` and the process's own metrics (memory,
+    CPU, open files), from a registry of its own: no globals."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    ProcessCollector(registry=registry)
     return generate_latest(registry)

@@ -54,6 +54,15 @@ class StoredEvent:
     body: bytes
 
 
+@dataclass(frozen=True)
+class Readings:
+    """What the file says now, for /metrics and /status: three index reads, no scan."""
+
+    oldest_received_at: float | None
+    oldest_end_at: float | None
+    dead_letters: dict[str, int]  # by reason
+
+
 @dataclass(frozen=True, slots=True)
 class OpenedFile:
     """A write connection to a checked outbox file, and whether this start created it."""
@@ -158,6 +167,8 @@ class Outbox:
         self.counts = self._writer.counts
         # Set after each commit that added events: the flusher waits on it instead of polling.
         self.appended = self._writer.appended
+        self.commit_seconds = self._writer.commit_seconds  # histograms for /metrics
+        self.group_events = self._writer.group_events
         self._data_version = -1
         self._lock: ServeLock | None = None
 
@@ -295,8 +306,21 @@ class Outbox:
         return found.objects(StoredEvent)
 
     async def oldest_end_at(self) -> float | None:
-        """The earliest end among the oldest pending events (the next batches to go)."""
+        """The earliest end among the pending events: the next to expire (an index read)."""
         return await self._first(queries.OLDEST_END, "end_at")
+
+    async def readings(self) -> Readings:
+        """The oldest pending event's receipt and the earliest end, dead letters by reason."""
+        return Readings(
+            await self.oldest_received_at(),
+            await self.oldest_end_at(),
+            await self.dead_letters_by_reason(),
+        )
+
+    async def dead_letters_by_reason(self) -> dict[str, int]:
+        """How many dead letters the file holds, by reason (an index read)."""
+        found = await self._read(queries.DEAD_LETTERS_BY_REASON)
+        return dict(zip(found.column("reason"), found.column("n"), strict=True))
 
     async def oldest_received_at(self, exclude: Collection[int] = ()) -> float | None:
         return await self._first(queries.OLDEST_RECEIVED, "received_at", queries.json_ids(exclude))

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
-from relay.intake import MAX_EVENTS_PER_REQUEST
-
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -38,11 +36,8 @@ EVENTS_BETWEEN = (
 )
 EVENTS_BY_ID = f"SELECT {_EVENT} FROM events WHERE id {_IN_IDS} ORDER BY id"
 OLDEST_RECEIVED = f"SELECT received_at FROM events WHERE id NOT {_IN_IDS} ORDER BY id LIMIT 1"
-# The earliest end among the events the next batches take.
-OLDEST_END = (
-    "SELECT min(end_at) AS end_at FROM (SELECT end_at FROM events ORDER BY id "
-    f"LIMIT {MAX_EVENTS_PER_REQUEST})"
-)
+# The earliest end among all pending events: the next to expire (index events_by_end).
+OLDEST_END = "SELECT min(end_at) AS end_at FROM events"
 COUNT_EVENTS = "SELECT count(*) AS events, coalesce(sum(size), 0) AS bytes FROM events"
 DELETE_EVENTS = f"DELETE FROM events WHERE id {_IN_IDS}"
 RECORD_FAILURE = (
@@ -61,6 +56,8 @@ TO_DEAD_LETTERS = (
     f"FROM events WHERE id {_IN_IDS} ORDER BY id"
 )
 COUNT_DEAD_LETTERS = "SELECT count(*) AS dead_letters FROM dead_letters"
+# Dead letters by reason, from the index dead_letters_by_reason.
+DEAD_LETTERS_BY_REASON = "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason"
 # A dead letter is named by its event's outbox id.
 DEAD_LETTERS_OF_REASON = (
     "SELECT d.event_id AS id, d.received_at, d.reason, d.upstream_status, d.detail, d.attempts, "

@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections import Counter
 
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from relay import __version__
 from relay.config import OutboxSettings
 from relay.connections import ConnectionGuard, RelayRunner
 from relay.errors import error_response
@@ -25,6 +25,7 @@ from relay.metrics import RelayCollector, exposition
 from relay.outbox import Outbox, OutboxClosed, OutboxFull, OutboxUnavailable
 from relay.probes import Verdict, liveness, readiness
 from relay.schema import InvalidRequest, parse_request
+from relay.status import snapshot
 
 logger = structlog.get_logger(__name__)
 
@@ -64,20 +65,27 @@ class _Refused(Exception):
 async def post_pipeline(request: web.Request) -> web.Response:
     """Validate the events of one request and answer 202 once they are durable."""
     app = request.app
+    counts = app[METRICS].ingest
+    counts.requests += 1
     try:
         body = await _read_body(request, app[MAX_BODY_BYTES])
         if len(body) <= PARSE_INLINE_MAX_BYTES:
             events = parse_request(body)
         else:
             events = await asyncio.to_thread(parse_request, body)
+        counts.events += len(events)
         await app[OUTBOX].append(events)
     except InvalidRequest as exc:
         return _refuse(request, 400, *exc.problems)
     except _Refused as exc:
         return _refuse(request, exc.status, *exc.details)
     except (OutboxFull, OutboxUnavailable, OutboxClosed) as exc:
-        refused = app[METRICS].refused
-        refused["outbox_full" if isinstance(exc, OutboxFull) else "store_unavailable"] += 1
+        refused = counts.refused
+        if isinstance(exc, OutboxFull):
+            refused["outbox_full"] += 1
+            counts.last_full_at = time.time()
+        else:
+            refused["store_unavailable"] += 1
         retry = {"Retry-After": str(app[RETRY_AFTER_S])}
         total = refused["outbox_full"] + refused["store_unavailable"]
         app[STORE_REFUSALS].refused(str(exc), total)
@@ -91,6 +99,7 @@ async def post_pipeline(request: web.Request) -> web.Response:
         # A bug must not leak a traceback to the runner; the log keeps it for the operator.
         logger.exception("request failed", path=request.path)
         return error_response(500, "the relay failed to handle this request; see its log")
+    counts.requests_accepted += 1
     return web.Response(status=202, body=_ACCEPTED, content_type="application/json")
 
 
@@ -181,7 +190,7 @@ STORE_REFUSALS = web.AppKey("store_refusals", _StoreRefusals)
 def _refuse(
     request: web.Request, status: int, *details: str, headers: dict[str, str] | None = None
 ) -> web.Response:
-    request.app[METRICS].refused[_REFUSAL_REASONS.get(status, str(status))] += 1
+    request.app[METRICS].ingest.refused[_REFUSAL_REASONS.get(status, str(status))] += 1
     logger.info(
         "request refused",
         status=status,
@@ -201,7 +210,7 @@ async def not_found(request: web.Request) -> web.Response:
 
 async def method_not_allowed(request: web.Request) -> web.Response:
     """405 in Datadog's shape, with Allow, for a known path and a wrong method."""
-    allowed = "GET, HEAD" if request.path in ("/health", "/ready", "/metrics") else "POST"
+    allowed = "POST" if request.path == PIPELINE_PATH else "GET, HEAD"
     detail = f"method {request.method} is not allowed on {request.path}; use {allowed}"
     return _refuse(request, 405, detail, headers={"Allow": allowed})
 
@@ -209,8 +218,24 @@ async def method_not_allowed(request: web.Request) -> web.Response:
 async def get_metrics(request: web.Request) -> web.Response:
     """The relay's metrics in the Prometheus text format (``relay.metrics``)."""
     collector = request.app[METRICS]
-    collector.oldest_received_at = await request.app[OUTBOX].oldest_received_at()
+    collector.readings = await request.app[OUTBOX].readings()
     return web.Response(body=exposition(collector), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def get_status(request: web.Request) -> web.Response:
+    """What the relay holds and does, and what needs an operator (``relay.status``)."""
+    app = request.app
+    collector = app[METRICS]
+    document = snapshot(
+        app[OUTBOX],
+        await app[OUTBOX].readings(),
+        collector.ingest,
+        app[OUTBOX_SETTINGS],
+        collector.flusher,
+        collector.started_at,
+        __version__,
+    )
+    return web.json_response(document)
 
 
 def create_app(
@@ -230,12 +255,17 @@ def create_app(
     app[MAX_BODY_BYTES] = max_body_bytes
     app[RETRY_AFTER_S] = retry_after_s
     app[STORE_REFUSALS] = _StoreRefusals()
-    app[METRICS] = RelayCollector(outbox, flusher, Counter())
+    app[METRICS] = RelayCollector(outbox, flusher)
     app.router.add_post(PIPELINE_PATH, post_pipeline)
     app.router.add_route("*", PIPELINE_PATH, method_not_allowed)
     app[OUTBOX_SETTINGS] = outbox_settings or OutboxSettings()
-    for path, probe in (("/health", get_health), ("/ready", get_ready), ("/metrics", get_metrics)):
-        app.router.add_get(path, probe)  # and HEAD
+    for path, handler in (
+        ("/health", get_health),
+        ("/ready", get_ready),
+        ("/metrics", get_metrics),
+        ("/status", get_status),
+    ):
+        app.router.add_get(path, handler)  # and HEAD
         app.router.add_route("*", path, method_not_allowed)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -7,6 +7,8 @@ The flusher acts on outcomes (``Delivered``, ``Retry``, ``Split``, ``Reject``,
 from __future__ import annotations
 
 import gzip
+import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,7 +17,7 @@ from email.utils import parsedate_to_datetime
 import aiohttp
 import structlog
 
-from relay import __version__
+from relay import __version__, meters
 from relay.config import UpstreamSettings
 from relay.intake import PIPELINE_PATH, error_detail, request_body
 
@@ -80,6 +82,14 @@ class Misconfigured:
 
 
 Outcome = Delivered | Retry | Split | Reject | Unauthorized | Misconfigured
+_OUTCOME_LABELS: dict[type, str] = {
+    Delivered: "delivered",
+    Retry: "retry",
+    Split: "too_large",
+    Reject: "rejected",
+    Unauthorized: "unauthorized",
+    Misconfigured: "misconfigured",
+}
 
 # An upstream answer is read up to this many bytes, decompressed: enough for any error
 # detail, and a huge or zip-bomb answer costs no memory.
@@ -108,6 +118,16 @@ def outcome_of(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
     after_s = _retry_after(headers.get("Retry-After"))
     suspect = status == 408 or status >= 500
     return Retry(f"{status}: {detail}", after_s, status, detail, batch_suspect=suspect)
+
+
+def outcome_label(outcome: Outcome) -> str:
+    """The outcome's name for the ``outcome`` label of ci_relay_upstream_requests_total."""
+    return _OUTCOME_LABELS[type(outcome)]
+
+
+def status_class(status: int | None) -> str:
+    """``2xx`` … ``5xx``, or ``none`` when no answer came (timeout, connection error)."""
+    return "none" if status is None else f"{status // 100}xx"
 
 
 def _rate_limit_wait(headers: Mapping[str, str]) -> float | None:
@@ -167,6 +187,8 @@ class Upstream:
         self._settings = settings
         self._url = settings.base_url + PIPELINE_PATH
         self._session: aiohttp.ClientSession | None = None
+        self.latency = meters.upstream_seconds()
+        self.answers: Counter[tuple[str, str]] = Counter()  # by (outcome, status class)
 
     @property
     def has_api_key(self) -> bool:
@@ -181,6 +203,14 @@ class Upstream:
 
     async def send(self, events: Sequence[bytes]) -> Outcome:
         """POST the events as one request; transport failures become ``Retry``."""
+        started = time.perf_counter()
+        outcome, status = await self._post(events)
+        self.latency.observe(time.perf_counter() - started)
+        self.answers[outcome_label(outcome), status_class(status)] += 1
+        return outcome
+
+    async def _post(self, events: Sequence[bytes]) -> tuple[Outcome, int | None]:
+        """The outcome, and the answer's status (None when no answer came)."""
         body = request_body(events)
         headers = self._headers()
         if self._settings.compress:
@@ -191,11 +221,11 @@ class Upstream:
                 self._url, data=body, headers=headers, allow_redirects=False
             ) as response:
                 answer = await _read_at_most(response, MAX_ANSWER_BYTES)
-                return outcome_of(response.status, response.headers, answer)
+                return outcome_of(response.status, response.headers, answer), response.status
         except TimeoutError:
-            return Retry("timeout", batch_suspect=True)
+            return Retry("timeout", batch_suspect=True), None
         except aiohttp.ClientError as exc:
-            return Retry(f"connection error: {type(exc).__name__}: {exc}")
+            return Retry(f"connection error: {type(exc).__name__}: {exc}"), None
 
     async def close(self) -> None:
         if self._session is not None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiosqlite
 import structlog
 
-from relay import queries
+from relay import meters, queries
 from relay.config import OutboxSettings
 
 logger = structlog.get_logger(__name__)
@@ -111,6 +112,8 @@ class Writer:
         self.counts = OutboxCounts()
         # Set after each commit that added events: the flusher waits on it instead of polling.
         self.appended = asyncio.Event()
+        self.commit_seconds = meters.commit_seconds()
+        self.group_events = meters.group_events()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._write_loop(), name="outbox-writer")
@@ -206,6 +209,7 @@ class Writer:
             accepted.append(op)
         if not accepted:
             return
+        started = time.perf_counter()
         try:
             await self._conn.executemany(queries.APPEND, rows)
             await self._conn.commit()
@@ -215,6 +219,8 @@ class Writer:
             for op in accepted:
                 _settle(op.done, unavailable(exc))
             return
+        self.commit_seconds.observe(time.perf_counter() - started)
+        self.group_events.observe(len(rows))
         self.counts.events, self.counts.bytes = events, size
         self.counts.accepted_total += len(rows)
         for op in accepted:

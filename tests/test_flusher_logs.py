@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from structlog.testing import capture_logs
 
-from relay.config import FlusherSettings, OutboxSettings
+from relay.config import FlusherSettings, OutboxSettings, RetrySettings
 from relay.intake import PIPELINE_PATH
 from relay.samples import event, request
 from tests.delivery_rig import Rig
@@ -98,6 +98,24 @@ async def test_store_refusals_are_one_warning_not_one_line_each(tmp_path: Path) 
     [warning] = logged(logs, "runners refused with 503: the outbox cannot take events")
     assert ("warning", 1) == (warning["log_level"], warning["refused"])
     assert [] == [e for e in logs if e["event"] == "request refused" and e["status"] == 503]
+
+
+async def test_no_progress_line_while_nothing_moves(rig: Rig) -> None:
+    """Failed requests alone are not progress: an outage logs retries, no progress lines."""
+    rig.intake.default = Status(503)
+    flusher = rig.flusher(
+        settings=FlusherSettings(flush_interval_s=0),
+        retry=RetrySettings(initial_backoff_s=0.05, max_backoff_s=0.1, isolate_after=1000),
+    )
+    with capture_logs() as logs:
+        task = asyncio.create_task(flusher.run())
+        await rig.put(jobs(2))
+        await rig.intake.wait_for_requests(2, timeout_s=10)
+        await asyncio.sleep(1.2)  # past the loop's once-a-second tick, which would report
+        flusher.stop()
+        await asyncio.wait_for(task, 10)
+    assert flusher.stats.failed_requests >= 2
+    assert [] == logged(logs, "delivery progress")
 
 
 async def test_progress_is_reported_while_events_move(rig: Rig) -> None:

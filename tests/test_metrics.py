@@ -10,8 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.process import RelayProcess, write_config
 from relay.samples import request
-from tests.fake_intake import Accept, FakeIntake, Status
-from tests.helpers import API_KEY, JSON, jobs
+from tests.fake_intake import Accept, FakeIntake, RejectEvents, Status
+from tests.helpers import API_KEY, JSON, event_id, jobs, named
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -74,12 +74,61 @@ async def test_metrics_follow_events_from_outage_to_delivery(tmp_path: Path) -> 
     assert during[("ci_relay_oldest_pending_age_seconds", ())] > 0
     assert 3 == during[("ci_relay_events_accepted_total", ())]
     assert 1 == during[("ci_relay_requests_refused_total", (("reason", "invalid"),))]
-    assert during[("ci_relay_upstream_requests_total", (("outcome", "failed"),))] >= 1
+    failed = during[
+        ("ci_relay_upstream_requests_total", (("outcome", "retry"), ("status_class", "5xx")))
+    ]
+    assert failed >= 1
+    assert failed == during[("ci_relay_upstream_request_seconds_count", ())]
+    assert during[("ci_relay_upstream_retries_total", ())] >= 1
+    assert during[("ci_relay_delivery_backoff_seconds", ())] >= 0
+    assert ("ci_relay_last_delivery_timestamp_seconds", ()) not in during
+    assert (2, 1, 3) == (
+        during[("ci_relay_requests_received_total", ())],
+        during[("ci_relay_requests_accepted_total", ())],
+        during[("ci_relay_events_received_total", ())],
+    )
+    assert 1 == during[("ci_relay_ingest_commit_seconds_count", ())]
+    assert 3 == during[("ci_relay_ingest_group_commit_events_sum", ())]
+    assert 1 == during[("ci_relay_ingest_group_commit_events_bucket", (("le", "5.0"),))]
+    assert 0 == during[("ci_relay_ingest_group_commit_events_bucket", (("le", "2.0"),))]
     assert (1, 0) == (state(during, "retrying"), state(during, "delivering"))
     assert 0 == during[("ci_relay_events_delivered_total", ())]
 
     assert (0, 0) == (after[("ci_relay_outbox_events", ())], after[("ci_relay_outbox_bytes", ())])
     assert 0 == after[("ci_relay_oldest_pending_age_seconds", ())]
     assert 3 == after[("ci_relay_events_delivered_total", ())]
-    assert 1 == after[("ci_relay_upstream_requests_total", (("outcome", "delivered"),))]
+    delivered = (
+        "ci_relay_upstream_requests_total",
+        (("outcome", "delivered"), ("status_class", "2xx")),
+    )
+    assert 1 == after[delivered]
+    assert failed + 1 <= after[("ci_relay_upstream_request_seconds_count", ())]
+    assert after[("ci_relay_last_delivery_timestamp_seconds", ())] > 0
+    assert 0 == after[("ci_relay_delivery_backoff_seconds", ())]
     assert (0, 1) == (state(after, "retrying"), state(after, "delivering"))
+
+
+async def test_dead_letters_by_reason_come_from_the_store_after_a_restart(tmp_path: Path) -> None:
+    """A rejected event is counted by reason from the file, by the next process as well."""
+    good, bad = jobs(2)
+    async with FakeIntake(RejectEvents(named(event_id(bad)))) as intake:
+        path = relay_config(tmp_path, intake)
+        async with aiohttp.ClientSession() as client:
+            async with RelayProcess(path) as relay:
+                assert 202 == await post(client, relay, orjson.dumps(request(good, bad)))
+                await intake.wait_for_events(1, timeout_s=10)
+                first = await scrape(client, relay)
+                for _ in range(200):  # the dead letter follows the bisection's last answer
+                    if first[("ci_relay_dead_letters", (("reason", "rejected"),))]:
+                        break
+                    first = await scrape(client, relay)
+                assert 0 == await relay.terminate()
+            async with RelayProcess(path) as relay:
+                second = await scrape(client, relay)
+                assert 0 == await relay.terminate()
+
+    rejected = ("ci_relay_dead_letters", (("reason", "rejected"),))
+    assert (1, 1) == (first[rejected], first[("ci_relay_events_dead_lettered_total", ())])
+    assert (1, 0) == (second[rejected], second[("ci_relay_events_dead_lettered_total", ())])
+    assert 0 == second[("ci_relay_dead_letters", (("reason", "expired"),))]
+    assert 0 == second[("ci_relay_outbox_events", ())]

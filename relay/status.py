@@ -1,0 +1,270 @@
+"""What ``GET /status`` answers, and what ``ci-relay status`` makes of it.
+
+The relay builds one JSON document (``snapshot``) from the outbox, the store's readings
+and the flusher, with the conditions that need an operator named in ``conditions``. The
+command fetches it, prints it for a person (``render``) or as JSON, and exits with the
+status of the most urgent condition (``exit_status``), so that a script can act on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from relay.intake import WINDOW_S
+
+if TYPE_CHECKING:
+    from relay.config import OutboxSettings
+    from relay.flusher import Flusher
+    from relay.metrics import IngestCounts
+    from relay.outbox import Outbox, Readings
+
+# A refusal for a full outbox this recent still counts as "full", though a delivery may
+# since have made room for one more request.
+_FULL_RECENTLY_S = 60.0
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Something that needs an operator, and the exit status ``ci-relay status`` gives it."""
+
+    name: str
+    exit_status: int
+    meaning: str
+
+
+# In order of urgency: when several hold, the command exits with the first one's status.
+CONDITIONS = (
+    Condition("unreachable", 3, "no relay answers at the URL (not running, wrong port)"),
+    Condition("expiring", 4, "pending events are near the intake's 18-hour window"),
+    Condition("outbox_full", 5, "the outbox is at its limits: runners get 503"),
+    Condition("unauthorized", 6, "the upstream refuses the API key; delivery paused"),
+    Condition("no_api_key", 7, "no API key is set; events are kept, none delivered"),
+    Condition("rejecting", 8, "the upstream refuses every request alike; delivery paused"),
+    Condition("misconfigured", 9, "the upstream URL is wrong (404, redirect); retried"),
+    Condition("retrying", 10, "the upstream fails (5xx, 429, unreachable); retried"),
+    Condition("store_unavailable", 11, "the outbox file cannot be written; retried"),
+)
+_BY_NAME = {condition.name: condition for condition in CONDITIONS}
+EXIT_UNREACHABLE = _BY_NAME["unreachable"].exit_status
+# Delivery states that are conditions of their own; "delivering" is not one.
+_STATE_CONDITIONS = frozenset(_BY_NAME) - {"unreachable", "expiring", "outbox_full"}
+
+
+def exit_status(document: Mapping[str, Any]) -> int:
+    """The exit status for a ``/status`` document: 0, or its most urgent condition's."""
+    named = set(document.get("conditions", ()))
+    for condition in CONDITIONS:
+        if condition.name in named:
+            return condition.exit_status
+    return 0
+
+
+def exit_statuses_help() -> str:
+    """The exit statuses, as ``ci-relay status --help`` lists them."""
+    lines = [
+        "exit status (the most urgent condition when several hold):",
+        "  0  delivering or idle",
+    ]
+    lines += [f"  {c.exit_status:<2} {c.name}: {c.meaning}" for c in CONDITIONS]
+    lines.append("  2  usage: a bad option or configuration")
+    return "\n".join(lines)
+
+
+def snapshot(
+    outbox: Outbox,
+    readings: Readings,
+    ingest: IngestCounts,
+    settings: OutboxSettings,
+    flusher: Flusher | None,
+    started_at: float,
+    version: str,
+) -> dict[str, Any]:
+    """The ``/status`` document: what the relay holds, what delivery does, what needs care."""
+    now = time.time()
+    document: dict[str, Any] = {
+        "version": version,
+        "started_at": _iso(started_at),
+        "uptime_s": round(now - started_at, 1),
+        "outbox": _outbox(outbox, readings, ingest, settings, now),
+        "dead_letters": readings.dead_letters,
+        "delivery": None if flusher is None else _delivery(flusher, now),
+    }
+    warning_s = None if flusher is None else flusher.expiry_warning_s
+    document["conditions"] = _conditions(document, readings, warning_s, now)
+    return document
+
+
+def _outbox(
+    outbox: Outbox,
+    readings: Readings,
+    ingest: IngestCounts,
+    settings: OutboxSettings,
+    now: float,
+) -> dict[str, Any]:
+    counts = outbox.counts
+    recently_full = ingest.last_full_at is not None and now - ingest.last_full_at < _FULL_RECENTLY_S
+    full = counts.events >= settings.max_events or counts.bytes >= settings.max_bytes
+    oldest, end = readings.oldest_received_at, readings.oldest_end_at
+    return {
+        "path": str(settings.path),
+        "file_bytes": _file_bytes(settings.path),
+        "events": counts.events,
+        "bytes": counts.bytes,
+        "max_events": settings.max_events,
+        "max_bytes": settings.max_bytes,
+        "full": full or recently_full,
+        "oldest_pending_age_s": None if oldest is None else round(max(0.0, now - oldest), 1),
+        "next_expiry": None if end is None else _moment(end + WINDOW_S, now),
+        "accepted_since_start": counts.accepted_total,
+    }
+
+
+def _delivery(flusher: Flusher, now: float) -> dict[str, Any]:
+    delivery = flusher.last_delivery
+    error = flusher.last_error
+    return {
+        "state": flusher.state,
+        "since": _moment(flusher.state_since, now),
+        "upstream": flusher.upstream.display_url,
+        "next_try_in_s": round(flusher.backoff_s, 1),
+        "delivered_since_start": flusher.stats.delivered,
+        "dead_lettered_since_start": flusher.stats.dead_lettered,
+        "retries_since_start": flusher.retries,
+        "last_delivery": None
+        if delivery is None
+        else {**_moment(delivery.at, now), "events": delivery.events},
+        "last_error": None
+        if error is None
+        else {**_moment(error.at, now), "state": error.state, "answer": error.answer},
+    }
+
+
+def _conditions(
+    document: dict[str, Any], readings: Readings, warning_s: float | None, now: float
+) -> list[str]:
+    found = []
+    end = readings.oldest_end_at
+    if end is not None and warning_s is not None and now - end > warning_s:
+        found.append("expiring")
+    if document["outbox"]["full"]:
+        found.append("outbox_full")
+    delivery = document["delivery"]
+    if delivery is not None and delivery["state"] in _STATE_CONDITIONS:
+        found.append(delivery["state"])
+    return found
+
+
+def _file_bytes(path: Path) -> int:
+    """The outbox's size on disk: the file and its write-ahead log."""
+    total = 0
+    for part in (path, path.with_name(path.name + "-wal")):
+        with contextlib.suppress(OSError):  # no WAL file, or the file just went
+            total += part.stat().st_size
+    return total
+
+
+def _moment(epoch: float, now: float) -> dict[str, Any]:
+    """A time as ISO 8601 UTC, and how far it is from now (negative: in the past)."""
+    return {"at": _iso(epoch), "in_s": round(epoch - now, 1)}
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# --- for a person ---------------------------------------------------------------------
+
+
+def render(document: Mapping[str, Any], url: str) -> str:
+    """A readable summary of a ``/status`` document, ending with the verdict line."""
+    outbox, delivery = document["outbox"], document["delivery"]
+    lines = [
+        f"ci-relay {document['version']} at {url}, up {_span(document['uptime_s'])}",
+        *_delivery_lines(delivery),
+        f"pending       {outbox['events']:,} events, {_bytes(outbox['bytes'])}"
+        f" (limits {outbox['max_events']:,} events, {_bytes(outbox['max_bytes'])})",
+        f"oldest        {_oldest(outbox)}",
+        f"next expiry   {_expiry(outbox['next_expiry'])}",
+        f"dead letters  {_dead_letters(document['dead_letters'])}",
+        f"outbox file   {outbox['path']} ({_bytes(outbox['file_bytes'])})",
+        "",
+        _verdict(document),
+    ]
+    return "\n".join(lines)
+
+
+def _delivery_lines(delivery: Mapping[str, Any] | None) -> list[str]:
+    if delivery is None:
+        return ["delivery      not running"]
+    since = delivery["since"]
+    lines = [
+        f"delivery      {delivery['state']} for {_span(-since['in_s'])}"
+        f" (since {since['at']}) to {delivery['upstream']}",
+    ]
+    if delivery["next_try_in_s"] > 0:
+        lines.append(f"next try      in {_span(delivery['next_try_in_s'])}")
+    last = delivery["last_delivery"]
+    lines.append(
+        "last delivery never"
+        if last is None
+        else f"last delivery {last['events']:,} events {_span(-last['in_s'])} ago ({last['at']})"
+    )
+    error = delivery["last_error"]
+    if error is not None:
+        lines.append(
+            f"last error    {_span(-error['in_s'])} ago ({error['at']}): {error['answer']}"
+        )
+    return lines
+
+
+def _verdict(document: Mapping[str, Any]) -> str:
+    names = list(document.get("conditions", ()))
+    if not names:
+        return "status: ok"
+    meanings = [f"{name}: {_BY_NAME[name].meaning}" for name in names if name in _BY_NAME]
+    return "status: " + "; ".join(meanings)
+
+
+def _oldest(outbox: Mapping[str, Any]) -> str:
+    age = outbox["oldest_pending_age_s"]
+    return "nothing pending" if age is None else f"received {_span(age)} ago"
+
+
+def _expiry(expiry: Mapping[str, Any] | None) -> str:
+    if expiry is None:
+        return "none (no pending event has ended)"
+    return f"in {_span(expiry['in_s'])} ({expiry['at']})"
+
+
+def _dead_letters(by_reason: Mapping[str, int]) -> str:
+    shown = [f"{reason} {count:,}" for reason, count in sorted(by_reason.items()) if count]
+    return ", ".join(shown) if shown else "none"
+
+
+def _span(seconds: float) -> str:
+    """A duration as a person reads it: 45s, 12m 3s, 5h 2m, 3d 4h."""
+    seconds = max(0, round(seconds))
+    for unit, size, smaller, smaller_size in (
+        ("d", 86400, "h", 3600),
+        ("h", 3600, "m", 60),
+        ("m", 60, "s", 1),
+    ):
+        if seconds >= size:
+            rest = (seconds % size) // smaller_size
+            return f"{seconds // size}{unit} {rest}{smaller}"
+    return f"{seconds}s"
+
+
+def _bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{count} B"

@@ -1,0 +1,268 @@
+"""GET /status and ``ci-relay status`` over a real relay process: each exit status comes
+from the state it names."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from relay.process import RelayProcess, write_config
+from relay.samples import ago, event, request
+from tests.fake_intake import Accept, Answer, FakeIntake, Status
+from tests.helpers import API_KEY, JSON, closed_port, jobs
+
+
+@dataclass
+class Ran:
+    status: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict[str, Any]:
+        document: dict[str, Any] = orjson.loads(self.stdout)
+        return document
+
+
+async def ci_relay_status(*args: str) -> Ran:
+    """``ci-relay status`` as a user runs it, in a process of its own."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "status",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode is not None
+    return Ran(process.returncode, stdout.decode(), stderr.decode())
+
+
+def config(tmp_path: Path, intake: FakeIntake | None, **groups: dict[str, Any]) -> Path:
+    upstream = {} if intake is None else {"url": intake.url, "api_key": API_KEY}
+    return write_config(
+        tmp_path / "relay.toml",
+        server={"port": closed_port()},  # a fixed port: the command finds it in the file
+        outbox={"path": str(tmp_path / "outbox.db")} | groups.pop("outbox", {}),
+        upstream=upstream | groups.pop("upstream", {}),
+        flusher={"flush_interval_s": 0.05} | groups.pop("flusher", {}),
+        retry={"initial_backoff_s": 0.05, "max_backoff_s": 0.2} | groups.pop("retry", {}),
+        **groups,
+    )
+
+
+@asynccontextmanager
+async def relay_with(
+    tmp_path: Path, answer: Answer | None, **groups: dict[str, Any]
+) -> AsyncIterator[tuple[RelayProcess, aiohttp.ClientSession, Path, FakeIntake | None]]:
+    """A relay process (its config written to a file) and, unless ``answer`` is None, a
+    fake intake answering ``answer`` to everything."""
+    async with aiohttp.ClientSession() as client:
+        if answer is None:
+            path = config(tmp_path, None, **groups)
+            async with RelayProcess(path) as relay:
+                yield relay, client, path, None
+            return
+        async with FakeIntake(answer) as intake:
+            path = config(tmp_path, intake, **groups)
+            async with RelayProcess(path) as relay:
+                yield relay, client, path, intake
+
+
+async def post(client: aiohttp.ClientSession, relay: RelayProcess, *events: Any) -> int:
+    async with client.post(relay.url, data=orjson.dumps(request(*events)), headers=JSON) as r:
+        return r.status
+
+
+async def document(client: aiohttp.ClientSession, relay: RelayProcess) -> dict[str, Any]:
+    async with client.get(f"http://127.0.0.1:{relay.port}/status") as resp:
+        assert 200 == resp.status
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+async def until(
+    client: aiohttp.ClientSession,
+    relay: RelayProcess,
+    condition: str | Callable[[dict[str, Any]], bool],
+    timeout_s: float = 15,
+) -> dict[str, Any]:
+    """The /status document once ``condition`` is among its conditions (or holds of it)."""
+    holds = condition if callable(condition) else lambda found: condition in found["conditions"]
+    deadline = time.monotonic() + timeout_s
+    found = await document(client, relay)
+    while not holds(found):
+        assert time.monotonic() < deadline, f"timed out waiting: {found}"
+        await asyncio.sleep(0.05)
+        found = await document(client, relay)
+    return found
+
+
+async def test_healthy_relay_exits_0_and_shows_the_last_delivery(tmp_path: Path) -> None:
+    """After a delivery: exit 0, the summary names the delivery and the outbox, JSON agrees."""
+    async with relay_with(tmp_path, Accept()) as (relay, client, path, intake):
+        assert intake is not None
+        assert 202 == await post(client, relay, *jobs(3))
+        await intake.wait_for_events(3, timeout_s=10)
+        await until(client, relay, lambda found: found["delivery"]["last_delivery"] is not None)
+        shown = await ci_relay_status("--config", str(path))
+        as_json = await ci_relay_status("--config", str(path), "--json")
+
+    assert (0, "") == (shown.status, shown.stderr)
+    assert "delivery      delivering for " in shown.stdout
+    assert "last delivery 3 events " in shown.stdout
+    assert f"outbox file   {tmp_path / 'outbox.db'} (" in shown.stdout
+    assert shown.stdout.rstrip().endswith("status: ok")
+    body = as_json.json()
+    assert 0 == as_json.status
+    assert [] == body["conditions"]
+    assert 3 == body["delivery"]["last_delivery"]["events"]
+    assert 3 == body["delivery"]["delivered_since_start"]
+    assert (0, 0) == (body["outbox"]["events"], body["outbox"]["bytes"])
+    assert body["outbox"]["file_bytes"] > 0
+    assert body["uptime_s"] >= 0
+
+
+async def test_refused_key_exits_6_naming_the_answer(tmp_path: Path) -> None:
+    """A 403 from the upstream: state unauthorized, the answer as the last error, exit 6."""
+    async with relay_with(tmp_path, Status(403, detail="Forbidden")) as (relay, client, path, _):
+        assert 202 == await post(client, relay, *jobs(2))
+        found = await until(client, relay, "unauthorized")
+        shown = await ci_relay_status("--config", str(path))
+
+    assert ["unauthorized"] == found["conditions"]
+    assert "403: Forbidden" == found["delivery"]["last_error"]["answer"]
+    assert 2 == found["outbox"]["events"]
+    assert found["delivery"]["next_try_in_s"] > 0
+    assert 6 == shown.status
+    assert "delivery      unauthorized for " in shown.stdout
+    assert "403: Forbidden" in shown.stdout
+    assert "status: unauthorized: the upstream refuses the API key" in shown.stdout
+
+
+async def test_upstream_refusing_everything_alike_exits_8(tmp_path: Path) -> None:
+    """Every request answered 400 with one detail: state rejecting, exit 8."""
+    retry = {"systemic_reject_after": 2}
+    answer = Status(400, detail="bad site")
+    async with relay_with(tmp_path, answer, retry=retry) as (relay, client, path, _):
+        assert 202 == await post(client, relay, *jobs(4))
+        await until(client, relay, "rejecting")
+        shown = await ci_relay_status("--config", str(path))
+    assert 8 == shown.status
+
+
+async def test_wrong_url_exits_9(tmp_path: Path) -> None:
+    """A 404 from the upstream: state misconfigured, exit 9."""
+    async with relay_with(tmp_path, Status(404)) as (relay, client, path, _):
+        assert 202 == await post(client, relay, *jobs(1))
+        await until(client, relay, "misconfigured")
+        shown = await ci_relay_status("--config", str(path))
+    assert 9 == shown.status
+
+
+async def test_failing_upstream_exits_10_and_counts_the_retries(tmp_path: Path) -> None:
+    """503s: state retrying, the retries counted, exit 10."""
+    async with relay_with(tmp_path, Status(503)) as (relay, client, path, _):
+        assert 202 == await post(client, relay, *jobs(1))
+        found = await until(client, relay, "retrying")
+        shown = await ci_relay_status("--config", str(path))
+    assert found["delivery"]["retries_since_start"] >= 1
+    assert found["delivery"]["last_error"]["answer"].startswith("503: ")
+    assert 10 == shown.status
+
+
+async def test_no_key_exits_7_then_a_full_outbox_exits_5(tmp_path: Path) -> None:
+    """Without a key events wait (exit 7); once runners get 503 for a full outbox, exit 5."""
+    outbox = {"max_events": 2}
+    async with relay_with(tmp_path, None, outbox=outbox) as (relay, client, path, _):
+        assert 202 == await post(client, relay, *jobs(1))
+        waiting = await ci_relay_status("--config", str(path))
+        assert 202 == await post(client, relay, *jobs(1, prefix="second"))
+        assert 503 == await post(client, relay, *jobs(1, prefix="third"))
+        full = await ci_relay_status("--config", str(path), "--json")
+
+    assert 7 == waiting.status
+    assert "status: no_api_key" in waiting.stdout
+    assert 5 == full.status
+    assert ["outbox_full", "no_api_key"] == full.json()["conditions"]
+    assert full.json()["outbox"]["full"]
+
+
+async def test_events_near_expiry_exit_4_with_the_next_expiry(tmp_path: Path) -> None:
+    """An event that ended 13 h ago and cannot be delivered: exit 4, its expiry shown."""
+    old = event("job", id="old", name="old", start=ago(hours=13, minutes=1), end=ago(hours=13))
+    async with relay_with(tmp_path, Status(503)) as (relay, client, path, _):
+        assert 202 == await post(client, relay, old)
+        found = await until(client, relay, "expiring")
+        shown = await ci_relay_status("--config", str(path))
+
+    assert "expiring" == found["conditions"][0]
+    in_s = found["outbox"]["next_expiry"]["in_s"]
+    assert 5 * 3600 - 120 < in_s < 5 * 3600 + 60
+    assert 4 == shown.status
+    assert "next expiry   in 4h 59m" in shown.stdout or "next expiry   in 5h 0m" in shown.stdout
+
+
+async def test_unwritable_store_exits_11(tmp_path: Path) -> None:
+    """An outside lock on the outbox through an ack: state store_unavailable, exit 11."""
+    outbox = {"busy_timeout_s": 0.1}
+    async with relay_with(tmp_path, Status(503), outbox=outbox) as (relay, client, path, intake):
+        assert intake is not None
+        assert 202 == await post(client, relay, *jobs(1))
+        await intake.wait_for_requests(1, timeout_s=10)
+        lock = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
+        try:
+            lock.execute("BEGIN IMMEDIATE")
+            intake.default = Accept()
+            await until(client, relay, "store_unavailable")
+            shown = await ci_relay_status("--config", str(path))
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+    assert 11 == shown.status
+
+
+async def test_no_relay_exits_3_in_one_line(tmp_path: Path) -> None:
+    """Nothing listening at the configured port: exit 3 and one line on stderr."""
+    path = write_config(tmp_path / "relay.toml", server={"port": closed_port()})
+    ran = await ci_relay_status("--config", str(path))
+    assert 3 == ran.status
+    assert "" == ran.stdout
+    assert 1 == len(ran.stderr.splitlines())
+    assert ran.stderr.startswith("ci-relay: no relay answers at http://127.0.0.1:")
+
+
+async def test_url_option_and_its_check(tmp_path: Path) -> None:
+    """--url reaches a relay without its config; a non-HTTP URL is a usage error (2)."""
+    async with relay_with(tmp_path, Accept()) as (relay, _, _, _):
+        ran = await ci_relay_status("--url", f"http://127.0.0.1:{relay.port}/", "--json")
+    refused = await ci_relay_status("--url", f"file://{tmp_path}")
+    assert (0, []) == (ran.status, ran.json()["conditions"])
+    assert 2 == refused.status
+    assert "--url must start with http:// or https://" in refused.stderr
+
+
+async def test_status_endpoint_methods(tmp_path: Path) -> None:
+    """GET and HEAD /status answer 200 JSON; another method is 405 in Datadog's shape."""
+    async with relay_with(tmp_path, Accept()) as (relay, client, _, _):
+        base = f"http://127.0.0.1:{relay.port}/status"
+        async with client.head(base) as head:
+            head_status = head.status
+        async with client.post(base, data=b"{}", headers=JSON) as post_:
+            post_status, allow, body = post_.status, post_.headers["Allow"], await post_.json()
+        found = await document(client, relay)
+    assert 200 == head_status
+    assert (405, "GET, HEAD") == (post_status, allow)
+    assert "405" == body["errors"][0]["status"]
+    assert {"version", "started_at", "uptime_s", "outbox", "dead_letters", "delivery"} <= set(found)

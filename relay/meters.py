@@ -8,7 +8,11 @@ Observing costs about a microsecond, once per group commit and once per upstream
 
 from __future__ import annotations
 
-from prometheus_client import Histogram
+from prometheus_client import Histogram, disable_created_metrics
+
+# No ``_created`` series beside each histogram: the text format does not need them, and
+# they would be one more series per histogram for every scraper to store.
+disable_created_metrics()
 
 _SINCE_START = " Counted since this process started."
 

@@ -74,13 +74,14 @@ class RelayCollector(Collector):
         yield _gauge(
             "ci_relay_outbox_bytes", "Bytes of events waiting in the outbox.", counts.bytes
         )
-        oldest = readings.oldest_received_at
+        # Read just before the counts: an ack in between must not leave an age behind.
+        oldest = readings.oldest_received_at if counts.events else None
         yield _gauge(
             "ci_relay_oldest_pending_age_seconds",
             "Seconds since the oldest waiting event was received (0 when none waits).",
             0.0 if oldest is None else max(0.0, now - oldest),
         )
-        if readings.oldest_end_at is not None:
+        if readings.oldest_end_at is not None and counts.events:
             yield _gauge(
                 "ci_relay_next_expiry_seconds",
                 "Seconds until the earliest-ending waiting event is 18 hours past its end, "

@@ -187,7 +187,7 @@ def render(document: Mapping[str, Any], url: str) -> str:
     lines = [
         f"ci-relay {document['version']} at {url}, up {_span(document['uptime_s'])}",
         *_delivery_lines(delivery),
-        f"pending       {outbox['events']:,} events, {_bytes(outbox['bytes'])}"
+        f"pending       {_events(outbox['events'])}, {_bytes(outbox['bytes'])}"
         f" (limits {outbox['max_events']:,} events, {_bytes(outbox['max_bytes'])})",
         f"oldest        {_oldest(outbox)}",
         f"next expiry   {_expiry(outbox['next_expiry'])}",
@@ -213,7 +213,7 @@ def _delivery_lines(delivery: Mapping[str, Any] | None) -> list[str]:
     lines.append(
         "last delivery never"
         if last is None
-        else f"last delivery {last['events']:,} events {_span(-last['in_s'])} ago ({last['at']})"
+        else f"last delivery {_events(last['events'])} {_span(-last['in_s'])} ago ({last['at']})"
     )
     error = delivery["last_error"]
     if error is not None:
@@ -259,6 +259,10 @@ def _span(seconds: float) -> str:
             rest = (seconds % size) // smaller_size
             return f"{seconds // size}{unit} {rest}{smaller}"
     return f"{seconds}s"
+
+
+def _events(count: int) -> str:
+    return f"{count:,} event" if count == 1 else f"{count:,} events"
 
 
 def _bytes(count: int) -> str:

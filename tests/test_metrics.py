@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import aiohttp
@@ -132,3 +133,24 @@ async def test_dead_letters_by_reason_come_from_the_store_after_a_restart(tmp_pa
     assert (1, 0) == (second[rejected], second[("ci_relay_events_dead_lettered_total", ())])
     assert 0 == second[("ci_relay_dead_letters", (("reason", "expired"),))]
     assert 0 == second[("ci_relay_outbox_events", ())]
+
+
+async def test_every_metric_served_is_documented_and_back(tmp_path: Path) -> None:
+    """docs/metrics.md names exactly the ci_relay_ metrics a delivering relay serves."""
+    async with (
+        FakeIntake(Accept()) as intake,
+        aiohttp.ClientSession() as client,
+        RelayProcess(relay_config(tmp_path, intake)) as relay,
+    ):
+        assert 202 == await post(client, relay, orjson.dumps(request(*jobs(1))))
+        await intake.wait_for_events(1, timeout_s=10)
+        for _ in range(100):  # the last delivery's time follows the 202 by a few ms
+            async with client.get(f"http://127.0.0.1:{relay.port}/metrics") as resp:
+                text = await resp.text()
+            if "ci_relay_last_delivery_timestamp_seconds" in text:
+                break
+        assert 0 == await relay.terminate()
+    served = {f.name for f in text_string_to_metric_families(text) if f.name.startswith("ci_")}
+    doc = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
+    documented = {re.sub(r"_total$", "", name) for name in re.findall(r"`(ci_relay_\w+)`", doc)}
+    assert documented == served | {"ci_relay_next_expiry_seconds"}  # no pending event: absent

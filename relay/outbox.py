@@ -357,7 +357,8 @@ class Outbox:
 
 
 async def _count_and_clear_changes(conn: aiosqlite.Connection) -> tuple[int, int]:
-    """Count the events at start, and zero what replays recorded: the count includes it.
+    """The events and bytes at start: the running totals plus what replays recorded, which
+    become the new totals. Two rows read, whatever the size of the outbox.
 
     One write transaction, so that a replay beside the start is either counted or recorded
     for the next ``refresh_counts``, never both or neither.
@@ -365,6 +366,7 @@ async def _count_and_clear_changes(conn: aiosqlite.Connection) -> tuple[int, int
     await conn.execute(queries.BEGIN_WRITE)
     try:
         pending = await _pending(conn)
+        await conn.execute(queries.SET_TOTALS, pending)
         await conn.execute(queries.CLEAR_CHANGES)
         await conn.commit()
     except BaseException:
@@ -374,8 +376,8 @@ async def _count_and_clear_changes(conn: aiosqlite.Connection) -> tuple[int, int
 
 
 async def _pending(conn: aiosqlite.Connection) -> tuple[int, int]:
-    """How many events, and how many bytes of them, the file holds."""
-    totals = await queries.fetch(conn, queries.COUNT_EVENTS)
+    """How many events, and how many bytes of them, the file holds (its running totals)."""
+    totals = await queries.fetch(conn, queries.READ_TOTALS)
     return totals.first("events"), totals.first("bytes")
 
 

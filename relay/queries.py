@@ -93,6 +93,13 @@ RECORD_REPLAYED = (
     "(SELECT value FROM json_each(?1)))"
 )
 TAKE_CHANGES = "SELECT events, bytes FROM outbox_changes"
+# The events table's running totals (outbox_totals), set by the daemon's writer in each of
+# its transactions: with what replays recorded since, what the table holds.
+READ_TOTALS = (
+    "SELECT t.events + c.events AS events, t.bytes + c.bytes AS bytes "
+    "FROM outbox_totals AS t, outbox_changes AS c"
+)
+SET_TOTALS = "UPDATE outbox_totals SET events = ?, bytes = ?"
 CLEAR_CHANGES = "UPDATE outbox_changes SET events = 0, bytes = 0"
 BEGIN_WRITE = "BEGIN IMMEDIATE"
 

@@ -36,6 +36,14 @@ OLDEST_SIZES = f"SELECT id, size FROM events WHERE id NOT {_IN_IDS} ORDER BY id 
 EVENTS_BETWEEN = (
     f"SELECT {_EVENT} FROM events WHERE id BETWEEN ? AND ? AND id NOT {_IN_IDS} ORDER BY id"
 )
+# A batch as the upstream's request body, built inside SQLite: ?1 and ?2 the envelope
+# around the bodies, joined with commas in id order (the rowid range is read in order).
+REQUEST_BETWEEN = (
+    "SELECT count(*) AS events, coalesce(sum(size), 0) AS bytes, min(end_at) AS oldest_end_at, "
+    "CAST(?1 || group_concat(body, ',') || ?2 AS BLOB) AS body FROM (SELECT size, end_at, body "
+    "FROM events WHERE id BETWEEN ?3 AND ?4 AND id NOT IN (SELECT value FROM json_each(?5)) "
+    "ORDER BY id)"
+)
 EVENTS_BY_ID = f"SELECT {_EVENT} FROM events WHERE id {_IN_IDS} ORDER BY id"
 OLDEST_RECEIVED = f"SELECT received_at FROM events WHERE id NOT {_IN_IDS} ORDER BY id LIMIT 1"
 # The earliest end among the events the next batches take.
@@ -45,6 +53,8 @@ OLDEST_END = (
 )
 COUNT_EVENTS = "SELECT count(*) AS events, coalesce(sum(size), 0) AS bytes FROM events"
 DELETE_EVENTS = f"DELETE FROM events WHERE id {_IN_IDS}"
+# A delivered batch by its id range: ids only grow, so the range holds no event added since.
+DELETE_BETWEEN = f"DELETE FROM events WHERE id BETWEEN ? AND ? AND id NOT {_IN_IDS}"
 RECORD_FAILURE = (
     "UPDATE events SET attempts = attempts + 1, first_failure_at = coalesce(first_failure_at, ?) "
     f"WHERE id {_IN_IDS}"

@@ -181,7 +181,10 @@ class Upstream:
 
     async def send(self, events: Sequence[bytes]) -> Outcome:
         """POST the events as one request; transport failures become ``Retry``."""
-        body = request_body(events)
+        return await self.send_body(request_body(events))
+
+    async def send_body(self, body: bytes) -> Outcome:
+        """POST a request body already in the intake's envelope (``request_body``)."""
         headers = self._headers()
         if self._settings.compress:
             body = gzip.compress(body, compresslevel=5)

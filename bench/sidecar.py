@@ -290,7 +290,7 @@ def backlog_of(args: argparse.Namespace, work: Path, template: Path, tree: Path,
                 drained = intake_count(intake_port) - before
                 if result.refused or result.socket_errors:
                     notes.append(f"run {run} {label}: {result.refused} refused, {result.errors}")
-                figures[label] = (result.accepted_per_s, result.latency_ms["99"], drained / elapsed)
+                figures[label] = (result.accepted_per_s, result.latency_ms["p99"], drained / elapsed)
                 if label == "draining" and drained + before >= args.backlog:
                     notes.append(f"run {run}: the backlog emptied before the run ended")
             finally:

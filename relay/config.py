@@ -52,6 +52,9 @@ class ServerSettings(_Group):
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     read_timeout_s: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=1024, ge=1)
+    # Bytes of request bodies parsed and stored at once (relay.admission); more wait, then 503.
+    max_parsing_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    parse_wait_s: float = Field(default=5.0, ge=0)
 
     @property
     def local_url(self) -> str:

@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from relay import __version__
+from relay.admission import ParseBudget
 from relay.config import Settings
 from relay.connections import ConnectionGuard, connection_bound, raise_open_file_limit
 from relay.flusher import Flusher
@@ -59,6 +60,7 @@ async def serve(settings: Settings) -> int:
             settings.outbox.retry_after_s,
             settings.outbox,
             flusher,
+            ParseBudget(settings.server.max_parsing_bytes, settings.server.parse_wait_s),
         )
         web_runner = app_runner(app, guard)
         await web_runner.setup()

@@ -17,9 +17,9 @@ import structlog
 
 from relay.backoff import Backoff
 from relay.config import FlusherSettings, RetrySettings
-from relay.intake import WINDOW_REFUSAL, WINDOW_S
+from relay.intake import WINDOW_REFUSAL, WINDOW_S, request_body
 from relay.isolation import HeadFailures, HeldEvent, IsolationPass, RejectStreak
-from relay.outbox import Outbox, OutboxUnavailable, StoredEvent
+from relay.outbox import Batch, Outbox, OutboxUnavailable, StoredEvent
 from relay.upstream import (
     Delivered,
     Misconfigured,
@@ -106,17 +106,39 @@ class Delivery:
         try:
             await self._retry_held(tally)
             if tally.blocked_by is None:
-                batch = await self._outbox.next_batch(
+                request = await self._outbox.next_request(
                     self._settings.batch_max_events, self._settings.batch_max_bytes, self._held
                 )
-                batch = await self._drop_expired(batch, tally)
-                if batch:
-                    await self._deliver_batch(batch, tally)
+                if request is not None:
+                    await self._deliver_request(request, tally)
         except OutboxUnavailable as exc:
             if not exc.transient:
                 raise  # a damaged file: no retry mends it, the daemon stops and says why
             tally.blocked_by = StoreFailed(str(exc))
         return tally
+
+    async def _deliver_request(self, request: Batch, tally: FlushResult) -> None:
+        """The head batch as the store joined it, acked by its id range after a 2xx.
+
+        Anything else (an expired event in it, a batch due for isolation, any answer but a
+        2xx) takes its events one by one, exactly as ``_deliver_batch`` would.
+        """
+        now = self._clock()
+        expiring = request.oldest_end_at is not None and now - request.oldest_end_at > WINDOW_S
+        if expiring or self._head.reached(request.first_id, self._retry.isolate_after):
+            batch = await self._drop_expired(await self._outbox.batch_events(request), tally)
+            if batch:
+                await self._deliver_batch(batch, tally)
+            return
+        outcome = await self._send_body(request.body, request.events, request.size, tally)
+        if isinstance(outcome, Delivered):
+            await self._outbox.ack_batch(request)
+            self._delivered(request.events, tally)
+            return
+        await self._act(outcome, await self._outbox.batch_events(request), tally)
+        blocked = tally.blocked_by
+        if isinstance(blocked, Retry) and blocked.batch_suspect:
+            self._head.failed(request.first_id)
 
     async def _drop_expired(
         self, batch: Sequence[StoredEvent], tally: FlushResult
@@ -197,20 +219,27 @@ class Delivery:
 
     async def _ack(self, batch: Sequence[StoredEvent], tally: FlushResult) -> None:
         await self._outbox.ack(batch)
-        tally.delivered += len(batch)
+        self._delivered(len(batch), tally)
+
+    def _delivered(self, events: int, tally: FlushResult) -> None:
+        tally.delivered += events
         self._deliveries += 1
         self._rejects.reset()
 
     async def _send(self, batch: Sequence[StoredEvent], tally: FlushResult) -> Outcome:
+        body = request_body([e.body for e in batch])
+        return await self._send_body(body, len(batch), sum(e.size for e in batch), tally)
+
+    async def _send_body(self, body: bytes, events: int, size: int, tally: FlushResult) -> Outcome:
         tally.requests += 1
         started = time.perf_counter()
-        outcome = await self._upstream.send([e.body for e in batch])
+        outcome = await self._upstream.send_body(body)
         if not isinstance(outcome, Delivered):
             tally.failed_requests += 1
         logger.debug(
             "batch sent",
-            events=len(batch),
-            bytes=sum(e.size for e in batch),
+            events=events,
+            bytes=size,
             outcome=type(outcome).__name__,
             status=getattr(outcome, "status", None),
             latency_ms=round((time.perf_counter() - started) * 1000, 1),

@@ -40,6 +40,7 @@ SITES: dict[str, str] = {site: f"https://api.{site}" for site in get_args(Site)}
 
 # A request body is {"data":[e1,e2,...]}: this much around the events, and a comma between.
 _OPEN, _CLOSE = b'{"data":[', b"]}"
+ENVELOPE = (_OPEN, _CLOSE)
 ENVELOPE_BYTES = len(_OPEN) + len(_CLOSE)
 
 

@@ -20,7 +20,7 @@ import structlog
 
 from relay import outbox_file, queries
 from relay.config import OutboxSettings
-from relay.intake import ENVELOPE_BYTES
+from relay.intake import ENVELOPE, ENVELOPE_BYTES
 from relay.migrate import migrate
 from relay.outbox_file import OutboxError, OutboxMissing, ServeLock
 from relay.schema import AcceptedEvent
@@ -61,6 +61,23 @@ class Readings:
     oldest_received_at: float | None
     oldest_end_at: float | None
     dead_letters: dict[str, int]  # by reason
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The oldest events as one request body, named by their id range.
+
+    The range is ``first_id`` to ``last_id`` without ``excluded`` (a JSON array of ids):
+    ids only grow, so no event added later falls inside it.
+    """
+
+    first_id: int
+    last_id: int
+    excluded: str
+    events: int
+    size: int  # the events' own bytes, envelope and commas left out
+    oldest_end_at: float | None
+    body: bytes  # {"data":[...]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,10 +303,53 @@ class Outbox:
     ) -> list[StoredEvent]:
         """The oldest events but ``exclude``: at most ``max_events``, and a request body of at
         most ``max_bytes`` (or one event alone, however large)."""
-        excluded = queries.json_ids(exclude)
+        span = await self._next_span(max_events, max_bytes, queries.json_ids(exclude))
+        if span is None:
+            return []
+        batch = await self._read(queries.EVENTS_BETWEEN, span)
+        return batch.objects(StoredEvent)
+
+    async def next_request(
+        self, max_events: int, max_bytes: int, exclude: Collection[int] = ()
+    ) -> Batch | None:
+        """The events ``next_batch`` would give, as one request body SQLite joins, without
+        an object per event; None when nothing is pending."""
+        span = await self._next_span(max_events, max_bytes, queries.json_ids(exclude))
+        if span is None:
+            return None
+        first, last, excluded = span
+        found = await self._read(queries.REQUEST_BETWEEN, (*ENVELOPE, first, last, excluded))
+        ((events, size, oldest_end_at, body),) = found.rows
+        if not events:  # removed since the sizes were read
+            return None
+        return Batch(first, last, excluded, events, size, oldest_end_at, body)
+
+    async def batch_events(self, batch: Batch) -> list[StoredEvent]:
+        """The events of ``batch`` one by one (those still pending), for a failed delivery."""
+        found = await self._read(
+            queries.EVENTS_BETWEEN, (batch.first_id, batch.last_id, batch.excluded)
+        )
+        return found.objects(StoredEvent)
+
+    async def ack_batch(self, batch: Batch) -> None:
+        """Delete the events of ``batch`` after a 2xx, by their id range, in one transaction."""
+
+        async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
+            added, added_bytes = await self._absorb_changes(conn)
+            await conn.execute(
+                queries.DELETE_BETWEEN, (batch.first_id, batch.last_id, batch.excluded)
+            )
+            return batch.events - added, batch.size - added_bytes
+
+        await self.apply(work)
+
+    async def _next_span(
+        self, max_events: int, max_bytes: int, excluded: str
+    ) -> tuple[int, int, str] | None:
+        """The id range of the next batch: the oldest events that fit ``max_bytes``."""
         oldest = await self._read(queries.OLDEST_SIZES, (excluded, max_events))
         if not oldest.rows:
-            return []
+            return None
         ids, sizes = oldest.column("id"), oldest.column("size")
         count, total = 1, ENVELOPE_BYTES + sizes[0]
         for size in sizes[1:]:
@@ -297,8 +357,7 @@ class Outbox:
             if total > max_bytes:
                 break
             count += 1
-        batch = await self._read(queries.EVENTS_BETWEEN, (ids[0], ids[count - 1], excluded))
-        return batch.objects(StoredEvent)
+        return ids[0], ids[count - 1], excluded
 
     async def events(self, ids: Collection[int]) -> list[StoredEvent]:
         """The pending events of ``ids`` (those still in the outbox), by id."""
@@ -381,7 +440,8 @@ class Outbox:
 
 
 async def _count_and_clear_changes(conn: aiosqlite.Connection) -> tuple[int, int]:
-    """Count the events at start, and zero what replays recorded: the count includes it.
+    """The events and bytes at start: the running totals plus what replays recorded, which
+    become the new totals. Two rows read, whatever the size of the outbox.
 
     One write transaction, so that a replay beside the start is either counted or recorded
     for the next ``refresh_counts``, never both or neither.
@@ -389,6 +449,7 @@ async def _count_and_clear_changes(conn: aiosqlite.Connection) -> tuple[int, int
     await conn.execute(queries.BEGIN_WRITE)
     try:
         pending = await _pending(conn)
+        await conn.execute(queries.SET_TOTALS, pending)
         await conn.execute(queries.CLEAR_CHANGES)
         await conn.commit()
     except BaseException:
@@ -398,8 +459,8 @@ async def _count_and_clear_changes(conn: aiosqlite.Connection) -> tuple[int, int
 
 
 async def _pending(conn: aiosqlite.Connection) -> tuple[int, int]:
-    """How many events, and how many bytes of them, the file holds."""
-    totals = await queries.fetch(conn, queries.COUNT_EVENTS)
+    """How many events, and how many bytes of them, the file holds (its running totals)."""
+    totals = await queries.fetch(conn, queries.READ_TOTALS)
     return totals.first("events"), totals.first("bytes")
 
 

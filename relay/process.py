@@ -7,6 +7,7 @@ For the tests that need a real process (crash, signals, start-up) and for the be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -112,7 +113,9 @@ class RelayProcess:
     async def signal(self, signum: signal.Signals) -> None:
         assert self._proc is not None
         if self._proc.returncode is None:
-            os.kill(self._proc.pid, signum)
+            # Gone already, but not yet reaped by the event loop: nothing left to signal.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signum)
 
     async def kill(self) -> int:
         """SIGKILL: no chance to flush or close anything."""

@@ -34,12 +34,22 @@ OLDEST_SIZES = f"SELECT id, size FROM events WHERE id NOT {_IN_IDS} ORDER BY id 
 EVENTS_BETWEEN = (
     f"SELECT {_EVENT} FROM events WHERE id BETWEEN ? AND ? AND id NOT {_IN_IDS} ORDER BY id"
 )
+# A batch as the upstream's request body, built inside SQLite: ?1 and ?2 the envelope
+# around the bodies, joined with commas in id order (the rowid range is read in order).
+REQUEST_BETWEEN = (
+    "SELECT count(*) AS events, coalesce(sum(size), 0) AS bytes, min(end_at) AS oldest_end_at, "
+    "CAST(?1 || group_concat(body, ',') || ?2 AS BLOB) AS body FROM (SELECT size, end_at, body "
+    "FROM events WHERE id BETWEEN ?3 AND ?4 AND id NOT IN (SELECT value FROM json_each(?5)) "
+    "ORDER BY id)"
+)
 EVENTS_BY_ID = f"SELECT {_EVENT} FROM events WHERE id {_IN_IDS} ORDER BY id"
 OLDEST_RECEIVED = f"SELECT received_at FROM events WHERE id NOT {_IN_IDS} ORDER BY id LIMIT 1"
 # The earliest end among all pending events: the next to expire (index events_by_end).
 OLDEST_END = "SELECT min(end_at) AS end_at FROM events"
 COUNT_EVENTS = "SELECT count(*) AS events, coalesce(sum(size), 0) AS bytes FROM events"
 DELETE_EVENTS = f"DELETE FROM events WHERE id {_IN_IDS}"
+# A delivered batch by its id range: ids only grow, so the range holds no event added since.
+DELETE_BETWEEN = f"DELETE FROM events WHERE id BETWEEN ? AND ? AND id NOT {_IN_IDS}"
 RECORD_FAILURE = (
     "UPDATE events SET attempts = attempts + 1, first_failure_at = coalesce(first_failure_at, ?) "
     f"WHERE id {_IN_IDS}"
@@ -90,6 +100,13 @@ RECORD_REPLAYED = (
     "(SELECT value FROM json_each(?1)))"
 )
 TAKE_CHANGES = "SELECT events, bytes FROM outbox_changes"
+# The events table's running totals (outbox_totals), set by the daemon's writer in each of
+# its transactions: with what replays recorded since, what the table holds.
+READ_TOTALS = (
+    "SELECT t.events + c.events AS events, t.bytes + c.bytes AS bytes "
+    "FROM outbox_totals AS t, outbox_changes AS c"
+)
+SET_TOTALS = "UPDATE outbox_totals SET events = ?, bytes = ?"
 CLEAR_CHANGES = "UPDATE outbox_changes SET events = 0, bytes = 0"
 BEGIN_WRITE = "BEGIN IMMEDIATE"
 

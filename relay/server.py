@@ -16,7 +16,8 @@ from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from relay import __version__
-from relay.config import OutboxSettings
+from relay.admission import Busy, ParseBudget
+from relay.config import OutboxSettings, ServerSettings
 from relay.connections import ConnectionGuard, RelayRunner
 from relay.errors import error_response
 from relay.flusher import Flusher
@@ -34,6 +35,7 @@ MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
 RETRY_AFTER_S = web.AppKey("retry_after_s", int)
 OUTBOX_SETTINGS = web.AppKey("outbox_settings", OutboxSettings)
 METRICS = web.AppKey("metrics", RelayCollector)
+PARSE_BUDGET = web.AppKey("parse_budget", ParseBudget)
 # The reason label of ci_relay_requests_refused_total, by the status a runner got.
 _REFUSAL_REASONS = {
     400: "invalid",
@@ -69,12 +71,17 @@ async def post_pipeline(request: web.Request) -> web.Response:
     counts.requests += 1
     try:
         body = await _read_body(request, app[MAX_BODY_BYTES])
-        if len(body) <= PARSE_INLINE_MAX_BYTES:
-            events = parse_request(body)
-        else:
-            events = await asyncio.to_thread(parse_request, body)
-        counts.events += len(events)
-        await app[OUTBOX].append(events)
+        budget = app[PARSE_BUDGET]
+        await budget.acquire(len(body))
+        try:
+            if len(body) <= PARSE_INLINE_MAX_BYTES:
+                events = parse_request(body)
+            else:
+                events = await asyncio.to_thread(parse_request, body)
+            counts.events += len(events)
+            await app[OUTBOX].append(events)
+        finally:
+            budget.release(len(body))
     except InvalidRequest as exc:
         return _refuse(request, 400, *exc.problems)
     except _Refused as exc:
@@ -90,6 +97,10 @@ async def post_pipeline(request: web.Request) -> web.Response:
         total = refused["outbox_full"] + refused["store_unavailable"]
         app[STORE_REFUSALS].refused(str(exc), total)
         return error_response(503, f"the relay cannot store events now: {exc}", headers=retry)
+    except Busy as exc:
+        counts.refused["busy"] += 1
+        retry = {"Retry-After": str(app[RETRY_AFTER_S])}
+        return error_response(503, str(exc), headers=retry)
     except ConnectionError as exc:
         # The runner hung up (or was dropped for slowness) before its body arrived: nothing
         # was stored and nobody is left to answer. Routine, so not an error.
@@ -244,6 +255,7 @@ def create_app(
     retry_after_s: int,
     outbox_settings: OutboxSettings | None = None,
     flusher: Flusher | None = None,
+    parse_budget: ParseBudget | None = None,
 ) -> web.Application:
     """The aiohttp application; run it with ``app_runner()`` so bodies arrive undecoded.
 
@@ -254,6 +266,10 @@ def create_app(
     app[OUTBOX] = outbox
     app[MAX_BODY_BYTES] = max_body_bytes
     app[RETRY_AFTER_S] = retry_after_s
+    defaults = ServerSettings()
+    app[PARSE_BUDGET] = parse_budget or ParseBudget(
+        defaults.max_parsing_bytes, defaults.parse_wait_s
+    )
     app[STORE_REFUSALS] = _StoreRefusals()
     app[METRICS] = RelayCollector(outbox, flusher)
     app.router.add_post(PIPELINE_PATH, post_pipeline)

@@ -203,15 +203,18 @@ class Upstream:
 
     async def send(self, events: Sequence[bytes]) -> Outcome:
         """POST the events as one request; transport failures become ``Retry``."""
+        return await self.send_body(request_body(events))
+
+    async def send_body(self, body: bytes) -> Outcome:
+        """POST a request body already in the intake's envelope (``request_body``)."""
         started = time.perf_counter()
-        outcome, status = await self._post(events)
+        outcome, status = await self._post(body)
         self.latency.observe(time.perf_counter() - started)
         self.answers[outcome_label(outcome), status_class(status)] += 1
         return outcome
 
-    async def _post(self, events: Sequence[bytes]) -> tuple[Outcome, int | None]:
+    async def _post(self, body: bytes) -> tuple[Outcome, int | None]:
         """The outcome, and the answer's status (None when no answer came)."""
-        body = request_body(events)
         headers = self._headers()
         if self._settings.compress:
             body = gzip.compress(body, compresslevel=5)

@@ -4,7 +4,9 @@ Request handlers hand it their rows and await the commit; rows that arrive toget
 one transaction (one ``executemany``, one commit), so durable ingest is not capped at one
 fsync per request, and one request's failure never rolls back a neighbour's rows.
 Maintenance writes (acks, dead-letter moves, recounts) go through the same queue, each in
-a transaction of its own, so the counts never race a commit.
+a transaction of its own, so the counts never race a commit. Every transaction also sets
+the file's running totals (``outbox_totals``) to the counts it leaves, so that a start
+reads them instead of counting the table.
 """
 
 from __future__ import annotations
@@ -212,6 +214,7 @@ class Writer:
         started = time.perf_counter()
         try:
             await self._conn.executemany(queries.APPEND, rows)
+            await self._conn.execute(queries.SET_TOTALS, (events, size))
             await self._conn.commit()
         except sqlite3.Error as exc:
             await self._rollback()
@@ -230,14 +233,17 @@ class Writer:
     async def _run_apply(self, op: _Apply) -> None:
         try:
             removed_events, removed_bytes = await op.work(self._conn)
+            # Never below zero, even if rows another process added were removed before a
+            # recount.
+            events = max(0, self.counts.events - removed_events)
+            size = max(0, self.counts.bytes - removed_bytes)
+            await self._conn.execute(queries.SET_TOTALS, (events, size))
             await self._conn.commit()
         except sqlite3.Error as exc:
             await self._rollback()
             _settle(op.done, unavailable(exc))
             return
-        # Never below zero, even if rows another process added were removed before a recount.
-        self.counts.events = max(0, self.counts.events - removed_events)
-        self.counts.bytes = max(0, self.counts.bytes - removed_bytes)
+        self.counts.events, self.counts.bytes = events, size
         _settle(op.done, None)
 
     async def _rollback(self) -> None:

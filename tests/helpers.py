@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from relay.admission import ParseBudget
 from relay.config import OutboxSettings
 from relay.connections import ConnectionGuard
 from relay.intake import PIPELINE_PATH
@@ -109,10 +110,13 @@ async def serving(
     settings: OutboxSettings,
     max_body_bytes: int = 5 * 1024 * 1024,
     guard: ConnectionGuard | None = None,
+    parse_budget: ParseBudget | None = None,
 ) -> AsyncIterator[RunningRelay]:
     """The relay's HTTP API on 127.0.0.1 over a real outbox, closed on exit."""
     outbox = await Outbox.open(settings)
-    app = create_app(outbox, max_body_bytes, retry_after_s=7, outbox_settings=settings)
+    app = create_app(
+        outbox, max_body_bytes, retry_after_s=7, outbox_settings=settings, parse_budget=parse_budget
+    )
     web_runner = app_runner(app, guard)
     try:
         await web_runner.setup()

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from relay.process import RelayProcess, write_config
 from relay.samples import event, request
@@ -147,3 +148,13 @@ async def test_restart_reports_pending_events(tmp_path: Path) -> None:
         assert 0 == await second.terminate()
     assert [sum(sizes)] == [entry["pending_events"] for entry in listening]
     assert sum(sizes) == second.events("stopped")[0]["pending"]
+
+
+async def test_a_relay_that_exits_before_listening_is_reported_with_its_logs(
+    tmp_path: Path,
+) -> None:
+    """RelayProcess says the relay did not start, with its last lines, whenever it exits."""
+    (tmp_path / "outbox.db").write_bytes(b"not an outbox " * 100)
+    for _ in range(5):  # the exit races the loop's reaping of the child: try it a few times
+        with pytest.raises(RuntimeError, match="relay did not start"):
+            await RelayProcess(config_for(tmp_path)).start()

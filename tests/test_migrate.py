@@ -47,6 +47,11 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int]]] = {
         ("events", "INTEGER", 1),
         ("bytes", "INTEGER", 1),
     ],
+    "outbox_totals": [
+        ("id", "INTEGER", 0),
+        ("events", "INTEGER", 1),
+        ("bytes", "INTEGER", 1),
+    ],
     "schema_migrations": [
         ("version", "INTEGER", 0),
         ("name", "TEXT", 1),

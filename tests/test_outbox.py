@@ -16,6 +16,7 @@ import pytest
 
 from relay import deadletters, queries
 from relay.config import OutboxSettings
+from relay.intake import ENVELOPE_BYTES, request_body
 from relay.migrate import migrate
 from relay.outbox import Outbox, OutboxFull, StoredEvent
 from relay.outbox_file import APPLICATION_ID
@@ -309,6 +310,7 @@ async def test_outbox_made_before_the_header_stamp_is_recognised_and_stamped(
         await conn.execute("PRAGMA journal_mode = WAL")
         await migrate(conn, str(path))
         await conn.execute("INSERT INTO events (received_at, size, body) VALUES (0, 2, x'7b7d')")
+        await conn.execute("UPDATE outbox_totals SET events = 1, bytes = 2")  # as a relay keeps it
         await conn.commit()
 
     outbox = await Outbox.open(OutboxSettings(path=path))
@@ -358,3 +360,41 @@ async def test_counts_follow_a_replay_beside_them_without_a_recount(
         expected = conn.execute(queries.COUNT_EVENTS).fetchone()
     assert tuple(expected) == (outbox.counts.events, outbox.counts.bytes)
     assert 1 == outbox.counts.events
+
+
+async def test_a_request_is_the_batch_joined_in_id_order_and_acked_by_its_range(
+    outbox: Outbox, outbox_settings: OutboxSettings
+) -> None:
+    """The joined body equals the events' bytes in id order; its ack deletes only its own
+    events, sparing an excluded one and events appended or replayed after it was read."""
+    await outbox.append([sized(100 + n, n) for n in range(8)])
+    first = await all_events(outbox)
+    await outbox.dead_letter(first[:1], "rejected", 400, "bad", 0.0)
+    held = first[3].id
+
+    request = await outbox.next_request(1000, 1 << 30, exclude=[held])
+    assert request is not None
+    expected = [e for e in first[1:] if e.id != held]
+    assert request_body([e.body for e in expected]) == request.body
+    assert (len(expected), sum(e.size for e in expected)) == (request.events, request.size)
+
+    assert 1 == await deadletters.replay(outbox_settings.path, deadletters.Selection())
+    await outbox.append([sized(50, 99)])
+    await outbox.ack_batch(request)
+
+    left = await all_events(outbox)
+    assert [b'{"tag":3,', b'{"tag":0,', b'{"tag":99'] == [e.body[:9] for e in left]
+    await outbox.refresh_counts()
+    assert (3, sum(e.size for e in left)) == (outbox.counts.events, outbox.counts.bytes)
+
+
+async def test_a_request_keeps_to_the_byte_cap_as_a_batch_does(outbox: Outbox) -> None:
+    """next_request takes the same events as next_batch under a byte cap."""
+    await outbox.append([sized(1000, n) for n in range(10)])
+    cap = ENVELOPE_BYTES + 3 * 1000 + 2
+
+    request = await outbox.next_request(1000, cap)
+    batch = await outbox.next_batch(1000, cap)
+    assert request is not None
+    assert request_body([e.body for e in batch]) == request.body
+    assert 3 == request.events

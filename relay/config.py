@@ -141,7 +141,8 @@ class FlusherSettings(_Group):
     batch_max_events: int = Field(default=MAX_EVENTS_PER_REQUEST, ge=1, le=MAX_EVENTS_PER_REQUEST)
     batch_max_bytes: int = Field(default=4_000_000, ge=1024)
     flush_interval_s: float = Field(default=1.0, ge=0)
-    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # SIGTERM to exit: drain and final flush together; fits a 10 s stop timeout with room.
+    shutdown_grace_s: float = Field(default=8.0, ge=0)
     expiry_warning_s: float = Field(default=12 * 3600, gt=0)
     unauthorized_probe_s: float = Field(default=60.0, gt=0)
 

@@ -87,6 +87,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     check_config.set_defaults(run=_check_config, load=lambda config: config)
 
+    health = commands.add_parser(
+        "health",
+        parents=[common],
+        help="ask the running relay's /health (or /ready) on its configured address; exit 0 if ok",
+    )
+    health.add_argument("--ready", action="store_true", help="ask /ready instead of /health")
+    health.set_defaults(run=_health, load=load_settings)
+
     store = commands.add_parser("outbox", help="check the outbox file, or move a damaged one aside")
     store_commands = store.add_subparsers(required=True, metavar="ACTION")
     check = store_commands.add_parser(
@@ -283,6 +291,17 @@ def _move_aside(args: argparse.Namespace, outbox: OutboxSettings) -> int:
         lock.release()
     print(f"moved outbox {path} to {target}; the next start creates a new outbox")
     return 0
+
+
+def _health(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.healthcheck import probe, probe_url
+
+    if settings.server.port == 0:
+        print("ci-relay: server.port is 0 (chosen at start): no address to ask", file=sys.stderr)
+        return EXIT_USAGE
+    result = probe(probe_url(settings.server, "/ready" if args.ready else "/health"))
+    print(result.line, file=sys.stdout if result.passed else sys.stderr)
+    return 0 if result.passed else 1
 
 
 def _check_config(args: argparse.Namespace, config: Path | None) -> int:

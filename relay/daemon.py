@@ -3,8 +3,9 @@
 Shutdown order keeps the promise of a 202: stop accepting connections, let the requests
 in progress finish their commits, give the flusher a bounded final flush, then close the
 database. The drain and the final flush share one budget, ``flusher.shutdown_grace_s``,
-counted from the stop signal, so that the whole shutdown fits a container's stop timeout. A side task (outbox writer, flusher) that dies stops the whole process with a
-non-zero status rather than leaving a relay that accepts events and forwards none.
+counted from the stop signal, so that the whole shutdown fits a container's stop timeout.
+A side task (outbox writer, flusher) that dies stops the whole process with a non-zero
+status rather than leaving a relay that accepts events and forwards none.
 """
 
 from __future__ import annotations

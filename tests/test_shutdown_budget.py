@@ -23,7 +23,7 @@ STOP_TIMEOUT_S = 10.0
 
 async def _stalled_request(port: int) -> asyncio.StreamWriter:
     """A connection whose POST has sent its head and part of its body, and no more."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
     head = (
         f"POST {PIPELINE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"

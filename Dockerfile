@@ -21,7 +21,8 @@ RUN set -eu; \
     else set -- .; fi; \
     python3 -m venv /opt/ci-relay; \
     /opt/ci-relay/bin/pip install --constraint deploy/constraints.txt "$@"; \
-    /opt/ci-relay/bin/ci-relay --version
+    /opt/ci-relay/bin/ci-relay --version; \
+    /opt/ci-relay/bin/pip uninstall -q -y pip setuptools
 
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/ci-relay /opt/ci-relay

@@ -28,7 +28,8 @@ def test_constraints_pin_every_dependency_within_its_range() -> None:
     """Each runtime dependency of pyproject.toml (for Linux) has a pin its specifier allows."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     pins = _pins()
-    linux = default_environment() | {"sys_platform": "linux", "platform_system": "Linux"}
+    linux: dict[str, str] = {key: str(value) for key, value in default_environment().items()}
+    linux |= {"sys_platform": "linux", "platform_system": "Linux"}
     unmet = []
     for text in project["dependencies"]:
         requirement = Requirement(text)

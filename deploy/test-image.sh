@@ -24,8 +24,6 @@ cleanup() {
     podman rm -f "$NAME" >/dev/null 2>&1 || true
     podman volume rm -f "$VOLUME" >/dev/null 2>&1 || true
     podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
-    # The build stage is untagged: remove what the build left dangling.
-    podman image prune -f >/dev/null 2>&1 || true
     if [ "$made_base" = 1 ] && [ "${KEEP_BASE:-0}" != 1 ]; then
         podman rmi -f "$BASE" >/dev/null 2>&1 || true
     fi
@@ -85,11 +83,20 @@ make_base() {
     log "base $BASE made in $(since "$started") s"
 }
 
-# Wheels for exactly deploy/constraints.txt and the relay, built on the host (same Debian,
-# same Python), so that the build needs no network.
+# Wheels for exactly deploy/constraints.txt and the relay, built on the host, so that the
+# build needs no network: the host's Python must be the base's.
 make_wheels() {
+    local python host base
+    if [ -x .venv/bin/python ]; then
+        python=.venv/bin/python
+    else
+        python3 -m venv "$WORK/venv" && python="$WORK/venv/bin/python"
+    fi
+    host=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    base=$(podman run --rm "$BASE" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    [ "$host" = "$base" ] || fail "wheels built with Python $host cannot go into a base with $base"
     rm -rf deploy/wheels
-    python3 -m pip wheel -q --constraint deploy/constraints.txt --wheel-dir deploy/wheels . \
+    "$python" -m pip wheel -q --constraint deploy/constraints.txt --wheel-dir deploy/wheels . \
         >"$WORK/wheels.log" 2>&1 || { tail -20 "$WORK/wheels.log"; return 1; }
 }
 
@@ -151,7 +158,8 @@ make_base
 make_wheels
 
 started=$(now)
-podman build -q --format docker --build-arg "BASE_IMAGE=$BASE" -t "$IMAGE" . >"$WORK/build.log" 2>&1 \
+# --layers=false: no cached stage images are left behind; only $IMAGE is made.
+podman build -q --layers=false --format docker --build-arg "BASE_IMAGE=$BASE" -t "$IMAGE" . >"$WORK/build.log" 2>&1 \
     || { tail -30 "$WORK/build.log"; fail "build"; }
 build_s=$(since "$started")
 # What .dockerignore lets in, against the whole working tree.

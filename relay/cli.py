@@ -104,6 +104,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default: 5")
     status.set_defaults(run=_status, load=lambda config: config)
 
+    health = commands.add_parser(
+        "health",
+        parents=[common],
+        help="ask the running relay's /health (or /ready) on its configured address; exit 0 if ok",
+    )
+    health.add_argument("--ready", action="store_true", help="ask /ready instead of /health")
+    health.set_defaults(run=_health, load=load_settings)
+
     store = commands.add_parser("outbox", help="check the outbox file, or move a damaged one aside")
     store_commands = store.add_subparsers(required=True, metavar="ACTION")
     check = store_commands.add_parser(
@@ -302,6 +310,17 @@ def _move_aside(args: argparse.Namespace, outbox: OutboxSettings) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.healthcheck import probe, probe_url
+
+    if settings.server.port == 0:
+        print("ci-relay: server.port is 0 (chosen at start): no address to ask", file=sys.stderr)
+        return EXIT_USAGE
+    result = probe(probe_url(settings.server, "/ready" if args.ready else "/health"))
+    print(result.line, file=sys.stdout if result.passed else sys.stderr)
+    return 0 if result.passed else 1
+
+
 def _check_config(args: argparse.Namespace, config: Path | None) -> int:
     """Every setting with its origin, redacted; then the checks, one line per problem."""
     from relay.config import ConfigError, load_settings, origins, writable_directory
@@ -337,7 +356,13 @@ def _status(args: argparse.Namespace, config: Path | None) -> int:
     from relay.config import load_settings
     from relay.status import EXIT_UNREACHABLE, exit_status, render
 
-    url = (args.url or load_settings(config).server.local_url).rstrip("/")
+    if args.url:
+        url = args.url.rstrip("/")
+    else:
+        server = load_settings(config).server
+        if server.port == 0:
+            raise UserError("server.port is 0 (chosen at start): give the relay's --url")
+        url = server.local_url
     if not url.startswith(("http://", "https://")):
         raise UserError(f"--url must start with http:// or https://, not {url!r}")
     try:

@@ -7,6 +7,7 @@ then the defaults below. This is the only module that reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -58,10 +59,17 @@ class ServerSettings(_Group):
 
     @property
     def local_url(self) -> str:
-        """Where a command on this machine reaches the relay (a wildcard host is loopback)."""
-        wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
-        host = wildcard.get(self.host, self.host)
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        """Where a command on this machine reaches the relay: a relay listening on every
+        address (0.0.0.0, ::, or aiohttp's empty host) is asked on the loopback address."""
+        host = self.host.strip("[]") or "0.0.0.0"  # noqa: S104 (only mapped to loopback)
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:  # a name, such as localhost
+            return f"http://{host}:{self.port}"
+        if address.is_unspecified:
+            address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+        shown = f"[{address}]" if address.version == 6 else str(address)
+        return f"http://{shown}:{self.port}"
 
 
 class OutboxSettings(_Group):
@@ -151,7 +159,8 @@ class FlusherSettings(_Group):
     batch_max_events: int = Field(default=MAX_EVENTS_PER_REQUEST, ge=1, le=MAX_EVENTS_PER_REQUEST)
     batch_max_bytes: int = Field(default=4_000_000, ge=1024)
     flush_interval_s: float = Field(default=1.0, ge=0)
-    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # SIGTERM to exit: drain and final flush together; fits a 10 s stop timeout with room.
+    shutdown_grace_s: float = Field(default=8.0, ge=0)
     expiry_warning_s: float = Field(default=12 * 3600, gt=0)
     unauthorized_probe_s: float = Field(default=60.0, gt=0)
 

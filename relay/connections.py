@@ -286,8 +286,17 @@ class GuardedServer(web.Server):
 class RelayRunner(web.AppRunner):
     """An AppRunner whose connections are watched by a ``ConnectionGuard``."""
 
-    def __init__(self, app: web.Application, guard: ConnectionGuard, **handler_kwargs: Any) -> None:
-        super().__init__(app, handle_signals=False, **handler_kwargs)
+    def __init__(
+        self,
+        app: web.Application,
+        guard: ConnectionGuard,
+        shutdown_timeout: float = 60.0,
+        **handler_kwargs: Any,
+    ) -> None:
+        # shutdown_timeout: how long cleanup() lets requests in progress finish.
+        super().__init__(
+            app, handle_signals=False, shutdown_timeout=shutdown_timeout, **handler_kwargs
+        )
         self.guard = guard
         self._handler_kwargs = handler_kwargs
 

@@ -2,8 +2,10 @@
 
 Shutdown order keeps the promise of a 202: stop accepting connections, let the requests
 in progress finish their commits, give the flusher a bounded final flush, then close the
-database. A side task (outbox writer, flusher) that dies stops the whole process with a
-non-zero status rather than leaving a relay that accepts events and forwards none.
+database. The drain and the final flush share one budget, ``flusher.shutdown_grace_s``,
+counted from the stop signal, so that the whole shutdown fits a container's stop timeout.
+A side task (outbox writer, flusher) that dies stops the whole process with a non-zero
+status rather than leaving a relay that accepts events and forwards none.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from relay.upstream import Upstream
 logger = structlog.get_logger(__name__)
 
 EXIT_CANNOT_LISTEN = 2
+_AIOHTTP_CEIL_THRESHOLD_S = 5.0  # aiohttp.helpers.ceil_timeout's default
 
 
 async def serve(settings: Settings) -> int:
@@ -52,8 +55,8 @@ async def serve(settings: Settings) -> int:
         stack.push_async_callback(upstream.close)
         flusher = Flusher(outbox, upstream, settings.flusher, settings.retry)
         flusher_task = asyncio.create_task(flusher.run(), name="flusher")
-        grace_s = settings.flusher.shutdown_grace_s
-        stack.push_async_callback(_finish_flusher, flusher, flusher_task, grace_s)
+        budget = ShutdownBudget(settings.flusher.shutdown_grace_s)
+        stack.push_async_callback(_finish_flusher, flusher, flusher_task, budget)
         app = create_app(
             outbox,
             settings.server.max_body_bytes,
@@ -62,12 +65,10 @@ async def serve(settings: Settings) -> int:
             flusher,
             ParseBudget(settings.server.max_parsing_bytes, settings.server.parse_wait_s),
         )
-        web_runner = app_runner(app, guard)
+        web_runner = app_runner(app, guard, drain_s=budget.drain_s())
         await web_runner.setup()
         stack.push_async_callback(web_runner.cleanup)
-        site = web.TCPSite(
-            web_runner, settings.server.host, settings.server.port, shutdown_timeout=grace_s
-        )
+        site = web.TCPSite(web_runner, settings.server.host, settings.server.port)
         try:
             await site.start()
         except OSError as exc:
@@ -85,7 +86,12 @@ async def serve(settings: Settings) -> int:
             config=settings.redacted(),
         )
         status = await _wait_for_stop(stop, outbox.task, flusher_task)
-        logger.info("stopping", reason="signal" if status == 0 else "task failed")
+        budget.start()
+        logger.info(
+            "stopping",
+            reason="signal" if status == 0 else "task failed",
+            grace_s=budget.total_s,
+        )
     logger.info(
         "stopped",
         uptime_s=round(time.monotonic() - started, 1),
@@ -115,10 +121,41 @@ def _connection_guard(settings: Settings) -> ConnectionGuard:
     return ConnectionGuard(settings.server.read_timeout_s, bound)
 
 
-async def _finish_flusher(flusher: Flusher, task: asyncio.Task[None], grace_s: float) -> None:
-    """A final flush bounded by ``grace_s``; what is left stays on disk for the next start."""
+class ShutdownBudget:
+    """The seconds a shutdown may take, counted from ``start()`` (the stop signal)."""
+
+    def __init__(self, total_s: float) -> None:
+        self.total_s = total_s
+        self._deadline: float | None = None
+
+    def drain_s(self) -> float:
+        """The timeout for requests in progress, such that the drain ends within the budget.
+
+        aiohttp waits up to that long twice at worst (for the handlers, then for their
+        cancellation), rounding each wait over 5 s up to a whole second of the loop clock.
+        The flusher delivers during the drain all the same; the final flush gets the rest.
+        """
+        half = self.total_s / 2
+        return half if half <= _AIOHTTP_CEIL_THRESHOLD_S else half - 1.0
+
+    def start(self) -> None:
+        self._deadline = time.monotonic() + self.total_s
+
+    def remaining_s(self) -> float:
+        """What is left of the budget; all of it on a failed start, which never started it."""
+        if self._deadline is None:
+            self.start()
+        assert self._deadline is not None
+        return max(0.0, self._deadline - time.monotonic())
+
+
+async def _finish_flusher(
+    flusher: Flusher, task: asyncio.Task[None], budget: ShutdownBudget
+) -> None:
+    """A final flush within what the drain left of the budget; what is left of the outbox
+    stays on disk for the next start."""
     flusher.stop()
-    await asyncio.wait({task}, timeout=grace_s)
+    await asyncio.wait({task}, timeout=budget.remaining_s())
     if not task.done():
         # Cancelling mid-request is safe: events are deleted only after a 2xx.
         task.cancel()

@@ -287,7 +287,12 @@ def create_app(
     return app
 
 
-def app_runner(app: web.Application, guard: ConnectionGuard | None = None) -> RelayRunner:
+def app_runner(
+    app: web.Application, guard: ConnectionGuard | None = None, drain_s: float = 60.0
+) -> RelayRunner:
     """A runner that leaves decompression to ``_decode``, which bounds its output, and
-    whose connections ``guard`` watches (read timeout, connection bound, protocol errors)."""
-    return RelayRunner(app, guard or ConnectionGuard(), auto_decompress=False, access_log=None)
+    whose connections ``guard`` watches (read timeout, connection bound, protocol errors);
+    its cleanup gives requests in progress ``drain_s`` to finish."""
+    return RelayRunner(
+        app, guard or ConnectionGuard(), drain_s, auto_decompress=False, access_log=None
+    )

@@ -7,6 +7,7 @@ then the defaults below. This is the only module that reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -46,19 +48,71 @@ class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def clean_secret(value: Any) -> Any:
+    """Strip surrounding white space (a secret file's newline); refuse what a header cannot hold.
+
+    The message never repeats the secret.
+    """
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        return value
+    key = value.strip()
+    if any(not (" " <= char <= "~") for char in key):
+        raise ValueError(
+            "holds a control or non-ASCII character; a key or token is printable ASCII "
+            "(check the secret it was read from)"
+        )
+    return key or None
+
+
+Secret = Annotated[SecretStr | None, BeforeValidator(clean_secret)]
+SecretFile = Annotated[Path, AfterValidator(lambda p: p.expanduser())] | None
+
+
+def _one_of(group: BaseModel, inline: str, file: str) -> None:
+    """At most one of the fields ``inline`` and ``file`` of ``group`` is set."""
+    if getattr(group, inline) is not None and getattr(group, file) is not None:
+        raise ValueError(f"set {inline} or {file}, not both")
+
+
 class ServerSettings(_Group):
     host: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     read_timeout_s: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=1024, ge=1)
+    ingest_token: Secret = None
+    ingest_token_file: SecretFile = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> ServerSettings:
+        _one_of(self, "ingest_token", "ingest_token_file")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        return self
 
     @property
     def local_url(self) -> str:
         """Where a command on this machine reaches the relay (a wildcard host is loopback)."""
         wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
         host = wildcard.get(self.host, self.host)
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        scheme = "http" if self.tls_cert_file is None else "https"
+        return (
+            f"{scheme}://[{host}]:{self.port}" if ":" in host else f"{scheme}://{host}:{self.port}"
+        )
+
+    @property
+    def loopback_only(self) -> bool:
+        """True when only this machine can reach the listener."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: it may resolve to any address
+            return False
 
 
 class OutboxSettings(_Group):
@@ -107,31 +161,20 @@ def redact_url(url: str) -> str:
     return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def _clean_api_key(value: Any) -> Any:
-    """Strip surrounding white space (a secret file's newline); refuse what a header cannot hold.
-
-    The message never repeats the key.
-    """
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if not isinstance(value, str):
-        return value
-    key = value.strip()
-    if any(not (" " <= char <= "~") for char in key):
-        raise ValueError(
-            "holds a control or non-ASCII character; an API key is printable ASCII "
-            "(check the secret it was read from)"
-        )
-    return key or None
-
-
 class UpstreamSettings(_Group):
     site: Site = "datadoghq.com"
     url: Annotated[str, AfterValidator(_check_url)] | None = None
-    api_key: Annotated[SecretStr | None, BeforeValidator(_clean_api_key)] = None
+    api_key: Secret = None
+    api_key_file: SecretFile = None
+    ca_file: Path | None = None
     compress: bool = False
     connect_timeout_s: float = Field(default=10.0, gt=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> UpstreamSettings:
+        _one_of(self, "api_key", "api_key_file")
+        return self
 
     @property
     def base_url(self) -> str:
@@ -214,6 +257,7 @@ class Settings(_FromFileAndEnvironment):
         """The effective settings for the startup log: the API key is never shown."""
         data = self.model_dump(mode="json")
         data["upstream"]["api_key"] = "set (redacted)" if self.upstream.api_key else None
+        data["server"]["ingest_token"] = "set (redacted)" if self.server.ingest_token else None
         if self.upstream.url is not None:
             data["upstream"]["url"] = redact_url(self.upstream.url)
         return data

@@ -360,6 +360,13 @@ def _status(args: argparse.Namespace, config: Path | None) -> int:
         with urllib.request.urlopen(asking, timeout=args.timeout) as answer:  # noqa: S310
             document = orjson.loads(answer.read())
     except (OSError, ValueError) as exc:  # refused, timed out, an HTTP error, not JSON
+        if isinstance(exc, urllib.error.HTTPError) and exc.code == 403:
+            print(
+                f"ci-relay: the relay at {url} refuses the request: it requires its ingest "
+                "token, which this command reads from server.ingest_token(_file) of --config",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         reason = getattr(exc, "reason", None) or exc
         print(f"ci-relay: no relay answers at {url}: {reason}", file=sys.stderr)
         return EXIT_UNREACHABLE

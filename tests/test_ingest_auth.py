@@ -214,3 +214,41 @@ async def test_listener_serves_tls_with_the_configured_certificate(tmp_path: Pat
             answer = (resp.status, await resp.read())
         listening = relay.events("listening")[0]
     assert ((202, b"{}"), True) == (answer, listening["tls"])
+
+
+@pytest.mark.parametrize(
+    ("group", "settings", "named"),
+    [
+        ("upstream", {"api_key_file": "missing-key"}, "upstream.api_key_file"),
+        ("upstream", {"ca_file": "empty.pem"}, "upstream.ca_file"),
+        ("server", {"ingest_token_file": "missing-token"}, "server.ingest_token_file"),
+        ("server", {"tls_cert_file": "empty.pem", "tls_key_file": "empty.pem"}, "tls_cert_file"),
+    ],
+)
+async def test_an_unusable_key_or_certificate_file_stops_the_start(
+    tmp_path: Path, group: str, settings: dict[str, str], named: str
+) -> None:
+    """A key file, CA file or certificate that cannot be used stops the relay at start with
+    one line naming the setting, exit status 2."""
+    (tmp_path / "empty.pem").write_text("")
+    groups: dict[str, dict[str, object]] = {
+        "server": {"port": 0},
+        "outbox": {"path": str(tmp_path / "outbox.db")},
+    }
+    groups[group] = groups.get(group, {}) | {k: str(tmp_path / v) for k, v in settings.items()}
+    config = write_config(tmp_path / "relay.toml", **groups)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))},
+    )
+    _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    lines = err.decode().strip().splitlines()
+    assert (2, 1) == (process.returncode, len(lines)), lines
+    assert named in lines[0]

@@ -52,6 +52,9 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         "server.ingest_token_file", settings.server.ingest_token, settings.server.ingest_token_file
     )
     tls = listener_tls(settings.server)
+    on_change = _KeyChanges(api_key, token)
+    # SIGHUP would otherwise end the process without a shutdown.
+    loop.add_signal_handler(signal.SIGHUP, _on_hangup, on_change, config_file)
 
     started = time.monotonic()
     # Unwinds in reverse: stop accepting (requests in progress finish their commits), final
@@ -68,9 +71,7 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         flusher_task = asyncio.create_task(flusher.run(), name="flusher")
         grace_s = settings.flusher.shutdown_grace_s
         stack.push_async_callback(_finish_flusher, flusher, flusher_task, grace_s)
-        on_change = _KeyChanges(api_key, token, flusher)
-        # SIGHUP would otherwise end the process without a shutdown.
-        loop.add_signal_handler(signal.SIGHUP, _on_hangup, on_change, config_file)
+        on_change.flusher = flusher
         watcher = asyncio.create_task(_watch_key_files(on_change), name="key-files")
         stack.callback(watcher.cancel)
         app = create_app(
@@ -147,15 +148,15 @@ def listener_tls(server: ServerSettings) -> ssl.SSLContext | None:
 class _KeyChanges:
     """Re-reads the key files (all, or those changed on disk) and tells who uses them."""
 
-    def __init__(self, api_key: KeyFile, token: KeyFile, flusher: Flusher) -> None:
+    def __init__(self, api_key: KeyFile, token: KeyFile) -> None:
         self._api_key = api_key
         self._token = token
-        self._flusher = flusher
+        self.flusher: Flusher | None = None  # told of a new API key once it runs
 
     def reload(self, only_changed: bool) -> None:
         """Read each key file again (with ``only_changed``, those changed on disk)."""
-        if _read_again(self._api_key, only_changed):
-            self._flusher.api_key_changed()
+        if _read_again(self._api_key, only_changed) and self.flusher is not None:
+            self.flusher.api_key_changed()
         _read_again(self._token, only_changed)
 
 

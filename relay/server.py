@@ -71,8 +71,8 @@ async def post_pipeline(request: web.Request) -> web.Response:
     app = request.app
     counts = app[METRICS].ingest
     counts.requests += 1
-    if (token := app[INGEST_TOKEN].value) is not None and not _authorized(request, token):
-        return _unauthorized(request)
+    if (denied := _denied(request)) is not None:
+        return denied
     try:
         body = await _read_body(request, app[MAX_BODY_BYTES])
         if len(body) <= PARSE_INLINE_MAX_BYTES:
@@ -132,7 +132,11 @@ def _authorized(request: web.Request, token: str) -> bool:
     )
 
 
-def _unauthorized(request: web.Request) -> web.Response:
+def _denied(request: web.Request) -> web.Response | None:
+    """403 when the relay has an ingest token and the request does not carry it, else None."""
+    token = request.app[INGEST_TOKEN].value
+    if token is None or _authorized(request, token):
+        return None
     return _refuse(
         request,
         403,
@@ -245,8 +249,8 @@ async def method_not_allowed(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     """The relay's metrics in the Prometheus text format (``relay.metrics``)."""
-    if (token := request.app[INGEST_TOKEN].value) is not None and not _authorized(request, token):
-        return _unauthorized(request)
+    if (denied := _denied(request)) is not None:
+        return denied
     collector = request.app[METRICS]
     collector.readings = await request.app[OUTBOX].readings()
     return web.Response(body=exposition(collector), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -255,8 +259,8 @@ async def get_metrics(request: web.Request) -> web.Response:
 async def get_status(request: web.Request) -> web.Response:
     """What the relay holds and does, and what needs an operator (``relay.status``)."""
     app = request.app
-    if (token := app[INGEST_TOKEN].value) is not None and not _authorized(request, token):
-        return _unauthorized(request)
+    if (denied := _denied(request)) is not None:
+        return denied
     collector = app[METRICS]
     document = snapshot(
         app[OUTBOX],

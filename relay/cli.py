@@ -190,7 +190,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from relay.daemon import serve
 
     log.configure(settings.log.format, settings.log.level)
-    return _run(serve(settings))
+    return _run(serve(settings, args.config))
 
 
 def _list(args: argparse.Namespace, outbox: OutboxSettings) -> int:
@@ -324,9 +324,18 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
 def _check_config(args: argparse.Namespace, config: Path | None) -> int:
     """Every setting with its origin, redacted; then the checks, one line per problem."""
     from relay.config import ConfigError, load_settings, origins, writable_directory
+    from relay.daemon import OPEN_LISTENER, OPEN_LISTENER_HINT, listener_tls
+    from relay.keyfiles import KeyFile
+    from relay.upstream import tls_context
 
     try:
         settings = load_settings(config)
+        # The files the daemon reads at start: a key file, certificates (never shown).
+        server, upstream = settings.server, settings.upstream
+        token = KeyFile("server.ingest_token_file", server.ingest_token, server.ingest_token_file)
+        KeyFile("upstream.api_key_file", upstream.api_key, upstream.api_key_file)
+        listener_tls(server)
+        tls_context(upstream.ca_file)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"ci-relay: {problem}", file=sys.stderr)
@@ -345,6 +354,8 @@ def _check_config(args: argparse.Namespace, config: Path | None) -> int:
         print(f"ci-relay: {problem}", file=sys.stderr)
         return EXIT_USAGE
     print(f"# the outbox directory {directory} is writable")
+    if token.value is None and not server.loopback_only:
+        print(f"# warning: {OPEN_LISTENER} ({OPEN_LISTENER_HINT})")
     return 0
 
 
@@ -354,21 +365,32 @@ def _status(args: argparse.Namespace, config: Path | None) -> int:
     import urllib.request
 
     from relay.config import load_settings
+    from relay.keyfiles import KeyFile
     from relay.status import EXIT_UNREACHABLE, exit_status, render
 
+    server = load_settings(config).server
     if args.url:
         url = args.url.rstrip("/")
+    elif server.port == 0:
+        raise UserError("server.port is 0 (chosen at start): give the relay's --url")
     else:
-        server = load_settings(config).server
-        if server.port == 0:
-            raise UserError("server.port is 0 (chosen at start): give the relay's --url")
         url = server.local_url
     if not url.startswith(("http://", "https://")):
         raise UserError(f"--url must start with http:// or https://, not {url!r}")
+    token = KeyFile("server.ingest_token_file", server.ingest_token, server.ingest_token_file)
+    headers = {} if token.value is None else {"Authorization": f"Bearer {token.value}"}
+    asking = urllib.request.Request(f"{url}/status", headers=headers)  # noqa: S310
     try:
-        with urllib.request.urlopen(f"{url}/status", timeout=args.timeout) as answer:  # noqa: S310
+        with urllib.request.urlopen(asking, timeout=args.timeout) as answer:  # noqa: S310
             document = orjson.loads(answer.read())
     except (OSError, ValueError) as exc:  # refused, timed out, an HTTP error, not JSON
+        if isinstance(exc, urllib.error.HTTPError) and exc.code == 403:
+            print(
+                f"ci-relay: the relay at {url} refuses the request: it requires its ingest "
+                "token, which this command reads from server.ingest_token(_file) of --config",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         reason = getattr(exc, "reason", None) or exc
         print(f"ci-relay: no relay answers at {url}: {reason}", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -47,6 +48,34 @@ class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def clean_secret(value: Any) -> Any:
+    """Strip surrounding white space (a secret file's newline); refuse what a header cannot hold.
+
+    The message never repeats the secret.
+    """
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        return value
+    key = value.strip()
+    if any(not (" " <= char <= "~") for char in key):
+        raise ValueError(
+            "holds a control or non-ASCII character; a key or token is printable ASCII "
+            "(check the secret it was read from)"
+        )
+    return key or None
+
+
+Secret = Annotated[SecretStr | None, BeforeValidator(clean_secret)]
+SecretFile = Annotated[Path, AfterValidator(lambda p: p.expanduser())] | None
+
+
+def _one_of(group: BaseModel, inline: str, file: str) -> None:
+    """At most one of the fields ``inline`` and ``file`` of ``group`` is set."""
+    if getattr(group, inline) is not None and getattr(group, file) is not None:
+        raise ValueError(f"set {inline} or {file}, not both")
+
+
 class ServerSettings(_Group):
     host: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
@@ -56,20 +85,42 @@ class ServerSettings(_Group):
     # Bytes of request bodies parsed and stored at once (relay.admission); more wait, then 503.
     max_parsing_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     parse_wait_s: float = Field(default=5.0, ge=0)
+    ingest_token: Secret = None
+    ingest_token_file: SecretFile = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> ServerSettings:
+        _one_of(self, "ingest_token", "ingest_token_file")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        return self
 
     @property
     def local_url(self) -> str:
         """Where a command on this machine reaches the relay: a relay listening on every
         address (0.0.0.0, ::, or aiohttp's empty host) is asked on the loopback address."""
+        scheme = "http" if self.tls_cert_file is None else "https"
         host = self.host.strip("[]") or "0.0.0.0"  # noqa: S104 (only mapped to loopback)
         try:
             address = ipaddress.ip_address(host)
         except ValueError:  # a name, such as localhost
-            return f"http://{host}:{self.port}"
+            return f"{scheme}://{host}:{self.port}"
         if address.is_unspecified:
             address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
         shown = f"[{address}]" if address.version == 6 else str(address)
-        return f"http://{shown}:{self.port}"
+        return f"{scheme}://{shown}:{self.port}"
+
+    @property
+    def loopback_only(self) -> bool:
+        """True when only this machine can reach the listener."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: it may resolve to any address
+            return False
 
 
 class OutboxSettings(_Group):
@@ -118,31 +169,20 @@ def redact_url(url: str) -> str:
     return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def _clean_api_key(value: Any) -> Any:
-    """Strip surrounding white space (a secret file's newline); refuse what a header cannot hold.
-
-    The message never repeats the key.
-    """
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if not isinstance(value, str):
-        return value
-    key = value.strip()
-    if any(not (" " <= char <= "~") for char in key):
-        raise ValueError(
-            "holds a control or non-ASCII character; an API key is printable ASCII "
-            "(check the secret it was read from)"
-        )
-    return key or None
-
-
 class UpstreamSettings(_Group):
     site: Site = "datadoghq.com"
     url: Annotated[str, AfterValidator(_check_url)] | None = None
-    api_key: Annotated[SecretStr | None, BeforeValidator(_clean_api_key)] = None
+    api_key: Secret = None
+    api_key_file: SecretFile = None
+    ca_file: Path | None = None
     compress: bool = False
     connect_timeout_s: float = Field(default=10.0, gt=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> UpstreamSettings:
+        _one_of(self, "api_key", "api_key_file")
+        return self
 
     @property
     def base_url(self) -> str:
@@ -226,6 +266,7 @@ class Settings(_FromFileAndEnvironment):
         """The effective settings for the startup log: the API key is never shown."""
         data = self.model_dump(mode="json")
         data["upstream"]["api_key"] = "set (redacted)" if self.upstream.api_key else None
+        data["server"]["ingest_token"] = "set (redacted)" if self.server.ingest_token else None
         if self.upstream.url is not None:
             data["upstream"]["url"] = redact_url(self.upstream.url)
         return data

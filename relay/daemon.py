@@ -13,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 import time
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
-from relay import __version__
+from relay import __version__, log
 from relay.admission import ParseBudget
-from relay.config import Settings
+from relay.config import ConfigError, ServerSettings, Settings, load_settings
 from relay.connections import ConnectionGuard, connection_bound, raise_open_file_limit
 from relay.flusher import Flusher
+from relay.keyfiles import KeyFile
 from relay.outbox import Outbox
 from relay.server import app_runner, create_app
 from relay.upstream import Upstream
@@ -31,16 +34,31 @@ logger = structlog.get_logger(__name__)
 
 EXIT_CANNOT_LISTEN = 2
 _AIOHTTP_CEIL_THRESHOLD_S = 5.0  # aiohttp.helpers.ceil_timeout's default
+# How often key files are checked for a change (a Secret's update, a rotated file).
+KEY_FILE_POLL_S = 2.0
 
 
-async def serve(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT (status 0), a side task dies (1), or listening fails (2)."""
+async def serve(settings: Settings, config_file: Path | None = None) -> int:
+    """Run until SIGTERM/SIGINT (status 0), a side task dies (1), or listening fails (2).
+
+    ``config_file`` is read again on SIGHUP, for the log level.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # SIGHUP would otherwise end the process without a shutdown; reload is not offered yet.
-    loop.add_signal_handler(signal.SIGHUP, _on_hangup)
+    # Read before anything opens: a key file or certificate that cannot be used stops the
+    # relay with one line (ConfigError) rather than a relay that cannot do its work.
+    api_key = KeyFile(
+        "upstream.api_key_file", settings.upstream.api_key, settings.upstream.api_key_file
+    )
+    token = KeyFile(
+        "server.ingest_token_file", settings.server.ingest_token, settings.server.ingest_token_file
+    )
+    tls = listener_tls(settings.server)
+    on_change = _KeyChanges(api_key, token)
+    # SIGHUP would otherwise end the process without a shutdown.
+    loop.add_signal_handler(signal.SIGHUP, _on_hangup, on_change, config_file)
 
     started = time.monotonic()
     # Unwinds in reverse: stop accepting (requests in progress finish their commits), final
@@ -51,12 +69,15 @@ async def serve(settings: Settings) -> int:
         stack.push_async_callback(outbox.close)
         # After the outbox: a refused outbox is one line on stderr and nothing else.
         guard = _connection_guard(settings)
-        upstream = Upstream(settings.upstream)
+        upstream = Upstream(settings.upstream, api_key)
         stack.push_async_callback(upstream.close)
         flusher = Flusher(outbox, upstream, settings.flusher, settings.retry)
         flusher_task = asyncio.create_task(flusher.run(), name="flusher")
         budget = ShutdownBudget(settings.flusher.shutdown_grace_s)
         stack.push_async_callback(_finish_flusher, flusher, flusher_task, budget)
+        on_change.flusher = flusher
+        watcher = asyncio.create_task(_watch_key_files(on_change), name="key-files")
+        stack.callback(watcher.cancel)
         app = create_app(
             outbox,
             settings.server.max_body_bytes,
@@ -64,11 +85,12 @@ async def serve(settings: Settings) -> int:
             settings.outbox,
             flusher,
             ParseBudget(settings.server.max_parsing_bytes, settings.server.parse_wait_s),
+            token,
         )
         web_runner = app_runner(app, guard, drain_s=budget.drain_s())
         await web_runner.setup()
         stack.push_async_callback(web_runner.cleanup)
-        site = web.TCPSite(web_runner, settings.server.host, settings.server.port)
+        site = web.TCPSite(web_runner, settings.server.host, settings.server.port, ssl_context=tls)
         try:
             await site.start()
         except OSError as exc:
@@ -81,10 +103,14 @@ async def serve(settings: Settings) -> int:
             version=__version__,
             host=host,
             port=port,
+            tls=tls is not None,
+            ingest_token=token.value is not None,
             pending_events=outbox.counts.events,
             upstream=upstream.display_url,
             config=settings.redacted(),
         )
+        if token.value is None and not settings.server.loopback_only:
+            logger.warning(OPEN_LISTENER, host=settings.server.host, hint=OPEN_LISTENER_HINT)
         status = await _wait_for_stop(stop, outbox.task, flusher_task)
         budget.start()
         logger.info(
@@ -103,8 +129,71 @@ async def serve(settings: Settings) -> int:
     return status
 
 
-def _on_hangup() -> None:
-    logger.warning("SIGHUP received", action="ignored: reload is not supported, restart instead")
+OPEN_LISTENER = "listening beyond loopback without an ingest token: anyone who reaches it can post"
+OPEN_LISTENER_HINT = "set server.ingest_token_file (runners send it as DD-API-KEY)"
+
+
+def listener_tls(server: ServerSettings) -> ssl.SSLContext | None:
+    """The listener's TLS context when a certificate is configured; ConfigError if unusable."""
+    if server.tls_cert_file is None or server.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(server.tls_cert_file, server.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            f"invalid config: server.tls_cert_file / tls_key_file: {server.tls_cert_file}, "
+            f"{server.tls_key_file}: {reason}"
+        ) from None
+    return context
+
+
+class _KeyChanges:
+    """Re-reads the key files (all, or those changed on disk) and tells who uses them."""
+
+    def __init__(self, api_key: KeyFile, token: KeyFile) -> None:
+        self._api_key = api_key
+        self._token = token
+        self.flusher: Flusher | None = None  # told of a new API key once it runs
+
+    def reload(self, only_changed: bool) -> None:
+        """Read each key file again (with ``only_changed``, those changed on disk)."""
+        if _read_again(self._api_key, only_changed) and self.flusher is not None:
+            self.flusher.api_key_changed()
+        _read_again(self._token, only_changed)
+
+
+def _read_again(key_file: KeyFile, only_changed: bool) -> bool:
+    """True when ``key_file`` was read again and holds a new value."""
+    if only_changed and not key_file.changed_on_disk():
+        return False
+    return key_file.reload()
+
+
+async def _watch_key_files(changes: _KeyChanges) -> None:
+    """Poll the key files and apply a change within ``KEY_FILE_POLL_S``."""
+    while True:
+        await asyncio.sleep(KEY_FILE_POLL_S)
+        changes.reload(only_changed=True)
+
+
+def _on_hangup(changes: _KeyChanges, config_file: Path | None) -> None:
+    """SIGHUP: read the key files and the log level again; other settings need a restart."""
+    level = None
+    try:
+        level = load_settings(config_file).log.level
+    except ConfigError as exc:
+        logger.warning("SIGHUP: configuration not read again; the log level stays", error=str(exc))
+    if level is not None:
+        log.set_level(level)
+    logger.info(
+        "SIGHUP received",
+        read_again="key files, log.level",
+        log_level=level,
+        other_settings="apply at the next start",
+    )
+    changes.reload(only_changed=False)
 
 
 def _connection_guard(settings: Settings) -> ConnectionGuard:

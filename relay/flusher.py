@@ -101,6 +101,7 @@ class Flusher:
         self._backoff = Backoff.from_settings(retry)
         self._clock = clock
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()  # a new API key: reconsider the wait at once
         self._attempt = 0
         self._resume_at = 0.0
         self._reminder = _Reminder()
@@ -167,6 +168,18 @@ class Flusher:
         """Ask ``run()`` to make its final flush and return."""
         self._stop.set()
 
+    def api_key_changed(self) -> None:
+        """A new API key is in force: a delivery paused for the key probes with it at once."""
+        if not self.upstream.has_api_key:
+            self.state = "no_api_key"
+        elif self.state == "no_api_key":
+            self.state = "delivering"
+        elif self.state == "unauthorized":
+            # The state stays until the probe answers; a refusal of the new key is logged.
+            self._resume_at = 0.0
+            self._reminder.last.pop("unauthorized", None)
+        self._wake.set()
+
     async def _seconds_until_due(self) -> float:
         """0 when a request should go now; otherwise how long to wait (woken by appends)."""
         now = self._clock()
@@ -208,12 +221,13 @@ class Flusher:
 
     async def _sleep(self, seconds: float) -> None:
         """Wait ``seconds``, or less if stopped, or if new events arrive while not paused."""
-        waits = [asyncio.ensure_future(self._stop.wait())]
+        waits = [asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._wake.wait())]
         if self._clock() >= self._resume_at and self.upstream.has_api_key:
             waits.append(asyncio.ensure_future(self._outbox.appended.wait()))
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._wake.clear()
             for waiter in waits:
                 waiter.cancel()
 

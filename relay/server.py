@@ -7,6 +7,7 @@ committed to the outbox; only then does the runner get ``202 {}``.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 import zlib
 
@@ -22,6 +23,7 @@ from relay.connections import ConnectionGuard, RelayRunner
 from relay.errors import error_response
 from relay.flusher import Flusher
 from relay.intake import PIPELINE_PATH
+from relay.keyfiles import KeyFile
 from relay.metrics import RelayCollector, exposition
 from relay.outbox import Outbox, OutboxClosed, OutboxFull, OutboxUnavailable
 from relay.probes import Verdict, liveness, readiness
@@ -36,9 +38,11 @@ RETRY_AFTER_S = web.AppKey("retry_after_s", int)
 OUTBOX_SETTINGS = web.AppKey("outbox_settings", OutboxSettings)
 METRICS = web.AppKey("metrics", RelayCollector)
 PARSE_BUDGET = web.AppKey("parse_budget", ParseBudget)
+INGEST_TOKEN = web.AppKey("ingest_token", KeyFile)
 # The reason label of ci_relay_requests_refused_total, by the status a runner got.
 _REFUSAL_REASONS = {
     400: "invalid",
+    403: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     413: "too_large",
@@ -69,6 +73,8 @@ async def post_pipeline(request: web.Request) -> web.Response:
     app = request.app
     counts = app[METRICS].ingest
     counts.requests += 1
+    if (denied := _denied(request)) is not None:
+        return denied
     try:
         body = await _read_body(request, app[MAX_BODY_BYTES])
         budget = app[PARSE_BUDGET]
@@ -122,6 +128,32 @@ async def get_health(request: web.Request) -> web.Response:
 async def get_ready(request: web.Request) -> web.Response:
     """Readiness for runners (``relay.probes``): 200, or 503 saying which check fails."""
     return _probe_response(readiness(request.app[OUTBOX], request.app[OUTBOX_SETTINGS]))
+
+
+def _authorized(request: web.Request, token: str) -> bool:
+    """True when the request carries ``token`` in DD-API-KEY or Authorization: Bearer."""
+    headers = request.headers
+    given = headers.get("DD-API-KEY")
+    if given is None:
+        scheme, _, credentials = headers.get("Authorization", "").partition(" ")
+        given = credentials.strip() if scheme.lower() == "bearer" else None
+    # Constant time: how long a refusal takes says nothing about how much of a guess matched.
+    return given is not None and hmac.compare_digest(
+        given.encode("utf-8", "replace"), token.encode()
+    )
+
+
+def _denied(request: web.Request) -> web.Response | None:
+    """403 when the relay has an ingest token and the request does not carry it, else None."""
+    token = request.app[INGEST_TOKEN].value
+    if token is None or _authorized(request, token):
+        return None
+    return _refuse(
+        request,
+        403,
+        "this relay requires its ingest token (server.ingest_token) in the DD-API-KEY header "
+        "or as Authorization: Bearer",
+    )
 
 
 def _probe_response(verdict: Verdict) -> web.Response:
@@ -228,6 +260,8 @@ async def method_not_allowed(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     """The relay's metrics in the Prometheus text format (``relay.metrics``)."""
+    if (denied := _denied(request)) is not None:
+        return denied
     collector = request.app[METRICS]
     collector.readings = await request.app[OUTBOX].readings()
     return web.Response(body=exposition(collector), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -236,6 +270,8 @@ async def get_metrics(request: web.Request) -> web.Response:
 async def get_status(request: web.Request) -> web.Response:
     """What the relay holds and does, and what needs an operator (``relay.status``)."""
     app = request.app
+    if (denied := _denied(request)) is not None:
+        return denied
     collector = app[METRICS]
     document = snapshot(
         app[OUTBOX],
@@ -256,8 +292,12 @@ def create_app(
     outbox_settings: OutboxSettings | None = None,
     flusher: Flusher | None = None,
     parse_budget: ParseBudget | None = None,
+    ingest_token: KeyFile | None = None,
 ) -> web.Application:
     """The aiohttp application; run it with ``app_runner()`` so bodies arrive undecoded.
+
+    With an ``ingest_token`` holding a value, ingest, ``/metrics`` and ``/status`` require
+    it; the probes stay open.
 
     404 and 405 are routes of their own rather than a middleware: they answer in
     Datadog's shape, and the ingest path does not pay for a middleware on every request.
@@ -272,6 +312,7 @@ def create_app(
     )
     app[STORE_REFUSALS] = _StoreRefusals()
     app[METRICS] = RelayCollector(outbox, flusher)
+    app[INGEST_TOKEN] = ingest_token or KeyFile("server.ingest_token", None, None)
     app.router.add_post(PIPELINE_PATH, post_pipeline)
     app.router.add_route("*", PIPELINE_PATH, method_not_allowed)
     app[OUTBOX_SETTINGS] = outbox_settings or OutboxSettings()

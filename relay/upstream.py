@@ -7,19 +7,22 @@ The flusher acts on outcomes (``Delivered``, ``Retry``, ``Split``, ``Reject``,
 from __future__ import annotations
 
 import gzip
+import ssl
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import aiohttp
 import structlog
 
 from relay import __version__, meters
-from relay.config import UpstreamSettings
+from relay.config import ConfigError, UpstreamSettings
 from relay.intake import PIPELINE_PATH, error_detail, request_body
+from relay.keyfiles import KeyFile
 
 logger = structlog.get_logger(__name__)
 
@@ -180,21 +183,39 @@ async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """The system's trusted CAs, plus those of ``ca_file`` (an intercepting proxy's CA).
+
+    ConfigError when the file cannot be used.
+    """
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(f"invalid config: upstream.ca_file: {ca_file}: {reason}") from None
+    return context
+
+
 class Upstream:
     """The HTTP client for the intake: one session per process, keep-alive."""
 
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(self, settings: UpstreamSettings, api_key: KeyFile | None = None) -> None:
         self._settings = settings
+        # Read for every request, so that a key file re-read takes effect at the next one.
+        self.api_key = api_key or KeyFile(
+            "upstream.api_key_file", settings.api_key, settings.api_key_file
+        )
         self._url = settings.base_url + PIPELINE_PATH
+        self._ssl = tls_context(settings.ca_file)
         self._session: aiohttp.ClientSession | None = None
         self.latency = meters.upstream_seconds()
         self.answers: Counter[tuple[str, str]] = Counter()  # by (outcome, status class)
 
     @property
     def has_api_key(self) -> bool:
-        return self._settings.api_key is not None and bool(
-            self._settings.api_key.get_secret_value()
-        )
+        return bool(self.api_key.value)
 
     @property
     def display_url(self) -> str:
@@ -221,7 +242,7 @@ class Upstream:
             headers["Content-Encoding"] = "gzip"
         try:
             async with self._client().post(
-                self._url, data=body, headers=headers, allow_redirects=False
+                self._url, data=body, headers=headers, allow_redirects=False, ssl=self._ssl
             ) as response:
                 answer = await _read_at_most(response, MAX_ANSWER_BYTES)
                 return outcome_of(response.status, response.headers, answer), response.status
@@ -241,15 +262,15 @@ class Upstream:
                 total=self._settings.request_timeout_s,
                 sock_connect=self._settings.connect_timeout_s,
             )
+            # trust_env: HTTPS_PROXY, HTTP_PROXY and NO_PROXY as other tools honour them.
             self._session = aiohttp.ClientSession(
-                timeout=timeout, auto_decompress=True, raise_for_status=False
+                timeout=timeout, auto_decompress=True, raise_for_status=False, trust_env=True
             )
         return self._session
 
     def _headers(self) -> dict[str, str]:
-        key = self._settings.api_key.get_secret_value() if self._settings.api_key else ""
         return {
-            "DD-API-KEY": key,
+            "DD-API-KEY": self.api_key.value or "",
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": f"ci-relay/{__version__}",

@@ -3,18 +3,21 @@
 `FakeIntake` is a real aiohttp application on 127.0.0.1 on a free port. It serves
 `POST /api/v2/ci/pipeline`, records every request as a `Received`, and answers each with an
 `Answer`: any callable from the `Received` request to a `Reply`. One-shot answers queued with
-`queue()` come first, then `default`.
+`queue()` come first, then `default`. Given an SSL context, it serves over TLS.
 
 The named answers are small frozen values: `Accept`, `Status`, `Raw`, `RateLimited`, `Drop`,
-`RejectEvents` and `TooLarge` answer on their own; `Slow`, `FailWhen` and `Flaky` wrap another
-answer, so they compose (`Slow(60, then=FailWhen(poison, RateLimited()))`).
+`RejectEvents` and `TooLarge` answer on their own; `Slow`, `FailWhen`, `Flaky` and
+`RequireKey` (403 unless the request carries one API key) wrap another answer, so they
+compose (`Slow(60, then=FailWhen(poison, RateLimited()))`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import random
+import ssl
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -220,6 +223,20 @@ class Flaky:
         return Accept()(request)
 
 
+@dataclass(frozen=True)
+class RequireKey:
+    """403 in Datadog's shape unless `DD-API-KEY` is `key`; then as `then`."""
+
+    key: str
+    then: Answer = field(default_factory=Accept)
+
+    def __call__(self, request: Received) -> Reply:
+        given = request.headers.get("DD-API-KEY", "").encode()
+        if not hmac.compare_digest(given, self.key.encode()):
+            return error(403, "Forbidden")
+        return self.then(request)
+
+
 def _decode(raw: bytes, coding: str) -> bytes | None:
     """Undo a `Content-Encoding` of gzip, deflate or identity; None if it cannot be undone."""
     coding = coding.strip().lower()
@@ -244,8 +261,11 @@ def _events(body: bytes) -> list[dict[str, Any]] | None:
 class FakeIntake:
     """Datadog's CI pipeline intake on 127.0.0.1, served while used as `async with`."""
 
-    def __init__(self, default: Answer = Accept()) -> None:
+    def __init__(
+        self, default: Answer = Accept(), ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.default = default
+        self._ssl_context = ssl_context  # TLS when given; `url` is then https
         """The answer for a request when the queue is empty."""
         self.received: list[Received] = []
         """Every request, dropped ones included, in the order they were answered."""
@@ -264,9 +284,10 @@ class FakeIntake:
         # auto_decompress=False keeps the body as it came over the wire; _decode undoes it.
         self._runner = web.AppRunner(app, auto_decompress=False, shutdown_timeout=5.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl_context).start()
         host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        scheme = "http" if self._ssl_context is None else "https"
+        self.url = f"{scheme}://{host}:{port}"
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -21,6 +21,7 @@ from relay.admission import ParseBudget
 from relay.config import OutboxSettings
 from relay.connections import ConnectionGuard
 from relay.intake import PIPELINE_PATH
+from relay.keyfiles import KeyFile
 from relay.outbox import Outbox
 from relay.samples import event, request
 from relay.schema import parse_request
@@ -111,11 +112,17 @@ async def serving(
     max_body_bytes: int = 5 * 1024 * 1024,
     guard: ConnectionGuard | None = None,
     parse_budget: ParseBudget | None = None,
+    ingest_token: KeyFile | None = None,
 ) -> AsyncIterator[RunningRelay]:
     """The relay's HTTP API on 127.0.0.1 over a real outbox, closed on exit."""
     outbox = await Outbox.open(settings)
     app = create_app(
-        outbox, max_body_bytes, retry_after_s=7, outbox_settings=settings, parse_budget=parse_budget
+        outbox,
+        max_body_bytes,
+        retry_after_s=7,
+        outbox_settings=settings,
+        parse_budget=parse_budget,
+        ingest_token=ingest_token,
     )
     web_runner = app_runner(app, guard)
     try:

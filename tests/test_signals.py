@@ -20,7 +20,7 @@ async def _logged(relay: RelayProcess, name: str) -> None:
 
 
 async def test_sighup_is_logged_and_the_relay_keeps_serving(tmp_path: Path) -> None:
-    """SIGHUP is logged and ignored: the relay keeps serving and later stops cleanly on SIGTERM."""
+    """SIGHUP is logged and does not stop the relay, which later stops cleanly on SIGTERM."""
     config = write_config(
         tmp_path / "relay.toml",
         server={"port": 0},

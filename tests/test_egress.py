@@ -1,0 +1,185 @@
+"""The upstream client behind an egress proxy (HTTPS_PROXY, NO_PROXY) and an intercepting
+CA (upstream.ca_file), against a TLS intake on 127.0.0.1 with a CA of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Self
+
+import aiohttp
+import orjson
+import pytest
+import trustme
+from pydantic import SecretStr
+
+from relay.config import UpstreamSettings
+from relay.process import RelayProcess, write_config
+from relay.samples import event, request
+from relay.upstream import Delivered, Outcome, Retry, Upstream
+from tests.fake_intake import FakeIntake
+from tests.helpers import API_KEY, JSON, stored, wait_until
+
+CERTIFICATE_ERROR = "CERTIFICATE_VERIFY_FAILED"
+
+
+class ConnectProxy:
+    """A forward proxy on 127.0.0.1 that tunnels CONNECT to loopback ports only, and
+    records each tunnel's target."""
+
+    def __init__(self) -> None:
+        self.tunnels: list[str] = []
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+            host, _, port = target.rpartition(":")
+            if method != "CONNECT" or host != "127.0.0.1":  # loopback only, tunnels only
+                writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                return
+            self.tunnels.append(target)
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            self._writers.add(up_writer)
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+    writer.close()
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    """A CA of the test's own, as an intercepting proxy or a private intake would have."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
+    """The CA's certificate as a PEM file, for upstream.ca_file."""
+    path = tmp_path / "corp-ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+async def tls_intake(ca: trustme.CA) -> AsyncIterator[FakeIntake]:
+    """A fake intake served over TLS on 127.0.0.1 with a certificate from ``ca``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    async with FakeIntake(ssl_context=context) as intake:
+        yield intake
+
+
+@contextlib.contextmanager
+def proxy_env(monkeypatch: pytest.MonkeyPatch, proxy: str, no_proxy: str) -> Iterator[None]:
+    """HTTPS_PROXY and NO_PROXY as an operator sets them (and no other proxy variable)."""
+    for name in ("HTTP_PROXY", "http_proxy", "https_proxy", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    yield
+
+
+async def _send(url: str, ca_file: Path | None) -> Outcome:
+    upstream = Upstream(UpstreamSettings(url=url, api_key=SecretStr(API_KEY), ca_file=ca_file))
+    try:
+        return await upstream.send(stored([event("pipeline")]))
+    finally:
+        await upstream.close()
+
+
+async def test_https_proxy_carries_the_requests(
+    tls_intake: FakeIntake, ca_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With HTTPS_PROXY set, batches go through the proxy's CONNECT tunnel to the intake."""
+    async with ConnectProxy() as proxy:
+        with proxy_env(monkeypatch, proxy.url, no_proxy="example.invalid"):
+            outcome = await _send(tls_intake.url, ca_file)
+    port = tls_intake.url.rsplit(":", 1)[1]
+    assert (Delivered(), [f"127.0.0.1:{port}"]) == (outcome, proxy.tunnels)
+    assert 1 == len(tls_intake.accepted_events)
+
+
+async def test_no_proxy_bypasses_the_proxy(
+    tls_intake: FakeIntake, ca_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host listed in NO_PROXY is reached directly, the proxy untouched."""
+    async with ConnectProxy() as proxy:
+        with proxy_env(monkeypatch, proxy.url, no_proxy="localhost,127.0.0.1"):
+            outcome = await _send(tls_intake.url, ca_file)
+    assert (Delivered(), []) == (outcome, proxy.tunnels)
+    assert 1 == len(tls_intake.accepted_events)
+
+
+async def test_without_ca_file_a_private_ca_is_a_certificate_error(
+    tls_intake: FakeIntake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An intake whose CA the system does not trust is a retry naming the certificate error."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    outcome = await _send(tls_intake.url, None)
+    assert isinstance(outcome, Retry), outcome
+    assert CERTIFICATE_ERROR in outcome.reason
+    assert [] == tls_intake.received
+
+
+async def test_ca_file_lets_the_daemon_deliver_what_it_kept(
+    tls_intake: FakeIntake, ca_file: Path, tmp_path: Path
+) -> None:
+    """A relay without ca_file keeps the event and logs the certificate error; restarted
+    with upstream.ca_file it delivers it."""
+
+    def config(**upstream: str) -> Path:
+        return write_config(
+            tmp_path / "relay.toml",
+            server={"port": 0},
+            outbox={"path": str(tmp_path / "outbox.db")},
+            upstream={"url": tls_intake.url, "api_key": API_KEY} | upstream,
+            flusher={"flush_interval_s": 0.05},
+            retry={"initial_backoff_s": 0.05, "max_backoff_s": 0.2},
+        )
+
+    env = {"NO_PROXY": "127.0.0.1", "HTTPS_PROXY": "", "HTTP_PROXY": ""}
+    body = orjson.dumps(request(event("pipeline")))
+    async with aiohttp.ClientSession() as client:
+        async with RelayProcess(config(), env) as relay:
+            async with client.post(relay.url, data=body, headers=JSON) as resp:
+                assert 202 == resp.status
+            await wait_until(lambda: bool(relay.events("upstream retry")), 15, "a retry")
+            await relay.terminate()
+        retried = relay.events("upstream retry")[0]["last_answer"]
+        async with RelayProcess(config(ca_file=str(ca_file)), env) as relay:
+            await tls_intake.wait_for_events(1, timeout_s=15)
+            await relay.terminate()
+    assert CERTIFICATE_ERROR in retried
+    # The first relay's requests never got past the TLS handshake; the second's one did.
+    assert [202] == [r.answered for r in tls_intake.received]

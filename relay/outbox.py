@@ -21,7 +21,7 @@ import structlog
 from relay import outbox_file, queries
 from relay.config import OutboxSettings
 from relay.intake import ENVELOPE_BYTES
-from relay.migrate import migrate
+from relay.migrate import migrate, refuse_newer
 from relay.outbox_file import OutboxError, OutboxMissing, ServeLock
 from relay.schema import AcceptedEvent
 from relay.writer import OutboxClosed as OutboxClosed
@@ -102,6 +102,7 @@ async def open_file(
             raise OutboxMissing(f"no outbox at {path} (the file is empty)")
     elif size is not None:
         inspection = await asyncio.to_thread(outbox_file.inspect, path, check_s)
+        refuse_newer(inspection.schema_version, str(path))
         legacy = inspection.legacy
         if not inspection.checked:
             logger.warning("outbox quick check stopped: file too large", path=str(path))

@@ -106,6 +106,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )
 """
 APPLIED_VERSIONS = "SELECT version FROM schema_migrations ORDER BY version"
+NEWEST_APPLIED = "SELECT coalesce(max(version), 0) AS version FROM schema_migrations"
 LEDGER_COLUMNS = "PRAGMA table_info(schema_migrations)"
 
 # -- the file itself

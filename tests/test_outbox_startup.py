@@ -344,6 +344,21 @@ def from_a_newer_version(outbox: Path, crashed: bool) -> None:
     subprocess.run([sys.executable, "-c", script, str(outbox), how], check=True, timeout=20)
 
 
+def overwrite(outbox: Path, offset: int, garbage: bytes) -> None:
+    """Write ``garbage`` over the file at ``offset``, as a bad sector or a stray write would."""
+    with open(outbox, "r+b") as file:
+        file.seek(offset)
+        file.write(garbage)
+
+
+def break_schema(outbox: Path, sql: str) -> None:
+    """Change the schema behind SQLite's back (another tool's mistake, a bad restore)."""
+    with closing(sqlite3.connect(outbox)) as conn:
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute(sql)
+        conn.commit()
+
+
 def files(outbox: Path) -> dict[str, str]:
     """The digest of the outbox and of each file beside it (its lock file aside); the -shm by
     name only: it is SQLite's index of the -wal, which any reader rebuilds, holding no data."""
@@ -357,6 +372,24 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     "truncated in the header": (lambda p: truncate(p, 50), ("damaged", "move-aside")),
     "truncated to its first page": (lambda p: truncate(p, 4096), ("damaged", "move-aside")),
     "truncated mid-page": (lambda p: truncate(p, 4096 * 6 + 1000), ("damaged", "move-aside")),
+    "garbage in the header": (
+        lambda p: overwrite(p, 16, bytes(range(84))),
+        ("damaged", "file is not a database"),
+    ),
+    "garbage in the first page": (
+        lambda p: overwrite(p, 100, b"\xa5" * 3996),
+        ("damaged", "move-aside"),
+    ),
+    "a garbled table definition": (
+        lambda p: break_schema(
+            p, "UPDATE sqlite_master SET sql = 'CREATE TABLE events (x' WHERE name = 'events'"
+        ),
+        ("damaged", "malformed database schema"),
+    ),
+    "the events table gone": (
+        lambda p: break_schema(p, "DROP TABLE events"),
+        ("damaged", "no such table: events"),
+    ),
     "newer schema version": (lambda p: from_a_newer_version(p, False), ("schema version 9999",)),
     "newer schema version in the -wal": (
         lambda p: from_a_newer_version(p, True),
@@ -371,7 +404,7 @@ def test_damage_at_rest_is_refused_in_one_line_and_left_byte_identical(
 ) -> None:
     """A truncated file or one from a newer version: exit 2, one line, every file unchanged."""
     outbox = tmp_path / "state" / "outbox.db"
-    make_outbox(outbox, events=200)
+    make_outbox(outbox, events=30)
     harm, cause = DAMAGE[damage]
     harm(outbox)
     before = files(outbox)

@@ -52,8 +52,8 @@ async def rig(intake: FakeIntake, tmp_path: Path) -> AsyncIterator[Rig]:
 # and shrinks what it finds.
 settings.register_profile(
     "ci",
-    max_examples=60,
-    stateful_step_count=40,
+    max_examples=80,
+    stateful_step_count=30,
     deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     print_blob=True,

@@ -148,6 +148,7 @@ async def until(condition: Callable[[], bool], what: str, poll_s: float = POLL_S
 
 @pytest.fixture
 async def intake() -> AsyncIterator[FakeIntake]:
+    """An intake whose answers each round sets."""
     async with FakeIntake() as fake:
         yield fake
 

@@ -50,16 +50,22 @@ async def applied_versions(conn: aiosqlite.Connection) -> list[int]:
     return [version for (version,) in rows]
 
 
+def refuse_newer(version: int, path: str) -> None:
+    """SchemaTooNew if schema ``version`` is newer than any migration this version ships."""
+    known = available()
+    newest_known = known[-1].version if known else 0
+    if version > newest_known:
+        raise SchemaTooNew(
+            f"outbox {path} has schema version {version}, written by a newer ci-relay; "
+            f"this version knows up to {newest_known}. Upgrade ci-relay or use another outbox.path."
+        )
+
+
 async def migrate(conn: aiosqlite.Connection, path: str) -> list[Migration]:
     """Apply the migrations ``conn`` lacks; the ones applied, or SchemaTooNew."""
     known = available()
     done = set(await applied_versions(conn))
-    newest_known = known[-1].version if known else 0
-    if done and max(done) > newest_known:
-        raise SchemaTooNew(
-            f"outbox {path} has schema version {max(done)}, written by a newer ci-relay; "
-            f"this version knows up to {newest_known}. Upgrade ci-relay or use another outbox.path."
-        )
+    refuse_newer(max(done, default=0), path)
     applied = []
     for migration in known:
         if migration.version in done:

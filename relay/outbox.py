@@ -21,7 +21,7 @@ import structlog
 from relay import outbox_file, queries
 from relay.config import OutboxSettings
 from relay.intake import ENVELOPE, ENVELOPE_BYTES
-from relay.migrate import migrate
+from relay.migrate import migrate, refuse_newer
 from relay.outbox_file import OutboxError, OutboxMissing, ServeLock
 from relay.schema import AcceptedEvent
 from relay.writer import OutboxClosed as OutboxClosed
@@ -128,6 +128,7 @@ async def open_file(
             raise OutboxMissing(f"no outbox at {path} (the file is empty)")
     elif size is not None:
         inspection = await asyncio.to_thread(outbox_file.inspect, path, check_s)
+        refuse_newer(inspection.schema_version, str(path))
         legacy = inspection.legacy
         if not inspection.checked:
             logger.warning("outbox quick check stopped: file too large", path=str(path))
@@ -215,6 +216,7 @@ class Outbox:
             reader = await aiosqlite.connect(path)
             await reader.execute(queries.busy_timeout(settings.busy_timeout_s))
             pending = await _count_and_clear_changes(opened.conn)
+            await reader.execute_fetchall(queries.EVENTS_PROBE)
             ((dead,),) = await reader.execute_fetchall(queries.COUNT_DEAD_LETTERS)
         except BaseException as exc:
             # Both connections' threads would keep the process alive after the error.

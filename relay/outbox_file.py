@@ -57,6 +57,7 @@ class Inspection:
 
     legacy: bool  # an outbox made before the header was stamped
     checked: bool  # False when the quick check ran out of time
+    schema_version: int = 0  # the newest migration the file records (0: none)
 
 
 def sidecar(path: Path, suffix: str) -> Path:
@@ -159,11 +160,12 @@ def inspect(path: Path, check_s: float | None) -> Inspection:
     try:
         legacy = _identify(conn, path)
         checked = check_s is None or _quick_check(conn, path, check_s)
+        version = _schema_version(conn)
     except sqlite3.Error as exc:
         raise damaged(path, str(exc)) from None
     finally:
         conn.close()
-    return Inspection(legacy=legacy, checked=checked)
+    return Inspection(legacy=legacy, checked=checked, schema_version=version)
 
 
 def read_only_uri(path: Path) -> str:
@@ -251,6 +253,15 @@ def _has_our_ledger(conn: sqlite3.Connection, tables: set[str]) -> bool:
         return False
     columns = queries.fetch_now(conn, queries.LEDGER_COLUMNS).column("name")
     return columns == ["version", "name", "applied_at"]
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    # Read here, before any write connection: a newer version's file must be refused as it is
+    # (a write connection's close would checkpoint its -wal into it).
+    if "schema_migrations" not in {name for (name,) in conn.execute(queries.TABLES)}:
+        return 0
+    version: int = queries.fetch_now(conn, queries.NEWEST_APPLIED).first("version")
+    return version
 
 
 def _quick_check(conn: sqlite3.Connection, path: Path, check_s: float) -> bool:

@@ -102,6 +102,9 @@ RECORD_REPLAYED = (
 TAKE_CHANGES = "SELECT events, bytes FROM outbox_changes"
 # The events table's running totals (outbox_totals), set by the daemon's writer in each of
 # its transactions: with what replays recorded since, what the table holds.
+# One indexed read of the events table at start: a table gone is found before serving,
+# now that the start reads the totals row instead of counting the table.
+EVENTS_PROBE = "SELECT id FROM events ORDER BY id LIMIT 1"
 READ_TOTALS = (
     "SELECT t.events + c.events AS events, t.bytes + c.bytes AS bytes "
     "FROM outbox_totals AS t, outbox_changes AS c"
@@ -120,6 +123,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )
 """
 APPLIED_VERSIONS = "SELECT version FROM schema_migrations ORDER BY version"
+NEWEST_APPLIED = "SELECT coalesce(max(version), 0) AS version FROM schema_migrations"
 LEDGER_COLUMNS = "PRAGMA table_info(schema_migrations)"
 
 # -- the file itself

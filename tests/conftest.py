@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import Phase, settings
 
 from relay.config import OutboxSettings
 from relay.outbox import Outbox
@@ -43,3 +44,21 @@ async def rig(intake: FakeIntake, tmp_path: Path) -> AsyncIterator[Rig]:
     for client in setup.upstreams:
         await client.close()
     await setup.outbox.close()
+
+
+# Hypothesis profiles: "ci" (the default) keeps the stateful tests well under a minute, and
+# reports a failure unshrunk (shrinking real SQLite steps outlasts the per-test timeout) with
+# the blob that replays it; "long" (pytest --hypothesis-profile=long) searches much further
+# and shrinks what it finds.
+settings.register_profile(
+    "ci",
+    max_examples=80,
+    stateful_step_count=30,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    print_blob=True,
+)
+settings.register_profile(
+    "long", max_examples=2000, stateful_step_count=100, deadline=None, print_blob=True
+)
+settings.load_profile("ci")

@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,3 +322,94 @@ def test_outbox_check_reports_a_sound_file_and_a_damaged_one(tmp_path: Path) -> 
         broken.stdout.splitlines()[0],
     )
     assert before == digest(outbox)
+
+
+def truncate(outbox: Path, keep: int) -> None:
+    """Cut the file to its first ``keep`` bytes, as a copy or a disk that stopped short would."""
+    with open(outbox, "r+b") as file:
+        file.truncate(keep)
+
+
+def from_a_newer_version(outbox: Path, crashed: bool) -> None:
+    """Record schema version 9999 in the ledger, as a newer ci-relay would; with ``crashed``,
+    in a process that exits without closing, so the version sits in the -wal only."""
+    script = (
+        "import os, sqlite3, sys\n"
+        "conn = sqlite3.connect(sys.argv[1])\n"
+        "conn.execute(\"INSERT INTO schema_migrations VALUES (9999, 'future', 'x')\")\n"
+        "conn.commit()\n"
+        "os._exit(0) if sys.argv[2] == 'crash' else conn.close()\n"
+    )
+    how = "crash" if crashed else "close"
+    subprocess.run([sys.executable, "-c", script, str(outbox), how], check=True, timeout=20)
+
+
+def overwrite(outbox: Path, offset: int, garbage: bytes) -> None:
+    """Write ``garbage`` over the file at ``offset``, as a bad sector or a stray write would."""
+    with open(outbox, "r+b") as file:
+        file.seek(offset)
+        file.write(garbage)
+
+
+def break_schema(outbox: Path, sql: str) -> None:
+    """Change the schema behind SQLite's back (another tool's mistake, a bad restore)."""
+    with closing(sqlite3.connect(outbox)) as conn:
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute(sql)
+        conn.commit()
+
+
+def files(outbox: Path) -> dict[str, str]:
+    """The digest of the outbox and of each file beside it (its lock file aside); the -shm by
+    name only: it is SQLite's index of the -wal, which any reader rebuilds, holding no data."""
+    return {
+        name: "" if name.endswith("-shm") else digest(outbox.with_name(name))
+        for name in siblings(outbox)
+    }
+
+
+DAMAGE: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
+    "truncated in the header": (lambda p: truncate(p, 50), ("damaged", "move-aside")),
+    "truncated to its first page": (lambda p: truncate(p, 4096), ("damaged", "move-aside")),
+    "truncated mid-page": (lambda p: truncate(p, 4096 * 6 + 1000), ("damaged", "move-aside")),
+    "garbage in the header": (
+        lambda p: overwrite(p, 16, bytes(range(84))),
+        ("damaged", "file is not a database"),
+    ),
+    "garbage in the first page": (
+        lambda p: overwrite(p, 100, b"\xa5" * 3996),
+        ("damaged", "move-aside"),
+    ),
+    "a garbled table definition": (
+        lambda p: break_schema(
+            p, "UPDATE sqlite_master SET sql = 'CREATE TABLE events (x' WHERE name = 'events'"
+        ),
+        ("damaged", "malformed database schema"),
+    ),
+    "the events table gone": (
+        lambda p: break_schema(p, "DROP TABLE events"),
+        ("damaged", "no such table: events"),
+    ),
+    "newer schema version": (lambda p: from_a_newer_version(p, False), ("schema version 9999",)),
+    "newer schema version in the -wal": (
+        lambda p: from_a_newer_version(p, True),
+        ("schema version 9999",),
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_damage_at_rest_is_refused_in_one_line_and_left_byte_identical(
+    tmp_path: Path, damage: str
+) -> None:
+    """A truncated file or one from a newer version: exit 2, one line, every file unchanged."""
+    outbox = tmp_path / "state" / "outbox.db"
+    make_outbox(outbox, events=30)
+    harm, cause = DAMAGE[damage]
+    harm(outbox)
+    before = files(outbox)
+
+    result = serve_once(tmp_path, outbox)
+
+    assert_refused(result, outbox, *cause)
+    assert before == files(outbox)

@@ -12,7 +12,7 @@ from prometheus_client import Histogram, disable_created_metrics
 
 # No ``_created`` series beside each histogram: the text format does not need them, and
 # they would be one more series per histogram for every scraper to store.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus-client 0.26
 
 _SINCE_START = " Counted since this process started."
 

@@ -225,7 +225,7 @@ BIG_NUMBERS = st.sampled_from(
 
 
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every path to a value inside ``value`` (keys and indices), deepest last."""
+    """Every path to a value inside ``value`` (keys and indices), in document order."""
     found: list[tuple[Any, ...]] = []
     items = (
         value.items()
@@ -262,8 +262,8 @@ def _resources(body: dict[str, Any]) -> list[dict[str, Any]]:
 def mutate(draw: st.DrawFn, body: dict[str, Any]) -> dict[str, Any]:
     """``body`` with one thing changed (a copy)."""
     body = copy.deepcopy(body)
-    # Choices from a Random that hypothesis seeds: uniform, where sampled_from would favour
-    # the first few (it simplifies towards them) and leave the rest rare.
+    # Choices from a Random that hypothesis seeds (so runs replay), about equally often
+    # each: the run meets every kind of mutation, at every level.
     pick = draw(st.randoms(use_true_random=False)).choice
     kind = pick(
         [

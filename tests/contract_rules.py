@@ -66,6 +66,10 @@ def _null(problem: Problem) -> bool:
     value = problem.value()
     if problem.message.endswith("(got null)") or value is None:
         return True
+    if problem.path.endswith(".end") and problem.message == "Field required":
+        # A null status does not say "running": the relay reads the event as finished.
+        resource = Problem(problem.path.removesuffix(".end"), "", problem.document).value()
+        return isinstance(resource, dict) and resource.get("status", "") is None
     return _LEVEL in problem.message and isinstance(value, dict) and value.get("level") is None
 
 

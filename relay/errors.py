@@ -6,7 +6,24 @@ from http import HTTPStatus
 
 from aiohttp import web
 
+# typing's TypedDict is not enough for pydantic before Python 3.12 (GET /openapi.json).
+from typing_extensions import TypedDict
+
 from relay.intake import error_body
+
+
+class ErrorObject(TypedDict):
+    """One problem: the status as a string, its reason phrase, and what is wrong."""
+
+    status: str
+    title: str
+    detail: str
+
+
+class ErrorBody(TypedDict):
+    """Datadog's error shape, the body of every refusal (``relay.intake.error_body``)."""
+
+    errors: list[ErrorObject]
 
 
 def error_response(

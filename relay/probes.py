@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
+
+# typing's TypedDict is not enough for pydantic before Python 3.12 (GET /openapi.json).
+from typing_extensions import TypedDict
 
 from relay.config import OutboxSettings
 from relay.outbox import Outbox
 
 # Readiness wants room for at least this much more on the outbox's file system.
 _MIN_FREE_BYTES = 1024 * 1024
+
+
+class ProbeBody(TypedDict):
+    """What a probe answers: ``ok`` or ``failing``, and each check by name."""
+
+    status: Literal["ok", "failing"]
+    checks: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -28,7 +39,7 @@ class Verdict:
     def passed(self) -> bool:
         return all(value == "ok" for value in self.checks.values())
 
-    def body(self) -> dict[str, object]:
+    def body(self) -> ProbeBody:
         return {"status": "ok" if self.passed else "failing", "checks": self.checks}
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import PlainValidator, ValidationError, ValidationInfo
+from pydantic import Field, PlainValidator, ValidationError, ValidationInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 MAX_LISTED_PROBLEMS = 100
@@ -56,14 +56,15 @@ def _report(
         raise ValidationError.from_exception_data("items", errors)
 
 
-def _list_of(check: Callable[[Any], Problem]) -> PlainValidator:
+def _list_of(check: Callable[[Any], Problem], item: Any = str) -> PlainValidator:
     def validate(value: Any, info: ValidationInfo) -> Any:
         if type(value) is not list:
             raise PydanticCustomError("list_type", "Input should be a valid list")
         _report(enumerate(value), check, info)
         return value
 
-    return PlainValidator(validate)
+    # The type the JSON Schema (GET /openapi.json) shows; validation is ``validate``'s.
+    return PlainValidator(validate, json_schema_input_type=list[item])
 
 
 def _map_of(check: Callable[[Any], Problem]) -> PlainValidator:
@@ -73,10 +74,12 @@ def _map_of(check: Callable[[Any], Problem]) -> PlainValidator:
         _report(value.items(), check, info)
         return value
 
-    return PlainValidator(validate)
+    return PlainValidator(validate, json_schema_input_type=dict[str, str])
 
 
-_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+# ASCII: to Python's \d and float(), "1٣" (an Arabic-Indic three) is the number 13; to the
+# intake, as to JSON, it is no number.
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)
 _NOT_A_STRING = ("string_type", "Input should be a valid string")
 
 
@@ -106,7 +109,13 @@ def metric_problem(value: Any) -> Problem:
     return None
 
 
+# The patterns of tag_problem and metric_problem, for the JSON Schema.
+_TAG_PATTERN = r"^[^:]+:[\s\S]+$"
+_METRIC_PATTERN = r"^[^:]+:-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$"
+
 Strings = Annotated[list[str], _list_of(string_problem)]
-Tags = Annotated[list[str], _list_of(tag_problem)]
-Metrics = Annotated[list[str], _list_of(metric_problem)]
+Tags = Annotated[list[str], _list_of(tag_problem, Annotated[str, Field(pattern=_TAG_PATTERN)])]
+Metrics = Annotated[
+    list[str], _list_of(metric_problem, Annotated[str, Field(pattern=_METRIC_PATTERN)])
+]
 StringMap = Annotated[dict[str, str], _map_of(string_problem)]

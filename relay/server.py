@@ -25,6 +25,7 @@ from relay.flusher import Flusher
 from relay.intake import PIPELINE_PATH
 from relay.keyfiles import KeyFile
 from relay.metrics import RelayCollector, exposition
+from relay.openapi import OPENAPI_PATH, document
 from relay.outbox import Outbox, OutboxClosed, OutboxFull, OutboxUnavailable
 from relay.probes import Verdict, liveness, readiness
 from relay.schema import InvalidRequest, parse_request
@@ -285,6 +286,11 @@ async def get_status(request: web.Request) -> web.Response:
     return web.json_response(document)
 
 
+async def get_openapi(request: web.Request) -> web.Response:
+    """The OpenAPI document of these endpoints (``relay.openapi``)."""
+    return web.json_response(document())
+
+
 def create_app(
     outbox: Outbox,
     max_body_bytes: int,
@@ -321,6 +327,7 @@ def create_app(
         ("/ready", get_ready),
         ("/metrics", get_metrics),
         ("/status", get_status),
+        (OPENAPI_PATH, get_openapi),
     ):
         app.router.add_get(path, handler)  # and HEAD
         app.router.add_route("*", path, method_not_allowed)

@@ -16,6 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# typing's TypedDict is not enough for pydantic before Python 3.12, and GET /openapi.json
+# describes this document with pydantic's JSON Schema of these types.
+from typing_extensions import TypedDict
+
 from relay.intake import WINDOW_S
 
 if TYPE_CHECKING:
@@ -56,6 +60,59 @@ EXIT_UNREACHABLE = _BY_NAME["unreachable"].exit_status
 _STATE_CONDITIONS = frozenset(_BY_NAME) - {"unreachable", "expiring", "outbox_full"}
 
 
+class Moment(TypedDict):
+    """A time (ISO 8601 UTC) and how far it is from now in seconds (negative: past)."""
+
+    at: str
+    in_s: float
+
+
+class LastDelivery(Moment):
+    events: int
+
+
+class LastError(Moment):
+    state: str
+    answer: str
+
+
+class OutboxStatus(TypedDict):
+    path: str
+    file_bytes: int
+    events: int
+    bytes: int
+    max_events: int
+    max_bytes: int
+    full: bool
+    oldest_pending_age_s: float | None
+    next_expiry: Moment | None
+    accepted_since_start: int
+
+
+class DeliveryStatus(TypedDict):
+    state: str
+    since: Moment
+    upstream: str
+    next_try_in_s: float
+    delivered_since_start: int
+    dead_lettered_since_start: int
+    retries_since_start: int
+    last_delivery: LastDelivery | None
+    last_error: LastError | None
+
+
+class StatusDocument(TypedDict):
+    """The ``/status`` document."""
+
+    version: str
+    started_at: str
+    uptime_s: float
+    outbox: OutboxStatus
+    dead_letters: dict[str, int]
+    delivery: DeliveryStatus | None
+    conditions: list[str]
+
+
 def exit_status(document: Mapping[str, Any]) -> int:
     """The exit status for a ``/status`` document: 0, or its most urgent condition's."""
     named = set(document.get("conditions", ()))
@@ -84,20 +141,21 @@ def snapshot(
     flusher: Flusher | None,
     started_at: float,
     version: str,
-) -> dict[str, Any]:
+) -> StatusDocument:
     """The ``/status`` document: what the relay holds, what delivery does, what needs care."""
     now = time.time()
-    document: dict[str, Any] = {
+    outbox_status = _outbox(outbox, readings, ingest, settings, now)
+    delivery = None if flusher is None else _delivery(flusher, now)
+    warning_s = None if flusher is None else flusher.expiry_warning_s
+    return {
         "version": version,
         "started_at": _iso(started_at),
         "uptime_s": round(now - started_at, 1),
-        "outbox": _outbox(outbox, readings, ingest, settings, now),
+        "outbox": outbox_status,
         "dead_letters": readings.dead_letters,
-        "delivery": None if flusher is None else _delivery(flusher, now),
+        "delivery": delivery,
+        "conditions": _conditions(outbox_status, delivery, readings, warning_s, now),
     }
-    warning_s = None if flusher is None else flusher.expiry_warning_s
-    document["conditions"] = _conditions(document, readings, warning_s, now)
-    return document
 
 
 def _outbox(
@@ -106,7 +164,7 @@ def _outbox(
     ingest: IngestCounts,
     settings: OutboxSettings,
     now: float,
-) -> dict[str, Any]:
+) -> OutboxStatus:
     counts = outbox.counts
     recently_full = ingest.last_full_at is not None and now - ingest.last_full_at < _FULL_RECENTLY_S
     full = counts.events >= settings.max_events or counts.bytes >= settings.max_bytes
@@ -125,7 +183,7 @@ def _outbox(
     }
 
 
-def _delivery(flusher: Flusher, now: float) -> dict[str, Any]:
+def _delivery(flusher: Flusher, now: float) -> DeliveryStatus:
     delivery = flusher.last_delivery
     error = flusher.last_error
     return {
@@ -138,23 +196,26 @@ def _delivery(flusher: Flusher, now: float) -> dict[str, Any]:
         "retries_since_start": flusher.retries,
         "last_delivery": None
         if delivery is None
-        else {**_moment(delivery.at, now), "events": delivery.events},
+        else LastDelivery(**_moment(delivery.at, now), events=delivery.events),
         "last_error": None
         if error is None
-        else {**_moment(error.at, now), "state": error.state, "answer": error.answer},
+        else LastError(**_moment(error.at, now), state=error.state, answer=error.answer),
     }
 
 
 def _conditions(
-    document: dict[str, Any], readings: Readings, warning_s: float | None, now: float
+    outbox: OutboxStatus,
+    delivery: DeliveryStatus | None,
+    readings: Readings,
+    warning_s: float | None,
+    now: float,
 ) -> list[str]:
     found = []
     end = readings.oldest_end_at
     if end is not None and warning_s is not None and now - end > warning_s:
         found.append("expiring")
-    if document["outbox"]["full"]:
+    if outbox["full"]:
         found.append("outbox_full")
-    delivery = document["delivery"]
     if delivery is not None and delivery["state"] in _STATE_CONDITIONS:
         found.append(delivery["state"])
     return found
@@ -169,7 +230,7 @@ def _file_bytes(path: Path) -> int:
     return total
 
 
-def _moment(epoch: float, now: float) -> dict[str, Any]:
+def _moment(epoch: float, now: float) -> Moment:
     """A time as ISO 8601 UTC, and how far it is from now (negative: in the past)."""
     return {"at": _iso(epoch), "in_s": round(epoch - now, 1)}
 

@@ -247,6 +247,13 @@ REFUSED = [
     pytest.param("job", "resource", {"metrics": ["a:b"]}, "metrics[0]", "numeric", id="metric-b"),
     pytest.param("job", "resource", {"metrics": ["a:nan"]}, "metrics[0]", "numeric", id="nan"),
     pytest.param("job", "resource", {"metrics": ["a:inf"]}, "metrics[0]", "numeric", id="inf"),
+    # Digits of other scripts are digits to Python's regex and float(), not to the intake.
+    pytest.param(
+        "job", "resource", {"metrics": ["a:1\u0663"]}, "metrics[0]", "numeric", id="metric-digit"
+    ),
+    pytest.param(
+        "job", "resource", {"metrics": ["a:1.\uff11"]}, "metrics[0]", "numeric", id="metric-wide"
+    ),
     pytest.param("job", "resource", {"metrics": ["a:"]}, "metrics[0]", "key:value", id="metric-"),
     pytest.param("job", "resource", {"metrics": ["a"]}, "metrics[0]", "key:value", id="metric"),
     # RFC3339 times.

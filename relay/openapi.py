@@ -73,6 +73,13 @@ _RETRY_AFTER = {
 }
 
 
+def _forbidden() -> dict[str, Any]:
+    return _error(
+        "An ingest token is set (server.ingest_token) and the request does not carry it, "
+        "in DD-API-KEY or as Authorization: Bearer."
+    )
+
+
 def _ingest() -> dict[str, Any]:
     return {
         "post": {
@@ -93,11 +100,13 @@ def _ingest() -> dict[str, Any]:
                     "Not a valid request: each problem names its JSON path (at most 100), or "
                     "the body is not JSON, not application/json, or not valid HTTP or gzip."
                 ),
+                "403": _forbidden(),
                 "413": _error("The body, or its decompressed form, exceeds the size limit."),
                 "415": _error("A Content-Encoding other than gzip or deflate."),
                 "500": _error("The relay failed to handle the request (a bug; see its log)."),
                 "503": _error(
-                    "The outbox cannot take the events now (full, or its file fails).",
+                    "The relay cannot take the events now: the outbox is full or its file "
+                    "fails, or bodies beyond server.max_parsing_bytes waited too long.",
                     **{"Retry-After": _RETRY_AFTER},
                 ),
             },
@@ -136,13 +145,14 @@ def _paths() -> dict[str, Any]:
                 "200": {
                     "description": "The metrics (docs/metrics.md lists them).",
                     "content": {"text/plain": {"schema": {"type": "string"}}},
-                }
+                },
+                "403": _forbidden(),
             },
         ),
         "/status": _get(
             "getStatus",
             "What the relay holds and does, and what needs an operator",
-            {"200": _json("StatusDocument", "The status document.")},
+            {"200": _json("StatusDocument", "The status document."), "403": _forbidden()},
         ),
         OPENAPI_PATH: _get(
             "getOpenAPI",

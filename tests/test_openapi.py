@@ -12,12 +12,14 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from pydantic import SecretStr
 from schemathesis import GenerationMode
 from schemathesis.schemas import BaseSchema
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from relay.config import OutboxSettings
 from relay.intake import PIPELINE_PATH
+from relay.keyfiles import KeyFile
 from relay.openapi import OPENAPI_PATH, REF, document
 from relay.samples import event, request
 from relay.schema import Event
@@ -139,3 +141,16 @@ def test_a_full_outbox_answer_matches_the_document(tmp_path: Path) -> None:
     assert answers[1].headers["Retry-After"].isdigit()
     for answer in answers:
         operation.validate_response(answer)
+
+
+@pytest.mark.parametrize("path", [PIPELINE_PATH, "/metrics", "/status"])
+def test_a_missing_ingest_token_answer_matches_the_document(tmp_path: Path, path: str) -> None:
+    """With an ingest token set, a request without it gets the 403 the document lists."""
+    settings_ = OutboxSettings(path=tmp_path / "outbox.db")
+    token = KeyFile("server.ingest_token", SecretStr("a-token-of-the-test"), None)
+    with relay_in_thread(settings_, ingest_token=token) as base_url:
+        schema = schemathesis.openapi.from_url(base_url + OPENAPI_PATH, timeout=10)
+        method = "POST" if path == PIPELINE_PATH else "GET"
+        answer = requests.request(method, base_url + path, json=request(event("job")), timeout=30)
+        schema[path][method].validate_response(answer)
+    assert 403 == answer.status_code

@@ -13,13 +13,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from relay.config import OutboxSettings
+from relay.keyfiles import KeyFile
 from tests.helpers import serving
 
 _START_TIMEOUT_S = 20.0
 
 
 @contextmanager
-def relay_in_thread(settings: OutboxSettings) -> Iterator[str]:
+def relay_in_thread(settings: OutboxSettings, ingest_token: KeyFile | None = None) -> Iterator[str]:
     """The base URL (``http://127.0.0.1:PORT``) of a relay served until the block ends."""
     started = threading.Event()
     base_url: list[str] = []
@@ -28,7 +29,7 @@ def relay_in_thread(settings: OutboxSettings) -> Iterator[str]:
     stop = asyncio.Event()
 
     async def serve() -> None:
-        async with serving(settings) as running:
+        async with serving(settings, ingest_token=ingest_token) as running:
             base_url.append(running.base_url)
             started.set()
             await stop.wait()

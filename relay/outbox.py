@@ -423,6 +423,10 @@ class Outbox:
         if version == self._data_version:
             return 0, 0
         self._data_version = version
+        if not conn.in_transaction:
+            # Read and zero in one write transaction: a replay's commit between the two
+            # would otherwise be zeroed unseen, and its events never counted.
+            await conn.execute(queries.BEGIN_WRITE)
         ((events, size),) = await conn.execute_fetchall(queries.TAKE_CHANGES)
         if events or size:
             await conn.execute(queries.CLEAR_CHANGES)

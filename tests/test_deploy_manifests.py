@@ -56,7 +56,8 @@ def _outbox_volume(doc: dict[str, Any], relay: dict[str, Any]) -> dict[str, Any]
     """The volume that holds the relay's outbox file."""
     (outbox,) = [e["value"] for e in relay["env"] if e["name"] == "CI_RELAY_OUTBOX__PATH"]
     (mount,) = [m for m in relay["volumeMounts"] if Path(outbox).parent == Path(m["mountPath"])]
-    (volume,) = [v for v in _pod_spec(doc)["volumes"] if v["name"] == mount["name"]]
+    volumes: list[dict[str, Any]] = _pod_spec(doc)["volumes"]
+    (volume,) = [v for v in volumes if v["name"] == mount["name"]]
     return volume
 
 

@@ -1,10 +1,12 @@
 """deploy/systemd/ci-relay.service: accepted by systemd, hardened, and its command line starts a
-relay that sends the key of its credential."""
+relay that reads its key from its credential and sends it."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -23,6 +25,9 @@ from tests.helpers import API_KEY, JSON, closed_port, jobs, wait_until
 
 UNIT = Path(__file__).resolve().parent.parent / "deploy" / "systemd" / "ci-relay.service"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+# Where the unit expects the relay (docs/deploy.md installs it there), and where it is here.
+INSTALLED = "/opt/ci-relay/bin/ci-relay"
+HERE = str(Path(sys.executable).parent / "ci-relay")
 
 
 def _verify(unit: Path) -> subprocess.CompletedProcess[str]:
@@ -52,6 +57,8 @@ def _service() -> dict[str, list[str]]:
 def test_systemd_analyze_verify_finds_nothing_to_say(tmp_path: Path, broken: bool) -> None:
     """systemd-analyze verify accepts the unit without a word; a misspelt key makes it speak."""
     text = UNIT.read_text(encoding="utf-8")
+    assert INSTALLED in text
+    text = text.replace(INSTALLED, HERE)  # verify requires the program to exist
     if broken:
         text = text.replace("ProtectSystem=strict", "ProtectSystm=strict")
     unit = tmp_path / UNIT.name
@@ -80,21 +87,42 @@ def test_the_unit_is_hardened_and_keeps_its_state_and_key_apart() -> None:
     assert float(stop_timeout) > FlusherSettings().shutdown_grace_s
 
 
-def _shell_command() -> str:
-    """ExecStart's shell script, with systemd's ``$$`` turned back into ``$``."""
-    (exec_start,) = _service()["ExecStart"]
-    prefix = "/bin/sh -c '"
-    assert exec_start.startswith(prefix)
-    assert exec_start.endswith("'")
-    return exec_start[len(prefix) : -1].replace("$$", "$")
+def _expand(value: str, specifiers: dict[str, str]) -> str:
+    """``value`` with systemd's specifiers (``%d``, ``%S``, ...) replaced; an unknown one fails."""
+
+    def one(match: re.Match[str]) -> str:
+        letter = match.group(1)
+        assert letter in specifiers, f"specifier %{letter} in {value!r}"
+        return specifiers[letter]
+
+    return re.sub("%(.)", one, value)
+
+
+def test_the_relay_reads_the_credential_itself_without_a_shell() -> None:
+    """ExecStart runs the installed relay directly (no shell, no variable expansion), and the
+    key reaches it as the path of the credential, never as a variable holding the key."""
+    service = _service()
+    (exec_start,) = service["ExecStart"]
+    assert INSTALLED == shlex.split(exec_start)[0]
+    assert "$" not in exec_start
+    (credential,) = service["LoadCredential"]
+    name = credential.partition(":")[0]
+    environment = dict(line.partition("=")[::2] for line in service["Environment"])
+    assert f"%d/{name}" == environment.get("CI_RELAY_UPSTREAM__API_KEY_FILE")
+    assert set() == environment.keys() & {"DD_API_KEY", "CI_RELAY_UPSTREAM__API_KEY"}
 
 
 async def test_the_units_command_line_sends_the_key_of_its_credential(tmp_path: Path) -> None:
-    """The unit's ExecStart, run as systemd would (a credentials directory, its PATH), starts a
-    relay that delivers with the key from the credential file, its trailing newline dropped."""
+    """The unit's ExecStart and Environment, run as systemd would (%d a credentials directory,
+    %S a state directory), start a relay that reads the credential file itself and delivers with
+    its key, the file's trailing newline dropped."""
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "datadog-api-key").write_text(API_KEY + "\n", encoding="utf-8")
+    state = tmp_path / "state"
+    (state / "ci-relay").mkdir(parents=True)  # StateDirectory=ci-relay
+    specifiers = {"d": str(credentials), "S": str(state), "%": "%"}
+    service = _service()
     port = closed_port()
     async with FakeIntake() as intake:
         config = write_config(
@@ -104,14 +132,17 @@ async def test_the_units_command_line_sends_the_key_of_its_credential(tmp_path: 
             upstream={"url": intake.url},
             flusher={"flush_interval_s": 0.05},
         )
-        script = _shell_command().replace("/etc/ci-relay/relay.toml", str(config))
+        (exec_start,) = service["ExecStart"]
+        command = [_expand(word, specifiers) for word in shlex.split(exec_start)]
+        command = [HERE if word == INSTALLED else word for word in command]
+        command = [str(config) if word == "/etc/ci-relay/relay.toml" else word for word in command]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))}
-        env |= {
-            "CREDENTIALS_DIRECTORY": str(credentials),
-            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-        }
+        for line in service["Environment"]:
+            name, _, value = line.partition("=")
+            env[name] = _expand(value, specifiers)
+        env["CREDENTIALS_DIRECTORY"] = str(credentials)
         proc = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", script, env=env, stdout=asyncio.subprocess.DEVNULL
+            *command, env=env, stdout=asyncio.subprocess.DEVNULL
         )
         try:
             async with aiohttp.ClientSession() as session:
@@ -125,6 +156,7 @@ async def test_the_units_command_line_sends_the_key_of_its_credential(tmp_path: 
             proc.terminate()
             assert 0 == await asyncio.wait_for(proc.wait(), 20)
     assert API_KEY == intake.received[0].headers["DD-API-KEY"]
+    assert (state / "ci-relay" / "outbox.db").exists()
 
 
 def _listening(port: int) -> bool:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from pydantic import SecretStr
 
-from relay.config import ServerSettings
+from relay.config import OutboxSettings, ServerSettings
+from relay.keyfiles import KeyFile
 from relay.runner.post import DEFAULT_RELAY_URL
 from relay.samples import ago
 from relay.schema import parse_request
-from tests.helpers import RunningRelay
+from tests.helpers import RunningRelay, serving
 from tests.runner_cli import AUTHOR, ci_relay, clean_env, make_repo, unused_url
+
+RELAY_TOKEN = "runners-ingest-token"  # noqa: S105
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +176,34 @@ async def test_an_unreachable_relay_is_one_line_and_status_1(
     [line] = done.stderr.decode().splitlines()
     assert (1, b"") == (done.returncode, done.stdout)
     assert line.startswith(f"ci-relay: emit: cannot reach the relay at {url}/api/v2/ci/pipeline")
+
+
+@pytest.fixture
+async def guarded_relay(outbox_settings: OutboxSettings) -> AsyncIterator[RunningRelay]:
+    """The relay's HTTP API requiring the ingest token RELAY_TOKEN."""
+    token = KeyFile("server.ingest_token", SecretStr(RELAY_TOKEN), None)
+    async with serving(outbox_settings, ingest_token=token) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["emit", "job", "--status", "success", "--start", ago(seconds=5)],
+        ["run", "--", "true"],
+    ],
+    ids=["emit", "run"],
+)
+async def test_the_token_of_ci_relay_token_reaches_a_relay_that_requires_one(
+    guarded_relay: RunningRelay, checkout: tuple[Path, str], tmp_path: Path, command: list[str]
+) -> None:
+    """With $CI_RELAY_TOKEN set, emit and run send it and the relay stores the event; without
+    it the relay refuses the post (403), which the command reports on stderr."""
+    cwd, sha = checkout
+    env = github(tmp_path, sha, CI_RELAY_URL=guarded_relay.base_url)
+    refused = await ci_relay(*command, env=env, cwd=cwd)
+    assert [] == await stored(guarded_relay)
+    done = await ci_relay(*command, env=env | {"CI_RELAY_TOKEN": RELAY_TOKEN + "\n"}, cwd=cwd)
+    assert ["test"] == [job["name"] for job in await stored(guarded_relay)]
+    assert (0, b"") == (done.returncode, done.stderr)
+    assert "answered 403" in refused.stderr.decode()

@@ -14,7 +14,7 @@ from relay.runner import event as events
 from relay.runner.facts import CIFacts
 from relay.runner.markers import StartMark, marker_dir
 from relay.runner.options import UsageError, event_options, overrides
-from relay.runner.post import NotSent, post, relay_url
+from relay.runner.post import NotSent, post, relay_token, relay_url
 from relay.runner.resolve import resolve
 from relay.runner.times import now
 
@@ -60,7 +60,7 @@ def emit(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> int:
     if args.dry_run:
         return 0
     try:
-        post(url, body, args.timeout_s)
+        post(url, body, args.timeout_s, relay_token(env))
     except NotSent as exc:
         return _fail(str(exc), EXIT_NOT_SENT)
     if running:

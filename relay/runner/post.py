@@ -13,6 +13,8 @@ from relay.intake import PIPELINE_PATH
 # The address `ci-relay serve` listens on by default (relay.config's server defaults).
 DEFAULT_RELAY_URL = "http://127.0.0.1:8780"
 RELAY_URL_VARIABLE = "CI_RELAY_URL"
+# The relay's ingest token (server.ingest_token), for a relay that listens beyond loopback.
+RELAY_TOKEN_VARIABLE = "CI_RELAY_TOKEN"  # noqa: S105 - the name of a variable
 _MAX_ANSWER_BYTES = 64 * 1024
 
 
@@ -34,10 +36,19 @@ def relay_url(flag: str | None, env: Mapping[str, str]) -> str:
     return url
 
 
-def post(url: str, body: bytes, timeout_s: float) -> None:
-    """POST ``body`` to ``url``; return once the relay answered 2xx, else raise NotSent."""
+def relay_token(env: Mapping[str, str]) -> str | None:
+    """The ingest token of ``$CI_RELAY_TOKEN`` (a file's final newline dropped), or None."""
+    return env.get(RELAY_TOKEN_VARIABLE, "").strip() or None
+
+
+def post(url: str, body: bytes, timeout_s: float, token: str | None = None) -> None:
+    """POST ``body`` to ``url``, with the ingest ``token`` if any; return once the relay
+    answered 2xx, else raise NotSent."""
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["DD-API-KEY"] = token  # where the relay, as Datadog, looks for a key
     request = urllib.request.Request(  # noqa: S310 - relay_url allows http(s) only
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+        url, data=body, method="POST", headers=headers
     )
     # No proxy: the relay runs next to the job, and a job's HTTP(S)_PROXY is for the internet.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -22,7 +22,7 @@ from types import FrameType
 from relay.runner import event as events
 from relay.runner.facts import CIFacts
 from relay.runner.options import event_options, overrides
-from relay.runner.post import NotSent, post, relay_url
+from relay.runner.post import NotSent, post, relay_token, relay_url
 from relay.runner.resolve import resolve
 from relay.runner.times import rfc3339
 
@@ -183,7 +183,7 @@ def _report(
         body = events.body(options, facts)
         problems = events.problems(body)
         if not problems:
-            post(relay_url(args.relay_url, env), body, args.timeout_s)
+            post(relay_url(args.relay_url, env), body, args.timeout_s, relay_token(env))
     except _Interrupted:
         raise
     except NotSent as exc:

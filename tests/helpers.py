@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -160,3 +162,41 @@ def tmpfs(where: Path, options: str) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run([UMOUNT, "-l", str(where)], check=True)
+
+
+@dataclass
+class Ran:
+    """One ``ci-relay`` command run: its exit status and output."""
+
+    status: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return orjson.loads(self.stdout)
+
+
+CLI_TIMEOUT_S = 60.0
+
+
+async def ci_relay(*args: str, timeout_s: float = CLI_TIMEOUT_S) -> Ran:
+    """``ci-relay ARGS`` as a user runs it, in a process of its own, with none of the test
+    machine's DD_ or CI_RELAY_ variables; killed if it outlasts ``timeout_s``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout_s)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return Ran(process.returncode, out.decode(), err.decode())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import sys
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -27,10 +26,10 @@ from relay.samples import event, request
 from relay.schema import parse_request
 from relay.upstream import Upstream
 from tests.fake_intake import Accept, Answer, FakeIntake, RejectEvents, TooLarge
+from tests.helpers import Ran, ci_relay
 
 API_KEY = "0123456789abcdef0123456789abcdef"
 HOUR_S = 3600.0
-CLI_TIMEOUT_S = 30.0
 
 # The events the intake refuses, by resource id.
 BAD = frozenset({"old-bad", "bad-1", "bad-2"})
@@ -66,15 +65,6 @@ class DeadLetters:
     sent: dict[str, dict[str, Any]]
     built_from: float
     built_to: float
-
-
-@dataclass(frozen=True)
-class Run:
-    """One CLI run: its exit status and output."""
-
-    status: int
-    stdout: str
-    stderr: str
 
 
 async def drain(outbox: Outbox, flusher: Flusher) -> None:
@@ -126,29 +116,9 @@ async def dead(tmp_path: Path) -> DeadLetters:
     return DeadLetters(config, db, sent, built_from, time.time())
 
 
-async def cli(config: Path, *args: str) -> Run:
+async def cli(config: Path, *args: str) -> Ran:
     """Run ``ci-relay dead-letters ARGS --config CONFIG`` as a subprocess."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "dead-letters",
-        *args,
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
+    return await ci_relay("dead-letters", *args, "--config", str(config))
 
 
 async def listed(dead: DeadLetters, *args: str) -> list[dict[str, Any]]:

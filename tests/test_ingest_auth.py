@@ -19,7 +19,7 @@ from relay.config import OutboxSettings
 from relay.keyfiles import KeyFile
 from relay.process import RelayProcess, write_config
 from relay.samples import event, request
-from tests.helpers import JSON, RunningRelay, closed_port, serving, wait_until
+from tests.helpers import JSON, RunningRelay, ci_relay, closed_port, serving, wait_until
 from tests.test_status import ci_relay_status
 
 TOKEN = "ingest-token-4f1d2c9a7b"  # noqa: S105
@@ -139,20 +139,9 @@ async def test_open_listener_without_token_warns_at_start_and_in_check_config(
 
 
 async def _check_config(config: Path) -> str:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "check-config",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))},
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert 0 == process.returncode, out
-    return out.decode()
+    ran = await ci_relay("check-config", "--config", str(config))
+    assert 0 == ran.status, ran
+    return ran.stdout + ran.stderr
 
 
 async def test_status_command_sends_the_configured_token(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import orjson
 from relay.process import RelayProcess, write_config
 from relay.samples import event, request
 from tests.fake_intake import FakeIntake, RequireKey
-from tests.helpers import JSON, wait_until
+from tests.helpers import JSON, ci_relay, wait_until
 
 GOOD_KEY = "good0123456789abcdef0123456789ab"
 BAD_KEY = "bad00123456789abcdef0123456789ab"
@@ -145,17 +144,6 @@ def _never_shown(logs: list[dict[str, Any]], *texts: str) -> None:
 
 
 async def _check_config(config: Path) -> str:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "check-config",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))},
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert 0 == process.returncode, out
-    return out.decode()
+    ran = await ci_relay("check-config", "--config", str(config))
+    assert 0 == ran.status, ran
+    return ran.stdout + ran.stderr

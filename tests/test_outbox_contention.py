@@ -7,9 +7,7 @@ file where the test can see the order in which the commits landed.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
-import sys
 import time
 from collections import Counter
 from contextlib import closing
@@ -21,6 +19,7 @@ import orjson
 from relay import queries
 from relay.process import RelayProcess, write_config
 from relay.samples import event, request
+from tests.helpers import ci_relay
 
 JSON = {"Content-Type": "application/json"}
 DEAD_LETTERS = 60_000
@@ -53,24 +52,11 @@ def add_dead_letters(db: Path, count: int) -> None:
 
 
 async def replay_all(config: Path) -> tuple[int, str]:
-    """``ci-relay dead-letters replay --all`` as a subprocess: its status and stdout."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "dead-letters",
-        "replay",
-        "--all",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
+    """``ci-relay dead-letters replay --all`` as a subprocess: its status and output."""
+    ran = await ci_relay(
+        "dead-letters", "replay", "--all", "--config", str(config), timeout_s=CLI_TIMEOUT_S
     )
-    out, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode() + err.decode()
+    return ran.status, ran.stdout + ran.stderr
 
 
 async def post_until(url: str, done: asyncio.Task[tuple[int, str]]) -> Counter[int]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,34 +17,12 @@ import orjson
 from relay.process import RelayProcess, write_config
 from relay.samples import ago, event, request
 from tests.fake_intake import Accept, Answer, FakeIntake, Status
-from tests.helpers import API_KEY, JSON, closed_port, jobs
-
-
-@dataclass
-class Ran:
-    status: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> dict[str, Any]:
-        document: dict[str, Any] = orjson.loads(self.stdout)
-        return document
+from tests.helpers import API_KEY, JSON, Ran, ci_relay, closed_port, jobs
 
 
 async def ci_relay_status(*args: str) -> Ran:
-    """``ci-relay status`` as a user runs it, in a process of its own."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "status",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode is not None
-    return Ran(process.returncode, stdout.decode(), stderr.decode())
+    """``ci-relay status ARGS``."""
+    return await ci_relay("status", *args)
 
 
 def config(tmp_path: Path, intake: FakeIntake | None, **groups: dict[str, Any]) -> Path:

@@ -9,6 +9,7 @@ for its state and how long to wait.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,9 @@ class Delivery:
         self._held: dict[int, HeldEvent] = {}
         self._rejects = RejectStreak()
         self._deliveries = 0
+        # The batch after the last one delivered, read while that one was sent and acked,
+        # with the held ids it leaves out; used by the next step if they still hold.
+        self._next: tuple[Batch, frozenset[int]] | None = None
 
     @property
     def held(self) -> Sequence[int]:
@@ -103,10 +107,11 @@ class Delivery:
     async def step(self) -> FlushResult:
         """Retry the held events that are due, then send the oldest batch and act on it."""
         tally = FlushResult()
+        prefetched, self._next = self._next, None
         try:
             await self._retry_held(tally)
             if tally.blocked_by is None:
-                request = await self._outbox.next_request(
+                request = self._still_next(prefetched) or await self._outbox.next_request(
                     self._settings.batch_max_events, self._settings.batch_max_bytes, self._held
                 )
                 if request is not None:
@@ -117,9 +122,17 @@ class Delivery:
             tally.blocked_by = StoreFailed(str(exc))
         return tally
 
+    def _still_next(self, prefetched: tuple[Batch, frozenset[int]] | None) -> Batch | None:
+        """The batch read ahead, if the events held aside are still those it leaves out."""
+        if prefetched is None or prefetched[1] != frozenset(self._held):
+            return None
+        return prefetched[0]
+
     async def _deliver_request(self, request: Batch, tally: FlushResult) -> None:
         """The head batch as the store joined it, acked by its id range after a 2xx.
 
+        The batch after it is read meanwhile (on the reader's thread, while this one is
+        sent and acked) and kept for the next step only if this one was delivered.
         Anything else (an expired event in it, a batch due for isolation, any answer but a
         2xx) takes its events one by one, exactly as ``_deliver_batch`` would.
         """
@@ -130,11 +143,25 @@ class Delivery:
             if batch:
                 await self._deliver_batch(batch, tally)
             return
-        outcome = await self._send_body(request.body, request.events, request.size, tally)
-        if isinstance(outcome, Delivered):
-            await self._outbox.ack_batch(request)
-            self._delivered(request.events, tally)
-            return
+        held = frozenset(self._held)
+        after = asyncio.ensure_future(
+            self._outbox.next_request(
+                self._settings.batch_max_events,
+                self._settings.batch_max_bytes,
+                held,
+                after=request.last_id,
+            )
+        )
+        try:
+            outcome = await self._send_body(request.body, request.events, request.size, tally)
+            if isinstance(outcome, Delivered):
+                await self._outbox.ack_batch(request)
+                self._delivered(request.events, tally)
+                following = await _settled(after)
+                self._next = None if following is None else (following, held)
+                return
+        finally:
+            await _settled(after)
         await self._act(outcome, await self._outbox.batch_events(request), tally)
         blocked = tally.blocked_by
         if isinstance(blocked, Retry) and blocked.batch_suspect:
@@ -342,3 +369,12 @@ class Delivery:
         held.next_at = now + self._backoff.delay_for(held.tries)
         held.tries += 1
         held.deliveries_seen = self._deliveries
+
+
+async def _settled(read: asyncio.Future[Batch | None]) -> Batch | None:
+    """What a read ahead found, once it finished (it runs on the reader's thread either
+    way); None if it failed, which the next read will meet again."""
+    try:
+        return await read
+    except OutboxUnavailable:
+        return None

@@ -310,11 +310,16 @@ class Outbox:
         return batch.objects(StoredEvent)
 
     async def next_request(
-        self, max_events: int, max_bytes: int, exclude: Collection[int] = ()
+        self,
+        max_events: int,
+        max_bytes: int,
+        exclude: Collection[int] = (),
+        after: int | None = None,
     ) -> Batch | None:
         """The events ``next_batch`` would give, as one request body SQLite joins, without
-        an object per event; None when nothing is pending."""
-        span = await self._next_span(max_events, max_bytes, queries.json_ids(exclude))
+        an object per event; None when nothing is pending. With ``after``, the events
+        past that id only: the batch that follows one still being sent."""
+        span = await self._next_span(max_events, max_bytes, queries.json_ids(exclude), after)
         if span is None:
             return None
         first, last, excluded = span
@@ -344,10 +349,13 @@ class Outbox:
         await self.apply(work)
 
     async def _next_span(
-        self, max_events: int, max_bytes: int, excluded: str
+        self, max_events: int, max_bytes: int, excluded: str, after: int | None = None
     ) -> tuple[int, int, str] | None:
         """The id range of the next batch: the oldest events that fit ``max_bytes``."""
-        oldest = await self._read(queries.OLDEST_SIZES, (excluded, max_events))
+        if after is None:
+            oldest = await self._read(queries.OLDEST_SIZES, (excluded, max_events))
+        else:
+            oldest = await self._read(queries.SIZES_AFTER, (after, excluded, max_events))
         if not oldest.rows:
             return None
         ids, sizes = oldest.column("id"), oldest.column("size")

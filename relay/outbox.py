@@ -248,12 +248,13 @@ class Outbox:
         now = time.time()
         await self._writer.append([(now, e.end_at, len(e.body), e.body) for e in events])
 
-    async def apply(self, work: Work) -> None:
+    async def apply(self, work: Work, *, durable: bool = True) -> None:
         """Run ``work`` in a write transaction of its own, serialised with the appends.
 
-        ``work`` returns how many events and bytes it removed from the outbox.
+        ``work`` returns how many events and bytes it removed from the outbox; ``durable``
+        as ``Writer.apply`` says (False for acks).
         """
-        await self._writer.apply(work)
+        await self._writer.apply(work, durable=durable)
 
     async def ack(self, events: Sequence[StoredEvent]) -> None:
         """Delete events the upstream answered 2xx for, in one transaction."""
@@ -264,7 +265,7 @@ class Outbox:
             await conn.execute(queries.DELETE_EVENTS, (ids,))
             return len(events) - added, sum(e.size for e in events) - added_bytes
 
-        await self.apply(work)
+        await self.apply(work, durable=False)
 
     async def record_failure(self, events: Sequence[StoredEvent], now: float) -> None:
         """Count one more failed attempt for ``events``."""
@@ -346,7 +347,7 @@ class Outbox:
             )
             return batch.events - added, batch.size - added_bytes
 
-        await self.apply(work)
+        await self.apply(work, durable=False)
 
     async def _next_span(
         self, max_events: int, max_bytes: int, excluded: str, after: int | None = None

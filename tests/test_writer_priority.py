@@ -85,13 +85,19 @@ async def test_acks_are_the_writes_that_skip_the_wait_for_the_disk(outbox: Outbo
     """Acking a batch and acking events are the writes run at synchronous NORMAL."""
     statements: list[str] = []
     await outbox.append([accepted() for _ in range(4)])
-    await outbox._conn.set_trace_callback(statements.append)
+    tracing = True
+
+    def trace(statement: str) -> None:
+        if tracing:
+            statements.append(statement)
+
+    await outbox._conn.set_trace_callback(trace)
     request = await outbox.next_request(2, 1 << 30)
     assert request is not None
     await outbox.ack_batch(request)
     await outbox.ack(await outbox.next_batch(1, 1 << 30))
     await outbox.record_failure(await outbox.next_batch(1, 1 << 30), 0.0)
-    await outbox._conn.set_trace_callback(None)
+    tracing = False
 
     relaxed = [s for s in statements if s.startswith("PRAGMA synchronous")]
     assert ["PRAGMA synchronous = NORMAL", "PRAGMA synchronous = FULL"] * 2 == relaxed

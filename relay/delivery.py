@@ -97,6 +97,9 @@ class Delivery:
         # The ack of the batch delivered last, left committing by a step asked to overlap
         # it with the next send; met (``settle``) before anything else reads or writes.
         self._acking: asyncio.Future[None] | None = None
+        # The last ack met failed: until one succeeds, each step meets its own ack, so that
+        # a failing store is reported by the step that met it, not by the one after.
+        self._ack_failed = False
 
     @property
     def held(self) -> Sequence[int]:
@@ -139,8 +142,14 @@ class Delivery:
         """Wait for an ack left committing, if any; OutboxUnavailable if it failed (its
         events stay pending and are sent again)."""
         acking, self._acking = self._acking, None
-        if acking is not None:
+        if acking is None:
+            return
+        try:
             await acking
+        except OutboxUnavailable:
+            self._ack_failed = True
+            raise
+        self._ack_failed = False
 
     def _held_due(self) -> bool:
         now = self._clock()
@@ -157,7 +166,8 @@ class Delivery:
 
         The batch after it is read meanwhile (on the reader's thread, while this one is
         sent and acked) and kept for the next step only if this one was delivered. The ack
-        is left committing (``settle``); the previous one is met once this send returns.
+        is left committing (``settle``) when a batch follows and the last ack succeeded;
+        the previous one is met once this send returns.
         Anything else (an expired event in it, a batch due for isolation, any answer but a
         2xx) takes its events one by one, exactly as ``_deliver_batch`` would.
         """
@@ -183,9 +193,11 @@ class Delivery:
             await self.settle()  # the previous batch's ack, committed during this send
             if isinstance(outcome, Delivered):
                 self._acking = asyncio.ensure_future(self._outbox.ack_batch(request))
-                self._delivered(request.events, tally)
                 following = await _settled(after)
                 self._next = None if following is None else (following, held)
+                if following is None or self._ack_failed:
+                    await self.settle()  # nothing to overlap it with, or the store fails
+                self._delivered(request.events, tally)
                 return
         finally:
             await _settled(after)

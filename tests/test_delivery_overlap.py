@@ -39,6 +39,24 @@ async def test_an_ack_failing_while_the_next_batch_is_sent_keeps_both_batches(ri
     assert originals[:2] + originals == sent
 
 
+async def test_while_acks_fail_each_step_meets_its_own(rig: Rig) -> None:
+    """After an ack failed, a step does not leave its ack to the next one: every step while
+    the store stays locked is blocked as store_unavailable, never reported as delivering."""
+    originals = jobs(4)
+    await rig.put(originals)
+    await short_busy_timeout(rig)
+    flusher = rig.flusher(settings=ONE_BY_ONE)
+
+    with store_locked(rig):
+        steps = [await flusher.flush_once(overlap=True) for _ in range(4)]
+        states = [flusher.state]
+
+    assert [1, 0, 0, 0] == [s.delivered for s in steps]
+    assert [False, True, True, True] == [isinstance(s.blocked_by, StoreFailed) for s in steps]
+    assert ["store_unavailable"] == states
+    assert originals == await rig.pending()
+
+
 async def test_a_read_ahead_batch_is_dropped_when_the_batch_before_it_fails(rig: Rig) -> None:
     """After a failed send the batch read ahead is not used: the failed batch goes first
     again, and every event is delivered once, in order."""

@@ -253,66 +253,91 @@ def table(title: str, figures: Sequence[Figure], notes: Sequence[str] = ()) -> s
 def scenario_backlog(
     args: argparse.Namespace, work: Path, templates: dict[str, Path], trees: dict[str, Path]
 ) -> str:
-    out = []
-    for name, tree in trees.items():
-        out.append(backlog_of(args, work, templates[name], tree, name))
-    return "\n\n".join(out)
-
-
-def backlog_of(args: argparse.Namespace, work: Path, template: Path, tree: Path, name: str) -> str:
-    idle_rps, idle_p99 = Figure("idle: 1-event req/s", "req/s"), Figure("idle: p99", "ms")
-    busy_rps = Figure("draining: 1-event req/s", "req/s")
-    busy_p99 = Figure("draining: p99", "ms")
-    ratio, p99_ratio = Figure("ratio draining/idle", "x"), Figure("p99 ratio", "x")
-    drain = Figure("drained meanwhile", "events/s")
-    notes: list[str] = []
+    # The trees take turns run by run, so that a change in the machine's load falls on both.
+    backlogs = {name: Backlog() for name in trees}
     body = work / "single.json"
     body.write_bytes(orjson.dumps(request(event("pipeline"))))
     for run in range(args.runs):
-        figures = {}
-        for label in ("idle", "draining"):
-            intake, intake_port = start_intake()
-            port = free_port()
-            outbox = work / f"backlog-{label}.db"
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{outbox}{suffix}").unlink(missing_ok=True)
-            if label == "draining":
-                copy_outbox(template, outbox)
-            cfg = config(work / "relay.toml", port, outbox, intake_port)
-            relay = Relay(f"relay {label}", tree, cfg, port, api_key=True)
-            try:
-                relay.start()
-                wrk(port, body, 1, args.connections, relay)  # warm-up
-                before = intake_count(intake_port)
-                started = time.monotonic()
-                result = wrk(port, body, args.duration, args.connections, relay)
-                elapsed = time.monotonic() - started
-                drained = intake_count(intake_port) - before
-                if result.refused or result.socket_errors:
-                    notes.append(f"run {run} {label}: {result.refused} refused, {result.errors}")
-                figures[label] = (
-                    result.accepted_per_s,
-                    result.latency_ms["p99"],
-                    drained / elapsed,
-                )
-                if label == "draining" and drained + before >= args.backlog:
-                    notes.append(f"run {run}: the backlog emptied before the run ended")
-            finally:
-                relay.stop()
-                stop(intake)
-        (i_rps, i_p99, _), (b_rps, b_p99, rate) = figures["idle"], figures["draining"]
-        idle_rps.values.append(i_rps)
-        idle_p99.values.append(i_p99)
-        busy_rps.values.append(b_rps)
-        busy_p99.values.append(b_p99)
-        ratio.values.append(b_rps / i_rps)
-        p99_ratio.values.append(b_p99 / i_p99)
-        drain.values.append(rate)
-        print(f"  backlog run {run}: {figures}", file=sys.stderr)
-    notes.append("targets: ratio >= 0.8, p99 ratio <= 1.5, drained meanwhile >= 100,000 events/s")
-    figures_list = [idle_rps, busy_rps, ratio, idle_p99, busy_p99, p99_ratio, drain]
-    title = f"Ingest while {args.backlog:,} events drain ({name})"
-    return table(title, figures_list, notes)
+        for name, tree in trees.items():
+            backlog_run(args, work, templates[name], tree, body, run, backlogs[name])
+    return "\n\n".join(backlogs[name].table(args, name) for name in trees)
+
+
+@dataclass
+class Backlog:
+    """The figures of the backlog scenario for one tree, run by run."""
+
+    idle_rps: Figure = field(default_factory=lambda: Figure("idle: 1-event req/s", "req/s"))
+    busy_rps: Figure = field(default_factory=lambda: Figure("draining: 1-event req/s", "req/s"))
+    ratio: Figure = field(default_factory=lambda: Figure("ratio draining/idle", "x"))
+    idle_p99: Figure = field(default_factory=lambda: Figure("idle: p99", "ms"))
+    busy_p99: Figure = field(default_factory=lambda: Figure("draining: p99", "ms"))
+    p99_ratio: Figure = field(default_factory=lambda: Figure("p99 ratio", "x"))
+    drain: Figure = field(default_factory=lambda: Figure("drained meanwhile", "events/s"))
+    notes: list[str] = field(default_factory=list)
+
+    def table(self, args: argparse.Namespace, name: str) -> str:
+        notes = [
+            *self.notes,
+            "targets: ratio >= 0.8, p99 ratio <= 1.5, drained meanwhile >= 100,000 events/s",
+        ]
+        shown = [
+            self.idle_rps,
+            self.busy_rps,
+            self.ratio,
+            self.idle_p99,
+            self.busy_p99,
+            self.p99_ratio,
+            self.drain,
+        ]
+        return table(f"Ingest while {args.backlog:,} events drain ({name})", shown, notes)
+
+
+def backlog_run(
+    args: argparse.Namespace,
+    work: Path,
+    template: Path,
+    tree: Path,
+    body: Path,
+    run: int,
+    out: Backlog,
+) -> None:
+    figures = {}
+    for label in ("idle", "draining"):
+        intake, intake_port = start_intake()
+        port = free_port()
+        outbox = work / f"backlog-{label}.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{outbox}{suffix}").unlink(missing_ok=True)
+        if label == "draining":
+            copy_outbox(template, outbox)
+        cfg = config(work / "relay.toml", port, outbox, intake_port)
+        relay = Relay(f"relay {label}", tree, cfg, port, api_key=True)
+        try:
+            relay.start()
+            wrk(port, body, 1, args.connections, relay)  # warm-up
+            before = intake_count(intake_port)
+            started = time.monotonic()
+            result = wrk(port, body, args.duration, args.connections, relay)
+            elapsed = time.monotonic() - started
+            drained = intake_count(intake_port) - before
+            if result.refused or result.socket_errors:
+                out.notes.append(f"run {run} {label}: {result.refused} refused, {result.errors}")
+            figures[label] = (result.accepted_per_s, result.latency_ms["p99"], drained / elapsed)
+            if label == "draining" and drained + before >= args.backlog:
+                out.notes.append(f"run {run}: the backlog emptied before the run ended")
+        finally:
+            relay.stop()
+            stop(intake)
+    (i_rps, i_p99, _), (b_rps, b_p99, rate) = figures["idle"], figures["draining"]
+    out.idle_rps.values.append(i_rps)
+    out.idle_p99.values.append(i_p99)
+    out.busy_rps.values.append(b_rps)
+    out.busy_p99.values.append(b_p99)
+    out.ratio.values.append(b_rps / i_rps)
+    out.p99_ratio.values.append(b_p99 / i_p99)
+    out.drain.values.append(rate)
+    print(f"  backlog run {run} ({tree}): {figures}", file=sys.stderr)
 
 
 def scenario_memory(args: argparse.Namespace, work: Path) -> str:

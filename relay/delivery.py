@@ -9,6 +9,7 @@ for its state and how long to wait.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,15 @@ class Delivery:
         self._held: dict[int, HeldEvent] = {}
         self._rejects = RejectStreak()
         self._deliveries = 0
+        # The batch after the last one delivered, read while that one was sent and acked,
+        # with the held ids it leaves out; used by the next step if they still hold.
+        self._next: tuple[Batch, frozenset[int]] | None = None
+        # The ack of the batch delivered last, left committing by a step asked to overlap
+        # it with the next send; met (``settle``) before anything else reads or writes.
+        self._acking: asyncio.Future[None] | None = None
+        # The last ack met failed: until one succeeds, each step meets its own ack, so that
+        # a failing store is reported by the step that met it, not by the one after.
+        self._ack_failed = False
 
     @property
     def held(self) -> Sequence[int]:
@@ -100,41 +110,97 @@ class Delivery:
         """When the first held event is due again; None when none is held."""
         return min((h.next_at for h in self._held.values()), default=None)
 
-    async def step(self) -> FlushResult:
-        """Retry the held events that are due, then send the oldest batch and act on it."""
+    async def step(self, *, overlap: bool = False) -> FlushResult:
+        """Retry the held events that are due, then send the oldest batch and act on it.
+
+        With ``overlap`` the ack of a delivered batch may still be committing on return:
+        the next step sends the batch read ahead meanwhile, then meets that ack before it
+        acts on its own answer. Without, every write of the step is done on return.
+        """
         tally = FlushResult()
+        prefetched, self._next = self._next, None
         try:
-            await self._retry_held(tally)
-            if tally.blocked_by is None:
-                request = await self._outbox.next_request(
-                    self._settings.batch_max_events, self._settings.batch_max_bytes, self._held
-                )
-                if request is not None:
-                    await self._deliver_request(request, tally)
+            request = None if self._held_due() else self._still_next(prefetched)
+            if request is None:
+                await self.settle()
+                await self._retry_held(tally)
+                if tally.blocked_by is None:
+                    request = self._still_next(prefetched) or await self._outbox.next_request(
+                        self._settings.batch_max_events, self._settings.batch_max_bytes, self._held
+                    )
+            if request is not None:
+                await self._deliver_request(request, tally)
+            if not overlap:
+                await self.settle()
         except OutboxUnavailable as exc:
             if not exc.transient:
                 raise  # a damaged file: no retry mends it, the daemon stops and says why
             tally.blocked_by = StoreFailed(str(exc))
         return tally
 
+    async def settle(self) -> None:
+        """Wait for an ack left committing, if any; OutboxUnavailable if it failed (its
+        events stay pending and are sent again)."""
+        acking, self._acking = self._acking, None
+        if acking is None:
+            return
+        try:
+            await acking
+        except OutboxUnavailable:
+            self._ack_failed = True
+            raise
+        self._ack_failed = False
+
+    def _held_due(self) -> bool:
+        now = self._clock()
+        return any(h.next_at <= now for h in self._held.values())
+
+    def _still_next(self, prefetched: tuple[Batch, frozenset[int]] | None) -> Batch | None:
+        """The batch read ahead, if the events held aside are still those it leaves out."""
+        if prefetched is None or prefetched[1] != frozenset(self._held):
+            return None
+        return prefetched[0]
+
     async def _deliver_request(self, request: Batch, tally: FlushResult) -> None:
         """The head batch as the store joined it, acked by its id range after a 2xx.
 
+        The batch after it is read meanwhile (on the reader's thread, while this one is
+        sent and acked) and kept for the next step only if this one was delivered. The ack
+        is left committing (``settle``) when a batch follows and the last ack succeeded;
+        the previous one is met once this send returns.
         Anything else (an expired event in it, a batch due for isolation, any answer but a
         2xx) takes its events one by one, exactly as ``_deliver_batch`` would.
         """
         now = self._clock()
         expiring = request.oldest_end_at is not None and now - request.oldest_end_at > WINDOW_S
         if expiring or self._head.reached(request.first_id, self._retry.isolate_after):
+            await self.settle()
             batch = await self._drop_expired(await self._outbox.batch_events(request), tally)
             if batch:
                 await self._deliver_batch(batch, tally)
             return
-        outcome = await self._send_body(request.body, request.events, request.size, tally)
-        if isinstance(outcome, Delivered):
-            await self._outbox.ack_batch(request)
-            self._delivered(request.events, tally)
-            return
+        held = frozenset(self._held)
+        after = asyncio.ensure_future(
+            self._outbox.next_request(
+                self._settings.batch_max_events,
+                self._settings.batch_max_bytes,
+                held,
+                after=request.last_id,
+            )
+        )
+        try:
+            outcome = await self._send_body(request.body, request.events, request.size, tally)
+            await self.settle()  # the previous batch's ack, committed during this send
+            if isinstance(outcome, Delivered):
+                self._acking = asyncio.ensure_future(self._outbox.ack_batch(request))
+                following = await _settled(after)
+                self._next = None if following is None else (following, held)
+                if following is None or self._ack_failed:
+                    await self.settle()  # nothing to overlap it with, or the store fails
+                self._delivered(request.events, tally)
+                return
+        finally:
+            await _settled(after)
         await self._act(outcome, await self._outbox.batch_events(request), tally)
         blocked = tally.blocked_by
         if isinstance(blocked, Retry) and blocked.batch_suspect:
@@ -342,3 +408,12 @@ class Delivery:
         held.next_at = now + self._backoff.delay_for(held.tries)
         held.tries += 1
         held.deliveries_seen = self._deliveries
+
+
+async def _settled(read: asyncio.Future[Batch | None]) -> Batch | None:
+    """What a read ahead found, once it finished (it runs on the reader's thread either
+    way); None if it failed, which the next read will meet again."""
+    try:
+        return await read
+    except OutboxUnavailable:
+        return None

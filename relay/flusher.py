@@ -14,6 +14,7 @@ acknowledged when the store fails are sent again later: delivery is at least onc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,10 +137,13 @@ class Flusher:
         """Seconds until delivery tries again after a failure; 0 when it is not waiting."""
         return max(0.0, self._resume_at - self._clock())
 
-    async def flush_once(self) -> FlushResult:
-        """One step of delivery (``Delivery.step``), then the state and wait it leads to."""
+    async def flush_once(self, *, overlap: bool = False) -> FlushResult:
+        """One step of delivery (``Delivery.step``), then the state and wait it leads to.
+
+        ``overlap``: the step may leave its ack committing, met by the next step (``run``).
+        """
         self._oldest_received_at = None
-        return self._conclude(await self._delivery.step())
+        return self._conclude(await self._delivery.step(overlap=overlap))
 
     async def run(self) -> None:
         """Deliver until ``stop()``, then make a final flush; the caller bounds its time."""
@@ -161,8 +165,13 @@ class Flusher:
             if wait > 0:
                 await self._sleep(wait)
                 continue
-            await self.flush_once()
-        await self._final_flush()
+            await self.flush_once(overlap=True)
+        try:
+            await self._final_flush()
+        finally:
+            # An ack that failed leaves its events pending: they are sent again.
+            with contextlib.suppress(OutboxUnavailable):
+                await self._delivery.settle()
 
     def stop(self) -> None:
         """Ask ``run()`` to make its final flush and return."""

@@ -250,12 +250,13 @@ class Outbox:
         now = time.time()
         await self._writer.append([(now, e.end_at, len(e.body), e.body) for e in events])
 
-    async def apply(self, work: Work) -> None:
+    async def apply(self, work: Work, *, durable: bool = True) -> None:
         """Run ``work`` in a write transaction of its own, serialised with the appends.
 
-        ``work`` returns how many events and bytes it removed from the outbox.
+        ``work`` returns how many events and bytes it removed from the outbox; ``durable``
+        as ``Writer.apply`` says (False for acks).
         """
-        await self._writer.apply(work)
+        await self._writer.apply(work, durable=durable)
 
     async def ack(self, events: Sequence[StoredEvent]) -> None:
         """Delete events the upstream answered 2xx for, in one transaction."""
@@ -266,7 +267,7 @@ class Outbox:
             await conn.execute(queries.DELETE_EVENTS, (ids,))
             return len(events) - added, sum(e.size for e in events) - added_bytes
 
-        await self.apply(work)
+        await self.apply(work, durable=False)
 
     async def record_failure(self, events: Sequence[StoredEvent], now: float) -> None:
         """Count one more failed attempt for ``events``."""
@@ -312,11 +313,16 @@ class Outbox:
         return batch.objects(StoredEvent)
 
     async def next_request(
-        self, max_events: int, max_bytes: int, exclude: Collection[int] = ()
+        self,
+        max_events: int,
+        max_bytes: int,
+        exclude: Collection[int] = (),
+        after: int | None = None,
     ) -> Batch | None:
         """The events ``next_batch`` would give, as one request body SQLite joins, without
-        an object per event; None when nothing is pending."""
-        span = await self._next_span(max_events, max_bytes, queries.json_ids(exclude))
+        an object per event; None when nothing is pending. With ``after``, the events
+        past that id only: the batch that follows one still being sent."""
+        span = await self._next_span(max_events, max_bytes, queries.json_ids(exclude), after)
         if span is None:
             return None
         first, last, excluded = span
@@ -343,13 +349,16 @@ class Outbox:
             )
             return batch.events - added, batch.size - added_bytes
 
-        await self.apply(work)
+        await self.apply(work, durable=False)
 
     async def _next_span(
-        self, max_events: int, max_bytes: int, excluded: str
+        self, max_events: int, max_bytes: int, excluded: str, after: int | None = None
     ) -> tuple[int, int, str] | None:
         """The id range of the next batch: the oldest events that fit ``max_bytes``."""
-        oldest = await self._read(queries.OLDEST_SIZES, (excluded, max_events))
+        if after is None:
+            oldest = await self._read(queries.OLDEST_SIZES, (excluded, max_events))
+        else:
+            oldest = await self._read(queries.SIZES_AFTER, (after, excluded, max_events))
         if not oldest.rows:
             return None
         ids, sizes = oldest.column("id"), oldest.column("size")

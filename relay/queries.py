@@ -31,6 +31,8 @@ _EVENT = "id, received_at, end_at, size, attempts, first_failure_at, body"
 # the events behind it: the sizes of the oldest events (ids in a JSON array left out; a
 # size precedes the body in the row, so no body is read), then the bodies of those that fit.
 OLDEST_SIZES = f"SELECT id, size FROM events WHERE id NOT {_IN_IDS} ORDER BY id LIMIT ?"
+# The same past an id: the batch after one being sent, read while it is sent and acked.
+SIZES_AFTER = f"SELECT id, size FROM events WHERE id > ? AND id NOT {_IN_IDS} ORDER BY id LIMIT ?"
 EVENTS_BETWEEN = (
     f"SELECT {_EVENT} FROM events WHERE id BETWEEN ? AND ? AND id NOT {_IN_IDS} ORDER BY id"
 )

@@ -4,7 +4,9 @@ Request handlers hand it their rows and await the commit; rows that arrive toget
 one transaction (one ``executemany``, one commit), so durable ingest is not capped at one
 fsync per request, and one request's failure never rolls back a neighbour's rows.
 Maintenance writes (acks, dead-letter moves, recounts) go through the same queue, each in
-a transaction of its own, so the counts never race a commit. Every transaction also sets
+a transaction of its own, so the counts never race a commit. Ingest comes first: the rows
+waiting in a group are committed before the maintenance writes queued with them, and an
+ack does not wait for the disk (see ``Writer.apply``). Every transaction also sets
 the file's running totals (``outbox_totals``) to the counts it leaves, so that a start
 reads them instead of counting the table.
 """
@@ -97,6 +99,7 @@ class _Apply:
 
     work: Work
     done: asyncio.Future[None]
+    durable: bool
 
 
 _Op = _Append | _Apply
@@ -132,11 +135,17 @@ class Writer:
         self._queue.put_nowait(_Append(rows, sum(r[2] for r in rows), done))
         await done
 
-    async def apply(self, work: Work) -> None:
-        """Run ``work`` in a write transaction of its own, serialised with the appends."""
+    async def apply(self, work: Work, *, durable: bool = True) -> None:
+        """Run ``work`` in a write transaction of its own, serialised with the appends.
+
+        Not ``durable``: the commit does not wait for the disk (synchronous NORMAL, for
+        this transaction only); a power cut may undo it, a crash of the process cannot.
+        Meant for acks: an ack undone sends its events again, which at-least-once allows,
+        and its pages reach the disk with the next durable commit.
+        """
         self._check_open()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Apply(work, done))
+        self._queue.put_nowait(_Apply(work, done, durable))
         await done
 
     async def stop(self) -> None:
@@ -182,15 +191,12 @@ class Writer:
         return group, False
 
     async def _write_group(self, group: list[_Op]) -> None:
-        appends: list[_Append] = []
+        # Appends first: a runner waits for its 202, delivery does not. The order cannot
+        # change what a maintenance write does: appended ids are new and above any batch.
+        await self._commit_appends([op for op in group if isinstance(op, _Append)])
         for op in group:
-            if isinstance(op, _Append):
-                appends.append(op)
-                continue
-            await self._commit_appends(appends)
-            appends = []
-            await self._run_apply(op)
-        await self._commit_appends(appends)
+            if isinstance(op, _Apply):
+                await self._run_apply(op)
 
     async def _commit_appends(self, ops: list[_Append]) -> None:
         if not ops:
@@ -231,7 +237,10 @@ class Writer:
         self.appended.set()
 
     async def _run_apply(self, op: _Apply) -> None:
+        relaxed = not op.durable and self._settings.synchronous != "NORMAL"
         try:
+            if relaxed:
+                await self._conn.execute(queries.synchronous("NORMAL"))
             removed_events, removed_bytes = await op.work(self._conn)
             # Never below zero, even if rows another process added were removed before a
             # recount.
@@ -243,6 +252,11 @@ class Writer:
             await self._rollback()
             _settle(op.done, unavailable(exc))
             return
+        finally:
+            if relaxed:
+                # Outside any transaction now; should this fail, the writer stops rather
+                # than commit appends that do not wait for the disk.
+                await self._conn.execute(queries.synchronous(self._settings.synchronous))
         self.counts.events, self.counts.bytes = events, size
         _settle(op.done, None)
 

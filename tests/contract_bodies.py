@@ -399,4 +399,5 @@ def rule_examples() -> list[dict[str, Any]]:
         {},
         {"data": []},
         {"data": {"type": "cipipeline_resource_request"}},
+        {"data": [[None]]},  # null again: an event given as a list of nulls
     ]

@@ -66,6 +66,10 @@ def _null(problem: Problem) -> bool:
     value = problem.value()
     if problem.message.endswith("(got null)") or value is None:
         return True
+    if isinstance(value, list) and value and all(item is None for item in value):
+        # An event given as a list of nulls: the client's deserialiser reaches only nulls,
+        # whose type it does not check (seen: {"data": [[null]]}).
+        return True
     if problem.path.endswith(".end") and problem.message == "Field required":
         # A null status does not say "running": the relay reads the event as finished.
         resource = Problem(problem.path.removesuffix(".end"), "", problem.document).value()

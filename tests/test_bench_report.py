@@ -13,6 +13,7 @@ from run_report import (
     Figure,
     Outcome,
     analyse,
+    as_section,
     number,
     parse_tables,
     render,
@@ -88,7 +89,7 @@ INGEST_JSON = {
         {"target": "1-event p99 latency < 25 ms", "measured": "8.00 ms", "pass": True},
         {"target": "1000-event requests >= 40,000", "measured": "1 events/s", "pass": False},
     ],
-    "problems": {"single / relay (FULL)": []},
+    "problems": {"single / relay (FULL)": ["warm-up run: 3 of 90 answers were not 202"]},
 }
 
 
@@ -154,9 +155,9 @@ def test_sidecar_pairs_draining_with_idle_and_full_start_with_empty() -> None:
     ] == [(f.name, f.value, f.baseline, f.ratio) for f in outcome.figures]
 
 
-def test_ingest_json_gives_relay_against_noop_and_missed_targets() -> None:
+def test_ingest_json_gives_relay_against_noop_and_problems() -> None:
     """bench/ingest.py's JSON gives the relay against the no-op server per scenario, the
-    invalid big body against the valid one, and each missed target as a warning."""
+    invalid big body against the valid one, and each correctness problem as a warning."""
     outcome = analyse(Outcome("ingest", "i", "targets missed"), "", "", INGEST_JSON)
     assert [
         ("single: relay (FULL), req/s", "10,000", "20,000", 0.5),
@@ -164,7 +165,7 @@ def test_ingest_json_gives_relay_against_noop_and_missed_targets() -> None:
         ("big: invalid ints, answer ms (median)", "200", "500", 0.4),
     ] == [(f.name, f.value, f.baseline, f.ratio) for f in outcome.figures]
     assert [
-        "target missed: 1000-event requests >= 40,000 (measured 1 events/s)"
+        "problem: single / relay (FULL): warm-up run: 3 of 90 answers were not 202"
     ] == outcome.warnings
 
 
@@ -198,3 +199,14 @@ def test_render_has_machine_summary_and_skipped_reason() -> None:
     assert "| connections | (skipped) | - | - | - | - |" in report
     assert "- `python bench/connections.py`: skipped (wrk not on PATH)" in report
     assert "- `python bench/parse.py`: ok, 3 s" in report
+    assert "5 rounds of 5\n\n| way | min ms |" in report
+
+
+def test_section_moves_headings_down_and_sets_tables_apart() -> None:
+    """A script's own headings sit below the report's, and its tables get blank lines
+    around them so that they render."""
+    stdout = "## ingest\nmachine: 2 cores\n| a | b |\n|---|---|\n| 1 | 2 |\n- check: PASS\n"
+    assert (
+        "#### ingest\nmachine: 2 cores\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n- check: PASS"
+        == as_section(stdout)
+    )

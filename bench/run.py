@@ -65,7 +65,7 @@ BENCHMARKS = [
         "ingest",
         "ingest.py",
         ["--duration", "10"],
-        ["--duration", "2", "--warmup", "1", "--big-runs", "1"],
+        ["--duration", "5", "--warmup", "1", "--big-runs", "1"],
         1800,
         600,
         json=True,

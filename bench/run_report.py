@@ -395,7 +395,7 @@ def as_section(stdout: str) -> str:
     in_table = False
     for line in stdout.rstrip().splitlines():
         is_row = line.lstrip().startswith("|")
-        if is_row != in_table and out and out[-1].strip():
+        if is_row != in_table and line.strip() and out and out[-1].strip():
             out.append("")
         in_table = is_row
         out.append(f"##{line}" if line.startswith("#") else line)

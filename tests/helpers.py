@@ -165,8 +165,20 @@ def tmpfs(where: Path, options: str) -> Iterator[Path]:
 
 
 @dataclass
+class Done:
+    """A finished ``ci-relay`` process, its output as bytes."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    def json(self) -> object:
+        return orjson.loads(self.stdout)
+
+
+@dataclass
 class Ran:
-    """One ``ci-relay`` command run: its exit status and output."""
+    """One ``ci-relay`` command run: its exit status and output as text."""
 
     status: int
     stdout: str
@@ -179,24 +191,39 @@ class Ran:
 CLI_TIMEOUT_S = 60.0
 
 
-async def ci_relay(*args: str, timeout_s: float = CLI_TIMEOUT_S) -> Ran:
-    """``ci-relay ARGS`` as a user runs it, in a process of its own, with none of the test
-    machine's DD_ or CI_RELAY_ variables; killed if it outlasts ``timeout_s``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))}
+async def relay_command(
+    *args: str,
+    env: dict[str, str],
+    cwd: Path | None = None,
+    stdin: bytes | None = None,
+    timeout_s: float = CLI_TIMEOUT_S,
+) -> Done:
+    """``python -m relay ARGS`` run to its end in ``env``, its output captured; killed if
+    it outlasts ``timeout_s``."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "relay",
         *args,
+        env=env,
+        cwd=cwd,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=env,
     )
     try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout_s)
+        out, err = await asyncio.wait_for(process.communicate(stdin or b""), timeout_s)
     except TimeoutError:
         process.kill()
         await process.wait()
         raise
     assert process.returncode is not None
-    return Ran(process.returncode, out.decode(), err.decode())
+    return Done(process.returncode, out, err)
+
+
+async def ci_relay(*args: str, timeout_s: float = CLI_TIMEOUT_S) -> Ran:
+    """``ci-relay ARGS`` as a user runs it, with none of the test machine's DD_ or
+    CI_RELAY_ variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))}
+    done = await relay_command(*args, env=env, timeout_s=timeout_s)
+    return Ran(done.returncode, done.stdout.decode(), done.stderr.decode())

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-
-import orjson
 
 AUTHOR = ("Ada Lovelace", "ada@example.com", "2025-01-02T03:04:05+01:00")
 COMMITTER = ("Charles Babbage", "charles@example.com", "2025-01-03T04:05:06+00:00")
@@ -61,36 +56,6 @@ def make_repo(path: Path, branch: str = "main") -> str:
     git("add", "README")
     git("commit", "-q", "-m", MESSAGE)
     return git("rev-parse", "HEAD")
-
-
-@dataclass
-class Done:
-    """A finished ``ci-relay`` process."""
-
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-
-    def json(self) -> object:
-        return orjson.loads(self.stdout)
-
-
-async def ci_relay(*args: str, env: dict[str, str], cwd: Path, stdin: bytes | None = None) -> Done:
-    """``python -m relay ARGS`` run to its end, its output captured."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        *args,
-        env=env,
-        cwd=cwd,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(stdin or b""), 60)
-    assert proc.returncode is not None
-    return Done(proc.returncode, stdout, stderr)
 
 
 def unused_url() -> str:

@@ -16,7 +16,8 @@ from relay.runner.post import DEFAULT_RELAY_URL
 from relay.samples import ago
 from relay.schema import parse_request
 from tests.helpers import RunningRelay, serving
-from tests.runner_cli import AUTHOR, ci_relay, clean_env, make_repo, unused_url
+from tests.helpers import relay_command as ci_relay
+from tests.runner_cli import AUTHOR, clean_env, make_repo, unused_url
 
 RELAY_TOKEN = "runners-ingest-token"  # noqa: S105
 

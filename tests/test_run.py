@@ -15,7 +15,8 @@ from aiohttp import web
 
 from relay.errors import error_response
 from tests.helpers import RunningRelay
-from tests.runner_cli import ci_relay, clean_env, make_repo, unused_url
+from tests.helpers import relay_command as ci_relay
+from tests.runner_cli import clean_env, make_repo, unused_url
 from tests.test_emit import github, stored
 
 

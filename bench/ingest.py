@@ -277,11 +277,16 @@ def clean_env() -> dict[str, str]:
 class Server:
     """A server subprocess started here; it is ended by its own pid and nothing else."""
 
-    def __init__(self, name: str, argv: list[str], port: int, cpus: set[int] | None) -> None:
+    def __init__(
+        self, name: str, argv: list[str], port: int, cpus: set[int] | None, cwd: Path = ROOT
+    ) -> None:
         self.name = name
         self.argv = argv
         self.port = port
         self.cpus = cpus
+        # `python -m relay` imports the relay of its working directory (sys.path[0]) ahead of
+        # PYTHONPATH: the directory is what chooses the source tree being measured.
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: deque[str] = deque(maxlen=200)
         self._reader: threading.Thread | None = None
@@ -299,7 +304,7 @@ class Server:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=clean_env(),
-                cwd=ROOT,
+                cwd=self.cwd,
                 # Out of the terminal's process group: a Ctrl-C reaches this script, whose
                 # finally: ends the server with SIGTERM like every other run.
                 start_new_session=True,

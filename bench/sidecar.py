@@ -170,7 +170,7 @@ class Relay(Server):
 
     def __init__(self, name: str, tree: Path, cfg: Path, port: int, *, api_key: bool) -> None:
         argv = [sys.executable, "-m", "relay", "serve", "--config", str(cfg)]
-        super().__init__(name, argv, port, None)
+        super().__init__(name, argv, port, None, cwd=tree)
         self.tree = tree
         self.api_key = api_key
 

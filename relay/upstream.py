@@ -18,6 +18,8 @@ from pathlib import Path
 
 import aiohttp
 import structlog
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from relay import __version__, meters
 from relay.config import ConfigError, UpstreamSettings
@@ -198,6 +200,23 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     return context
 
 
+@dataclass(frozen=True)
+class _Proxy:
+    url: URL | None
+    auth: aiohttp.BasicAuth | None
+
+
+def env_proxy(url: URL) -> _Proxy:
+    """The proxy the environment names for ``url``: HTTPS_PROXY or HTTP_PROXY by its scheme
+    (credentials from the proxy URL or ~/.netrc), none if NO_PROXY lists its host; the
+    lookup aiohttp's ``trust_env`` makes."""
+    try:
+        proxy, auth = get_env_proxy_for_url(url)
+    except LookupError:
+        return _Proxy(None, None)
+    return _Proxy(proxy, auth)
+
+
 class Upstream:
     """The HTTP client for the intake: one session per process, keep-alive."""
 
@@ -210,6 +229,7 @@ class Upstream:
         self._url = settings.base_url + PIPELINE_PATH
         self._ssl = tls_context(settings.ca_file)
         self._session: aiohttp.ClientSession | None = None
+        self._proxy: _Proxy = _Proxy(None, None)
         self.latency = meters.upstream_seconds()
         self.answers: Counter[tuple[str, str]] = Counter()  # by (outcome, status class)
 
@@ -242,7 +262,13 @@ class Upstream:
             headers["Content-Encoding"] = "gzip"
         try:
             async with self._client().post(
-                self._url, data=body, headers=headers, allow_redirects=False, ssl=self._ssl
+                self._url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                ssl=self._ssl,
+                proxy=self._proxy.url,
+                proxy_auth=self._proxy.auth,
             ) as response:
                 answer = await _read_at_most(response, MAX_ANSWER_BYTES)
                 return outcome_of(response.status, response.headers, answer), response.status
@@ -262,10 +288,12 @@ class Upstream:
                 total=self._settings.request_timeout_s,
                 sock_connect=self._settings.connect_timeout_s,
             )
-            # trust_env: HTTPS_PROXY, HTTP_PROXY and NO_PROXY as other tools honour them.
+            # No trust_env: with it, aiohttp looks up the proxy and ~/.netrc in a thread for
+            # every request. The upstream URL is fixed, so its proxy is looked up once.
             self._session = aiohttp.ClientSession(
-                timeout=timeout, auto_decompress=True, raise_for_status=False, trust_env=True
+                timeout=timeout, auto_decompress=True, raise_for_status=False
             )
+            self._proxy = env_proxy(URL(self._url))
         return self._session
 
     def _headers(self) -> dict[str, str]:

@@ -262,9 +262,9 @@ class Outbox:
         """Delete events the upstream answered 2xx for, in one transaction."""
         ids = _ids(events)
 
-        async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
-            added, added_bytes = await self._absorb_changes(conn)
-            await conn.execute(queries.DELETE_EVENTS, (ids,))
+        def work(conn: sqlite3.Connection) -> tuple[int, int]:
+            added, added_bytes = self._absorb_changes(conn)
+            conn.execute(queries.DELETE_EVENTS, (ids,))
             return len(events) - added, sum(e.size for e in events) - added_bytes
 
         await self.apply(work, durable=False)
@@ -273,8 +273,8 @@ class Outbox:
         """Count one more failed attempt for ``events``."""
         ids = _ids(events)
 
-        async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
-            await conn.execute(queries.RECORD_FAILURE, (now, ids))
+        def work(conn: sqlite3.Connection) -> tuple[int, int]:
+            conn.execute(queries.RECORD_FAILURE, (now, ids))
             return 0, 0
 
         await self.apply(work)
@@ -290,13 +290,13 @@ class Outbox:
         """Move ``events`` to the dead-letter table with the reason, in one transaction."""
         ids = _ids(events)
 
-        async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
+        def work(conn: sqlite3.Connection) -> tuple[int, int]:
             # An expired event was never sent: its last failure is not one more attempt.
             sent = 0 if reason == "expired" else 1
             params = (reason, upstream_status, detail, sent, now, now, ids)
-            added, added_bytes = await self._absorb_changes(conn)
-            await conn.execute(queries.TO_DEAD_LETTERS, params)
-            await conn.execute(queries.DELETE_EVENTS, (ids,))
+            added, added_bytes = self._absorb_changes(conn)
+            conn.execute(queries.TO_DEAD_LETTERS, params)
+            conn.execute(queries.DELETE_EVENTS, (ids,))
             return len(events) - added, sum(e.size for e in events) - added_bytes
 
         await self.apply(work)
@@ -342,11 +342,9 @@ class Outbox:
     async def ack_batch(self, batch: Batch) -> None:
         """Delete the events of ``batch`` after a 2xx, by their id range, in one transaction."""
 
-        async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
-            added, added_bytes = await self._absorb_changes(conn)
-            await conn.execute(
-                queries.DELETE_BETWEEN, (batch.first_id, batch.last_id, batch.excluded)
-            )
+        def work(conn: sqlite3.Connection) -> tuple[int, int]:
+            added, added_bytes = self._absorb_changes(conn)
+            conn.execute(queries.DELETE_BETWEEN, (batch.first_id, batch.last_id, batch.excluded))
             return batch.events - added, batch.size - added_bytes
 
         await self.apply(work, durable=False)
@@ -416,29 +414,30 @@ class Outbox:
         the writer about 120 ms per 300,000 events, once a second while a replay ran).
         """
 
-        async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
-            added, added_bytes = await self._absorb_changes(conn)
+        def work(conn: sqlite3.Connection) -> tuple[int, int]:
+            added, added_bytes = self._absorb_changes(conn)
             return -added, -added_bytes  # "removed" counts, negative: added
 
         await self.apply(work)
 
-    async def _absorb_changes(self, conn: aiosqlite.Connection) -> tuple[int, int]:
-        """Take and zero what replays added since the last look (events, bytes).
+    def _absorb_changes(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """Take and zero what replays added since the last look (events, bytes), on the
+        write connection's thread (only the writer's transactions call it).
 
         Every write that removes events absorbs first, so that an event replayed and
         delivered between two looks is added before it is subtracted.
         """
-        ((version,),) = await conn.execute_fetchall(queries.DATA_VERSION)
+        ((version,),) = conn.execute(queries.DATA_VERSION).fetchall()
         if version == self._data_version:
             return 0, 0
         self._data_version = version
         if not conn.in_transaction:
             # Read and zero in one write transaction: a replay's commit between the two
             # would otherwise be zeroed unseen, and its events never counted.
-            await conn.execute(queries.BEGIN_WRITE)
-        ((events, size),) = await conn.execute_fetchall(queries.TAKE_CHANGES)
+            conn.execute(queries.BEGIN_WRITE)
+        ((events, size),) = conn.execute(queries.TAKE_CHANGES).fetchall()
         if events or size:
-            await conn.execute(queries.CLEAR_CHANGES)
+            conn.execute(queries.CLEAR_CHANGES)
         return int(events), int(size)
 
     async def close(self) -> None:

@@ -213,6 +213,24 @@ async def fetch(conn: aiosqlite.Connection, query: str, params: Sequence[Any] = 
     return Result(columns, rows)
 
 
+R = TypeVar("R")
+
+
+async def on_thread(conn: aiosqlite.Connection, work: Callable[[sqlite3.Connection], R]) -> R:
+    """Run ``work`` with the sqlite3 connection behind ``conn``, on that connection's thread.
+
+    aiosqlite hands each statement to its thread and back, one wake-up of each side per
+    call; a transaction of four statements is one hand-off this way. ``Connection._execute``
+    is aiosqlite's own queue, behind all its methods (pinned in deploy/constraints.txt).
+    """
+
+    def run() -> R:
+        return work(conn._conn)  # on the thread that owns it
+
+    result: R = await conn._execute(run)  # type: ignore[no-untyped-call]
+    return result
+
+
 def fetch_now(conn: sqlite3.Connection, query: str, params: Sequence[Any] = ()) -> Result:
     """``fetch`` on a connection of the standard library, for the checks run in a thread."""
     cursor = conn.execute(query, params)

@@ -8,7 +8,9 @@ a transaction of its own, so the counts never race a commit. Ingest comes first:
 waiting in a group are committed before the maintenance writes queued with them, and an
 ack does not wait for the disk (see ``Writer.apply``). Every transaction also sets
 the file's running totals (``outbox_totals``) to the counts it leaves, so that a start
-reads them instead of counting the table.
+reads them instead of counting the table. Each transaction runs whole on the connection's
+thread (``queries.on_thread``): one hand-off from the event loop and back, not one per
+statement.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiosqlite
 import structlog
@@ -32,8 +35,10 @@ _MAX_GROUP_ROWS = 20_000
 
 # received_at, end_at, size, body: the parameters of queries.APPEND.
 Row = tuple[float, float | None, int, bytes]
-# A maintenance write; returns how many events and bytes it removed from the outbox.
-Work = Callable[[aiosqlite.Connection], Awaitable[tuple[int, int]]]
+Counts = tuple[int, int]  # events, bytes
+# A maintenance write, run on the write connection's thread inside the transaction the
+# writer opens and commits; returns how many events and bytes it removed from the outbox.
+Work = Callable[[sqlite3.Connection], tuple[int, int]]
 
 
 class OutboxFull(Exception):
@@ -55,6 +60,11 @@ class OutboxUnavailable(Exception):
 
 class OutboxClosed(Exception):
     """The outbox is shutting down and takes no more writes."""
+
+
+class _SynchronousNotRestored(Exception):
+    """The write connection could not be set back to the configured synchronous level
+    after an ack: the writer stops rather than commit appends that skip the disk."""
 
 
 # SQLite's primary result codes for failures that can pass without anyone mending the file.
@@ -218,12 +228,14 @@ class Writer:
         if not accepted:
             return
         started = time.perf_counter()
+
+        def append(conn: sqlite3.Connection) -> None:
+            conn.executemany(queries.APPEND, rows)
+            conn.execute(queries.SET_TOTALS, (events, size))
+
         try:
-            await self._conn.executemany(queries.APPEND, rows)
-            await self._conn.execute(queries.SET_TOTALS, (events, size))
-            await self._conn.commit()
+            await queries.on_thread(self._conn, _transaction(append))
         except sqlite3.Error as exc:
-            await self._rollback()
             logger.error("outbox commit failed", error=str(exc), requests=len(accepted))
             for op in accepted:
                 _settle(op.done, unavailable(exc))
@@ -238,39 +250,76 @@ class Writer:
 
     async def _run_apply(self, op: _Apply) -> None:
         relaxed = not op.durable and self._settings.synchronous != "NORMAL"
+        counts = self.counts.events, self.counts.bytes
+        apply = _transaction(_with_totals(op.work, counts))
+        if relaxed:
+            apply = _relaxed(apply, self._settings.synchronous)
         try:
-            if relaxed:
-                await self._conn.execute(queries.synchronous("NORMAL"))
-            removed_events, removed_bytes = await op.work(self._conn)
-            # Never below zero, even if rows another process added were removed before a
-            # recount.
-            events = max(0, self.counts.events - removed_events)
-            size = max(0, self.counts.bytes - removed_bytes)
-            await self._conn.execute(queries.SET_TOTALS, (events, size))
-            await self._conn.commit()
+            events, size = await queries.on_thread(self._conn, apply)
         except sqlite3.Error as exc:
-            await self._rollback()
             _settle(op.done, unavailable(exc))
             return
-        finally:
-            if relaxed:
-                # Outside any transaction now; should this fail, the writer stops rather
-                # than commit appends that do not wait for the disk.
-                await self._conn.execute(queries.synchronous(self._settings.synchronous))
         self.counts.events, self.counts.bytes = events, size
         _settle(op.done, None)
-
-    async def _rollback(self) -> None:
-        try:
-            await self._conn.rollback()
-        except sqlite3.Error as exc:  # the connection is unusable; the next op will say so
-            logger.error("outbox rollback failed", error=str(exc))
 
     def _fail_pending(self, failure: OutboxClosed) -> None:
         while not self._queue.empty():
             op = self._queue.get_nowait()
             if op is not None:
                 _settle(op.done, failure)
+
+
+_T = TypeVar("_T")
+
+
+def _transaction(work: Callable[[sqlite3.Connection], _T]) -> Callable[[sqlite3.Connection], _T]:
+    """``work`` then commit, on the connection's thread; rolled back if anything fails."""
+
+    def run(conn: sqlite3.Connection) -> _T:
+        try:
+            result = work(conn)
+            conn.commit()
+        except BaseException:
+            try:
+                conn.rollback()
+            except sqlite3.Error as exc:  # the connection is unusable; the next op will say so
+                logger.error("outbox rollback failed", error=str(exc))
+            raise
+        return result
+
+    return run
+
+
+def _with_totals(work: Work, counts: tuple[int, int]) -> Callable[[sqlite3.Connection], Counts]:
+    """``work``, then the running totals set to ``counts`` less what it removed."""
+
+    def run(conn: sqlite3.Connection) -> Counts:
+        removed_events, removed_bytes = work(conn)
+        # Never below zero, even if rows another process added were removed before a recount.
+        totals = max(0, counts[0] - removed_events), max(0, counts[1] - removed_bytes)
+        conn.execute(queries.SET_TOTALS, totals)
+        return totals
+
+    return run
+
+
+def _relaxed(
+    work: Callable[[sqlite3.Connection], _T], synchronous: str
+) -> Callable[[sqlite3.Connection], _T]:
+    """``work`` (a whole transaction) at synchronous NORMAL, then back to ``synchronous``."""
+
+    def run(conn: sqlite3.Connection) -> _T:
+        conn.execute(queries.synchronous("NORMAL"))
+        try:
+            return work(conn)
+        finally:
+            # Outside any transaction now.
+            try:
+                conn.execute(queries.synchronous(synchronous))
+            except sqlite3.Error as exc:
+                raise _SynchronousNotRestored(str(exc)) from exc
+
+    return run
 
 
 def _settle(future: asyncio.Future[None], outcome: BaseException | None) -> None:

@@ -16,7 +16,6 @@ from collections.abc import Iterator, MutableMapping
 from contextlib import closing, contextmanager
 from typing import Any
 
-import aiosqlite
 import pytest
 from structlog.testing import capture_logs
 
@@ -159,8 +158,8 @@ def store_locked(rig: Rig) -> Iterator[None]:
 async def short_busy_timeout(rig: Rig) -> None:
     """Make the outbox's writer give up on a lock after 50 ms instead of 10 s."""
 
-    async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
-        await conn.execute("PRAGMA busy_timeout = 50")
+    def work(conn: sqlite3.Connection) -> tuple[int, int]:
+        conn.execute("PRAGMA busy_timeout = 50")
         return 0, 0
 
     await rig.outbox.apply(work)

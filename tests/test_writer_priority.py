@@ -5,11 +5,11 @@ drains while runners post without pause."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import aiosqlite
 import orjson
 import pytest
 
@@ -47,8 +47,8 @@ async def test_appends_queued_behind_a_maintenance_write_commit_before_it(
     """An append handed to the writer just after a maintenance write is committed first."""
     seen: list[int] = []
 
-    async def work(conn: aiosqlite.Connection) -> tuple[int, int]:
-        ((count,),) = await conn.execute_fetchall("SELECT count(*) FROM events")
+    def work(conn: sqlite3.Connection) -> tuple[int, int]:
+        ((count,),) = conn.execute("SELECT count(*) FROM events").fetchall()
         seen.append(count)
         return 0, 0
 
@@ -66,8 +66,8 @@ async def test_an_ack_commits_without_waiting_for_the_disk_and_appends_still_do(
     durable ones and appends, are back at the configured FULL."""
     levels: list[str] = []
 
-    async def level(conn: aiosqlite.Connection) -> tuple[int, int]:
-        ((value,),) = await conn.execute_fetchall("PRAGMA synchronous")
+    def level(conn: sqlite3.Connection) -> tuple[int, int]:
+        ((value,),) = conn.execute("PRAGMA synchronous").fetchall()
         levels.append(SYNCHRONOUS[value])
         return 0, 0
 

@@ -27,10 +27,16 @@ class ParseBudget:
         self.held = 0  # bytes of the bodies between acquire and release
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
+    def take(self, size: int) -> bool:
+        """Take ``size`` bytes now if they fit and nobody waits; False otherwise."""
+        if self._waiters or not self._fits(size):
+            return False
+        self.held += size
+        return True
+
     async def acquire(self, size: int) -> None:
         """Take ``size`` bytes, waiting in turn for at most ``wait_s``; Busy past that."""
-        if not self._waiters and self._fits(size):
-            self.held += size
+        if self.take(size):
             return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (size, granted)

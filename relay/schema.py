@@ -292,17 +292,17 @@ def parse_request(body: bytes) -> list[AcceptedEvent]:
         document = loads(body)
     except NotJSON as exc:
         raise InvalidRequest([f"body is not valid JSON: {exc}"]) from None
-    raw_events, paths = _split_data(document)
+    raw_events, in_array = _split_data(document)
     problems: list[str] = []
     ends: list[float | None] = []
     budget = Budget()
     context = {"now": time.time(), "budget": budget}  # one clock reading for the request
-    for raw, path in zip(raw_events, paths, strict=True):
+    for index, raw in enumerate(raw_events):
         budget.left = MAX_LISTED_PROBLEMS - len(problems)
         try:
             event = _EVENT.validate_python(raw, context=context)
         except ValidationError as exc:
-            problems.extend(_describe(path, exc))
+            problems.extend(_describe(f"data[{index}]" if in_array else "data", exc))
         else:
             resource = event.attributes.resource
             ends.append(resource.end.timestamp() if isinstance(resource, _Finished) else None)
@@ -316,7 +316,8 @@ def parse_request(body: bytes) -> list[AcceptedEvent]:
     return [AcceptedEvent(original, end) for original, end in zip(originals, ends, strict=True)]
 
 
-def _split_data(document: Any) -> tuple[list[Any], list[str]]:
+def _split_data(document: Any) -> tuple[list[Any], bool]:
+    """The events of ``data``, and whether it is an array (the events' paths say so)."""
     if not isinstance(document, dict):
         raise InvalidRequest(["body must be a JSON object with a data field"])
     if "data" not in document:
@@ -331,13 +332,13 @@ def _split_data(document: Any) -> tuple[list[Any], list[str]]:
                     "client failed to serialise its batch)"
                 ]
             )
-        return [data], ["data"]
+        return [data], False
     if isinstance(data, list):
         if not 1 <= len(data) <= MAX_EVENTS_PER_REQUEST:
             raise InvalidRequest(
                 [f"data: holds {len(data)} events; send 1 to {MAX_EVENTS_PER_REQUEST} per request"]
             )
-        return data, [f"data[{i}]" for i in range(len(data))]
+        return data, True
     raise InvalidRequest(["data: must be an event object or an array of event objects"])
 
 

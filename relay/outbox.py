@@ -10,10 +10,10 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
 import aiosqlite
 import structlog
@@ -61,6 +61,9 @@ class Readings:
     oldest_received_at: float | None
     oldest_end_at: float | None
     dead_letters: dict[str, int]  # by reason
+
+
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,11 +309,15 @@ class Outbox:
     ) -> list[StoredEvent]:
         """The oldest events but ``exclude``: at most ``max_events``, and a request body of at
         most ``max_bytes`` (or one event alone, however large)."""
-        span = await self._next_span(max_events, max_bytes, queries.json_ids(exclude))
-        if span is None:
-            return []
-        batch = await self._read(queries.EVENTS_BETWEEN, span)
-        return batch.objects(StoredEvent)
+        excluded = queries.json_ids(exclude)
+
+        def read(conn: sqlite3.Connection) -> list[StoredEvent]:
+            span = _next_span(conn, max_events, max_bytes, excluded)
+            if span is None:
+                return []
+            return queries.fetch_now(conn, queries.EVENTS_BETWEEN, span).objects(StoredEvent)
+
+        return await self._on_reader(read)
 
     async def next_request(
         self,
@@ -322,15 +329,21 @@ class Outbox:
         """The events ``next_batch`` would give, as one request body SQLite joins, without
         an object per event; None when nothing is pending. With ``after``, the events
         past that id only: the batch that follows one still being sent."""
-        span = await self._next_span(max_events, max_bytes, queries.json_ids(exclude), after)
-        if span is None:
-            return None
-        first, last, excluded = span
-        found = await self._read(queries.REQUEST_BETWEEN, (*ENVELOPE, first, last, excluded))
-        ((events, size, oldest_end_at, body),) = found.rows
-        if not events:  # removed since the sizes were read
-            return None
-        return Batch(first, last, excluded, events, size, oldest_end_at, body)
+        excluded = queries.json_ids(exclude)
+
+        def read(conn: sqlite3.Connection) -> Batch | None:
+            span = _next_span(conn, max_events, max_bytes, excluded, after)
+            if span is None:
+                return None
+            first, last, _ = span
+            ((events, size, oldest_end_at, body),) = conn.execute(
+                queries.REQUEST_BETWEEN, (*ENVELOPE, first, last, excluded)
+            ).fetchall()
+            if not events:  # removed since the sizes were read
+                return None
+            return Batch(first, last, excluded, events, size, oldest_end_at, body)
+
+        return await self._on_reader(read)
 
     async def batch_events(self, batch: Batch) -> list[StoredEvent]:
         """The events of ``batch`` one by one (those still pending), for a failed delivery."""
@@ -348,25 +361,6 @@ class Outbox:
             return batch.events - added, batch.size - added_bytes
 
         await self.apply(work, durable=False)
-
-    async def _next_span(
-        self, max_events: int, max_bytes: int, excluded: str, after: int | None = None
-    ) -> tuple[int, int, str] | None:
-        """The id range of the next batch: the oldest events that fit ``max_bytes``."""
-        if after is None:
-            oldest = await self._read(queries.OLDEST_SIZES, (excluded, max_events))
-        else:
-            oldest = await self._read(queries.SIZES_AFTER, (after, excluded, max_events))
-        if not oldest.rows:
-            return None
-        ids, sizes = oldest.column("id"), oldest.column("size")
-        count, total = 1, ENVELOPE_BYTES + sizes[0]
-        for size in sizes[1:]:
-            total += size + 1  # the comma before it
-            if total > max_bytes:
-                break
-            count += 1
-        return ids[0], ids[count - 1], excluded
 
     async def events(self, ids: Collection[int]) -> list[StoredEvent]:
         """The pending events of ``ids`` (those still in the outbox), by id."""
@@ -396,6 +390,13 @@ class Outbox:
     async def _first(self, query: str, column: str, *params: object) -> float | None:
         value: float | None = (await self._read(query, params)).first(column)
         return value
+
+    async def _on_reader(self, read: Callable[[sqlite3.Connection], _R]) -> _R:
+        """``read`` on the reader connection's thread: a batch's reads in one hand-off."""
+        try:
+            return await queries.on_thread(self._reader, read)
+        except sqlite3.Error as exc:
+            raise unavailable(exc) from exc
 
     async def _read(self, query: str, params: tuple[object, ...] = ()) -> queries.Result:
         """A read on the reader connection; a failing file is OutboxUnavailable."""
@@ -476,6 +477,30 @@ async def _pending(conn: aiosqlite.Connection) -> tuple[int, int]:
     """How many events, and how many bytes of them, the file holds (its running totals)."""
     totals = await queries.fetch(conn, queries.READ_TOTALS)
     return totals.first("events"), totals.first("bytes")
+
+
+def _next_span(
+    conn: sqlite3.Connection,
+    max_events: int,
+    max_bytes: int,
+    excluded: str,
+    after: int | None = None,
+) -> tuple[int, int, str] | None:
+    """The id range of the next batch: the oldest events that fit ``max_bytes``."""
+    if after is None:
+        oldest = queries.fetch_now(conn, queries.OLDEST_SIZES, (excluded, max_events))
+    else:
+        oldest = queries.fetch_now(conn, queries.SIZES_AFTER, (after, excluded, max_events))
+    if not oldest.rows:
+        return None
+    ids, sizes = oldest.column("id"), oldest.column("size")
+    count, total = 1, ENVELOPE_BYTES + sizes[0]
+    for size in sizes[1:]:
+        total += size + 1  # the comma before it
+        if total > max_bytes:
+            break
+        count += 1
+    return ids[0], ids[count - 1], excluded
 
 
 def _ids(events: Sequence[StoredEvent]) -> str:

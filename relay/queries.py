@@ -232,7 +232,7 @@ async def on_thread(conn: aiosqlite.Connection, work: Callable[[sqlite3.Connecti
 
 
 def fetch_now(conn: sqlite3.Connection, query: str, params: Sequence[Any] = ()) -> Result:
-    """``fetch`` on a connection of the standard library, for the checks run in a thread."""
+    """``fetch`` on a connection of the standard library, for code on a connection's thread."""
     cursor = conn.execute(query, params)
     try:
         return Result(tuple(d[0] for d in cursor.description), cursor.fetchall())

@@ -11,7 +11,8 @@
 - ``startup``: from the first accepted TCP connection to the first 202, with N events in the
   outbox against an empty outbox.
 - ``drain``: a backlog of N events drained to the intake, events/s from the first tenth
-  delivered to the last (steady state, start-up left out);
+  delivered to the last (steady state, start-up left out), and the CPU spent meanwhile per
+  1000 events: the relay's event loop thread, its other threads (SQLite's), the intake;
   with ``--before PATH`` (a source tree of another revision) that revision's relay is
   measured in the same run, as the baseline.
 
@@ -459,7 +460,49 @@ def startup_of(
                 stop(proc)
 
 
-def drain_once(tree: Path, work: Path, template: Path, events: int) -> float:
+@dataclass(frozen=True)
+class CpuSplit:
+    """CPU seconds of the relay by thread (its event loop, its other threads), and the
+    intake's, as /proc counts them."""
+
+    loop: float
+    threads: float
+    intake: float
+
+    @classmethod
+    def read(cls, relay_pid: int, intake_pid: int) -> CpuSplit:
+        loop = threads = 0.0
+        for task in Path(f"/proc/{relay_pid}/task").iterdir():
+            with suppress(OSError):  # a thread that ended meanwhile
+                seconds = _cpu_seconds(task / "stat")
+                if task.name == str(relay_pid):
+                    loop += seconds
+                else:
+                    threads += seconds
+        return cls(loop, threads, _cpu_seconds(Path(f"/proc/{intake_pid}/stat")))
+
+    def per_thousand(self, start: CpuSplit, events: int) -> tuple[float, float, float]:
+        """ms of CPU per 1000 events delivered since ``start``."""
+        scale = 1e6 / events
+        return (
+            (self.loop - start.loop) * scale,
+            (self.threads - start.threads) * scale,
+            (self.intake - start.intake) * scale,
+        )
+
+
+def _cpu_seconds(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Drained:
+    rate: float  # events/s
+    cpu_ms: tuple[float, float, float]  # per 1000 events: event loop, other threads, intake
+
+
+def drain_once(tree: Path, work: Path, template: Path, events: int) -> Drained:
     intake, intake_port = start_intake()
     outbox = work / "drain.db"
     for suffix in ("", "-wal", "-shm"):
@@ -478,15 +521,17 @@ def drain_once(tree: Path, work: Path, template: Path, events: int) -> float:
         start_new_session=True,
     )
     # Steady state: from the first tenth of the events delivered to the last.
-    tenth: tuple[float, int] | None = None
+    tenth: tuple[float, int, CpuSplit] | None = None
     try:
         while True:
             with suppress(OSError, http.client.HTTPException):
                 count = intake_count(intake_port)
                 if tenth is None and count >= events // 10:
-                    tenth = (time.monotonic(), count)
+                    tenth = (time.monotonic(), count, CpuSplit.read(proc.pid, intake.pid))
                 if count >= events and tenth is not None:
-                    return (count - tenth[1]) / (time.monotonic() - tenth[0])
+                    delivered, elapsed = count - tenth[1], time.monotonic() - tenth[0]
+                    cpu = CpuSplit.read(proc.pid, intake.pid).per_thousand(tenth[2], delivered)
+                    return Drained(delivered / elapsed, cpu)
             if proc.poll() is not None or time.monotonic() - started > INTAKE_TIMEOUT_S:
                 raise RuntimeError("the drain did not finish")
             time.sleep(0.005)
@@ -499,15 +544,30 @@ def scenario_drain(
     args: argparse.Namespace, work: Path, templates: dict[str, Path], trees: dict[str, Path]
 ) -> str:
     figures = {label: Figure(f"{label}: drained", "events/s") for label in trees}
+    cpu = {
+        label: [
+            Figure(f"{label}: relay event loop CPU per 1000 events", "ms"),
+            Figure(f"{label}: relay's other threads (SQLite) CPU per 1000 events", "ms"),
+            Figure(f"{label}: intake CPU per 1000 events", "ms"),
+        ]
+        for label in trees
+    }
     ratio = Figure("this / before", "x")
     for _ in range(args.runs):
         rates = {}
         for label, tree in trees.items():
-            rates[label] = drain_once(tree, work, templates[label], args.drain_events)
-            figures[label].values.append(rates[label])
+            drained = drain_once(tree, work, templates[label], args.drain_events)
+            rates[label] = drained.rate
+            figures[label].values.append(drained.rate)
+            for figure, ms in zip(cpu[label], drained.cpu_ms, strict=True):
+                figure.values.append(ms)
         if "before" in rates:
             ratio.values.append(rates["this"] / rates["before"])
-    shown = [*figures.values(), *([ratio] if ratio.values else [])]
+    shown = [
+        *figures.values(),
+        *([ratio] if ratio.values else []),
+        *(figure for label in trees for figure in cpu[label]),
+    ]
     return table(
         f"Drain of {args.drain_events:,} events to an always-202 intake, steady state "
         "(from the first tenth delivered to the last)",

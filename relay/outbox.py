@@ -487,10 +487,16 @@ def _next_span(
     after: int | None = None,
 ) -> tuple[int, int, str] | None:
     """The id range of the next batch: the oldest events that fit ``max_bytes``."""
-    if after is None:
-        oldest = queries.fetch_now(conn, queries.OLDEST_SIZES, (excluded, max_events))
-    else:
-        oldest = queries.fetch_now(conn, queries.SIZES_AFTER, (after, excluded, max_events))
+    params = (excluded, max_events) if after is None else (after, excluded, max_events)
+    summed = queries.OLDEST_SIZES_SUMMED if after is None else queries.SIZES_AFTER_SUMMED
+    ((first, last, events, size),) = conn.execute(summed, params).fetchall()
+    if not events:
+        return None
+    if ENVELOPE_BYTES + size + events - 1 <= max_bytes:  # a comma between two events
+        return first, last, excluded
+    oldest = queries.fetch_now(
+        conn, queries.OLDEST_SIZES if after is None else queries.SIZES_AFTER, params
+    )
     if not oldest.rows:
         return None
     ids, sizes = oldest.column("id"), oldest.column("size")

@@ -33,6 +33,14 @@ _EVENT = "id, received_at, end_at, size, attempts, first_failure_at, body"
 OLDEST_SIZES = f"SELECT id, size FROM events WHERE id NOT {_IN_IDS} ORDER BY id LIMIT ?"
 # The same past an id: the batch after one being sent, read while it is sent and acked.
 SIZES_AFTER = f"SELECT id, size FROM events WHERE id > ? AND id NOT {_IN_IDS} ORDER BY id LIMIT ?"
+# Both summed inside SQLite first: when the oldest events fit the byte cap together (the
+# usual case) the batch is their id range, and no row of sizes reaches Python.
+_SUMMED = (
+    "SELECT min(id) AS first, max(id) AS last, count(*) AS events, "
+    "coalesce(sum(size), 0) AS bytes FROM"
+)
+OLDEST_SIZES_SUMMED = f"{_SUMMED} ({OLDEST_SIZES})"
+SIZES_AFTER_SUMMED = f"{_SUMMED} ({SIZES_AFTER})"
 EVENTS_BETWEEN = (
     f"SELECT {_EVENT} FROM events WHERE id BETWEEN ? AND ? AND id NOT {_IN_IDS} ORDER BY id"
 )

@@ -340,6 +340,10 @@ def sidecar_figures(stdout: str, data: Any) -> list[Figure]:
             ("draining: p99", "idle: p99", "p99 ratio"),
             ("relay peak RSS", "no-op peak RSS", None),
             ("this: drained", "before: drained", "this / before"),
+            *(
+                (f"this: {part} CPU per 1000 events", f"before: {part} CPU per 1000 events", None)
+                for part in ("relay event loop", "relay's other threads (SQLite)", "intake")
+            ),
         ]
         for cells in table.rows:
             full = re.fullmatch(r"(\w+), ([\d,]+) events: (.+)", cells[0])

@@ -120,6 +120,26 @@ async def test_next_batch_honours_max_bytes(outbox: Outbox) -> None:
     assert [e.body for e in events[:2]] == [e.body for e in batch]
 
 
+@pytest.mark.parametrize(("spare", "taken"), [(0, 3), (-1, 2)])
+async def test_a_batch_fills_max_bytes_exactly_and_never_passes_it(
+    outbox: Outbox, spare: int, taken: int
+) -> None:
+    """A request body of exactly max_bytes takes every event; a byte less leaves the last
+    one for the next batch, in both batch reads."""
+    events = [sized(100, tag) for tag in range(3)]
+    await outbox.append(events)
+    max_bytes = len(request_body([e.body for e in events])) + spare
+
+    batch = await outbox.next_batch(max_events=1000, max_bytes=max_bytes)
+    request = await outbox.next_request(max_events=1000, max_bytes=max_bytes)
+
+    expected = request_body([e.body for e in events[:taken]])
+    assert [e.body for e in events[:taken]] == [e.body for e in batch]
+    assert request is not None
+    assert (expected, taken) == (request.body, request.events)
+    assert len(request.body) <= max_bytes
+
+
 async def test_next_batch_returns_one_event_larger_than_max_bytes(outbox: Outbox) -> None:
     """next_batch returns the oldest event even when it alone exceeds max_bytes."""
     events = [sized(500, 0), sized(100, 1)]

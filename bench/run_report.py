@@ -266,12 +266,7 @@ def instructions_figures(stdout: str, data: Any) -> list[Figure]:
     if table is None:
         return []
     noop = table.row(r"^noop$")
-    figures: list[Figure] = []
-    for cells in table.rows:
-        if cells[0] != "noop":
-            row = dict(zip(table.header, cells, strict=False))
-            figures += _pair(f"{cells[0]}: instructions/request", row, noop, table.header[1])
-    return figures
+    return _each_against(table, noop, "{}: instructions/request", table.header[1])
 
 
 def parse_figures(stdout: str, data: Any) -> list[Figure]:
@@ -280,11 +275,19 @@ def parse_figures(stdout: str, data: Any) -> list[Figure]:
     if table is None:
         return []
     baseline = table.row(r"\(baseline\)")
+    return _each_against(table, baseline, "{}, ms per body", "median ms")
+
+
+def _each_against(
+    table: Table, baseline: dict[str, str] | None, name: str, column: str
+) -> list[Figure]:
+    """Every row of ``table`` but the baseline's, each against it in ``column``; ``name``
+    formats a row's first cell into the figure's name."""
     figures: list[Figure] = []
     for cells in table.rows:
-        if "(baseline)" not in cells[0]:
-            row = dict(zip(table.header, cells, strict=False))
-            figures += _pair(f"{cells[0]}, ms per body", row, baseline, "median ms")
+        row = dict(zip(table.header, cells, strict=False))
+        if row != baseline:
+            figures += _pair(name.format(cells[0]), row, baseline, column)
     return figures
 
 

@@ -162,8 +162,24 @@ def relay_env(tree: Path, *, api_key: bool) -> dict[str, str]:
     return env
 
 
-def copy_outbox(template: Path, to: Path) -> None:
-    shutil.copyfile(template, to)
+def fresh_outbox(path: Path, template: Path | None = None) -> None:
+    """No outbox at ``path`` (nor its -wal and -shm), or a copy of ``template`` there."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    if template is not None:
+        shutil.copyfile(template, path)
+
+
+def spawn_relay(tree: Path, cfg: Path, *, api_key: bool) -> subprocess.Popen[bytes]:
+    """``ci-relay serve`` from ``tree`` (its working directory: see ``ingest.Server``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve", "--config", str(cfg)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        env=relay_env(tree, api_key=api_key),
+        cwd=tree,
+        start_new_session=True,
+    )
 
 
 class Relay(Server):
@@ -308,10 +324,7 @@ def backlog_run(
         intake, intake_port = start_intake()
         port = free_port()
         outbox = work / f"backlog-{label}.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{outbox}{suffix}").unlink(missing_ok=True)
-        if label == "draining":
-            copy_outbox(template, outbox)
+        fresh_outbox(outbox, template if label == "draining" else None)
         cfg = config(work / "relay.toml", port, outbox, intake_port)
         relay = Relay(f"relay {label}", tree, cfg, port, api_key=True)
         try:
@@ -352,8 +365,7 @@ def scenario_memory(args: argparse.Namespace, work: Path) -> str:
         for kind in ("noop", "relay"):
             port = free_port()
             outbox = work / "memory.db"
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{outbox}{suffix}").unlink(missing_ok=True)
+            fresh_outbox(outbox)
             cfg = config(work / "relay.toml", port, outbox, None)
             server: Server
             if kind == "noop":
@@ -437,21 +449,10 @@ def startup_of(
     for _ in range(args.runs):
         for label, (figure, whole) in (("empty", empty), ("full", full)):
             outbox = work / f"startup-{label}.db"
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{outbox}{suffix}").unlink(missing_ok=True)
-            if label == "full":
-                copy_outbox(template, outbox)
+            fresh_outbox(outbox, template if label == "full" else None)
             port = free_port()
             cfg = config(work / "relay.toml", port, outbox, None)
-            env = relay_env(tree, api_key=False)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "relay", "serve", "--config", str(cfg)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                env=env,
-                cwd=tree,
-                start_new_session=True,
-            )
+            proc = spawn_relay(tree, cfg, api_key=False)
             try:
                 to_listen, to_202 = first_202(port, proc, body)
                 figure.values.append(to_202 * 1000)
@@ -505,21 +506,11 @@ class Drained:
 def drain_once(tree: Path, work: Path, template: Path, events: int) -> Drained:
     intake, intake_port = start_intake()
     outbox = work / "drain.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{outbox}{suffix}").unlink(missing_ok=True)
-    copy_outbox(template, outbox)
+    fresh_outbox(outbox, template)
     port = free_port()
     cfg = config(work / "relay.toml", port, outbox, intake_port)
-    env = relay_env(tree, api_key=True)
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "relay", "serve", "--config", str(cfg)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        env=env,
-        cwd=tree,
-        start_new_session=True,
-    )
+    proc = spawn_relay(tree, cfg, api_key=True)
     # Steady state: from the first tenth of the events delivered to the last.
     tenth: tuple[float, int, CpuSplit] | None = None
     try:

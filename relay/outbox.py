@@ -315,7 +315,8 @@ class Outbox:
             span = _next_span(conn, max_events, max_bytes, excluded)
             if span is None:
                 return []
-            return queries.fetch_now(conn, queries.EVENTS_BETWEEN, span).objects(StoredEvent)
+            found = queries.fetch_now(conn, queries.EVENTS_BETWEEN, (*span, excluded))
+            return found.objects(StoredEvent)
 
         return await self._on_reader(read)
 
@@ -335,7 +336,7 @@ class Outbox:
             span = _next_span(conn, max_events, max_bytes, excluded, after)
             if span is None:
                 return None
-            first, last, _ = span
+            first, last = span
             ((events, size, oldest_end_at, body),) = conn.execute(
                 queries.REQUEST_BETWEEN, (*ENVELOPE, first, last, excluded)
             ).fetchall()
@@ -392,7 +393,8 @@ class Outbox:
         return value
 
     async def _on_reader(self, read: Callable[[sqlite3.Connection], _R]) -> _R:
-        """``read`` on the reader connection's thread: a batch's reads in one hand-off."""
+        """``read`` on the reader connection's thread, in one hand-off (a batch's reads
+        together); a failing file is OutboxUnavailable."""
         try:
             return await queries.on_thread(self._reader, read)
         except sqlite3.Error as exc:
@@ -400,10 +402,7 @@ class Outbox:
 
     async def _read(self, query: str, params: tuple[object, ...] = ()) -> queries.Result:
         """A read on the reader connection; a failing file is OutboxUnavailable."""
-        try:
-            return await queries.fetch(self._reader, query, params)
-        except sqlite3.Error as exc:
-            raise unavailable(exc) from exc
+        return await self._on_reader(lambda conn: queries.fetch_now(conn, query, params))
 
     async def refresh_counts(self) -> None:
         """Add what another process (a dead-letter replay) added to the file since.
@@ -485,15 +484,16 @@ def _next_span(
     max_bytes: int,
     excluded: str,
     after: int | None = None,
-) -> tuple[int, int, str] | None:
-    """The id range of the next batch: the oldest events that fit ``max_bytes``."""
+) -> tuple[int, int] | None:
+    """The first and last id of the next batch (``excluded`` left out): the oldest events
+    that fit ``max_bytes``."""
     params = (excluded, max_events) if after is None else (after, excluded, max_events)
     summed = queries.OLDEST_SIZES_SUMMED if after is None else queries.SIZES_AFTER_SUMMED
     ((first, last, events, size),) = conn.execute(summed, params).fetchall()
     if not events:
         return None
     if ENVELOPE_BYTES + size + events - 1 <= max_bytes:  # a comma between two events
-        return first, last, excluded
+        return first, last
     oldest = queries.fetch_now(
         conn, queries.OLDEST_SIZES if after is None else queries.SIZES_AFTER, params
     )
@@ -506,7 +506,7 @@ def _next_span(
         if total > max_bytes:
             break
         count += 1
-    return ids[0], ids[count - 1], excluded
+    return ids[0], ids[count - 1]
 
 
 def _ids(events: Sequence[StoredEvent]) -> str:

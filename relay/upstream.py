@@ -260,8 +260,9 @@ class Upstream:
         if self._settings.compress:
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
+        client = self._client()  # opens the session and looks up its proxy, once
         try:
-            async with self._client().post(
+            async with client.post(
                 self._url,
                 data=body,
                 headers=headers,

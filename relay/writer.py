@@ -38,7 +38,7 @@ Row = tuple[float, float | None, int, bytes]
 Counts = tuple[int, int]  # events, bytes
 # A maintenance write, run on the write connection's thread inside the transaction the
 # writer opens and commits; returns how many events and bytes it removed from the outbox.
-Work = Callable[[sqlite3.Connection], tuple[int, int]]
+Work = Callable[[sqlite3.Connection], Counts]
 
 
 class OutboxFull(Exception):
@@ -290,7 +290,7 @@ def _transaction(work: Callable[[sqlite3.Connection], _T]) -> Callable[[sqlite3.
     return run
 
 
-def _with_totals(work: Work, counts: tuple[int, int]) -> Callable[[sqlite3.Connection], Counts]:
+def _with_totals(work: Work, counts: Counts) -> Callable[[sqlite3.Connection], Counts]:
     """``work``, then the running totals set to ``counts`` less what it removed."""
 
     def run(conn: sqlite3.Connection) -> Counts:

@@ -122,8 +122,8 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         "stopped",
         uptime_s=round(time.monotonic() - started, 1),
         accepted=outbox.counts.accepted_total,
-        delivered=flusher.stats.delivered,
-        dead_lettered=flusher.stats.dead_lettered,
+        delivered=outbox.counts.delivered_total,
+        dead_lettered=outbox.counts.dead_lettered_total,
         pending=outbox.counts.events,
     )
     return status

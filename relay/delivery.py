@@ -46,26 +46,18 @@ Blocker = Retry | Unauthorized | Misconfigured | Reject | StoreFailed
 
 
 @dataclass
-class Counts:
-    """What delivery did: events delivered and dead-lettered, requests sent and failed."""
+class FlushResult:
+    """What one step did (events delivered and dead-lettered, requests sent and failed),
+    what stopped it, if anything, and how long the flusher waits.
+
+    The running totals of delivered and dead-lettered events are the outbox's
+    (``OutboxCounts``), counted as their removal commits; these serve the step's verdict.
+    """
 
     delivered: int = 0
     dead_lettered: int = 0
     requests: int = 0
     failed_requests: int = 0
-
-    def add(self, other: Counts) -> None:
-        """Add ``other``'s counts to these (running totals)."""
-        self.delivered += other.delivered
-        self.dead_lettered += other.dead_lettered
-        self.requests += other.requests
-        self.failed_requests += other.failed_requests
-
-
-@dataclass
-class FlushResult(Counts):
-    """What one step did; what stopped it, if anything, and how long the flusher waits."""
-
     blocked_by: Blocker | None = None
     wait_s: float = 0.0
 

@@ -24,7 +24,7 @@ import structlog
 
 from relay.backoff import Backoff
 from relay.config import FlusherSettings, RetrySettings
-from relay.delivery import Blocker, Counts, Delivery, StoreFailed
+from relay.delivery import Blocker, Delivery, StoreFailed
 from relay.delivery import FlushResult as FlushResult  # the step's result, for callers
 from relay.outbox import Outbox, OutboxUnavailable
 from relay.upstream import Misconfigured, Reject, Retry, Unauthorized, Upstream
@@ -108,14 +108,13 @@ class Flusher:
         self._reminder = _Reminder()
         self._state: State = "delivering" if upstream.has_api_key else "no_api_key"
         self.state_since = clock()
-        self.stats = Counts()  # totals since start
         self.retries = 0  # backoffs since start
         self.last_delivery: LastDelivery | None = None
         self.last_error: LastError | None = None
         self._oldest_received_at: float | None = None
         self._delivery = Delivery(outbox, upstream, settings, retry, clock)
         self._failing_since: float | None = None
-        self._reported = Counts()  # stats at the last progress line
+        self._reported = (0, 0)  # delivered and dead-lettered at the last progress line
 
     @property
     def state(self) -> State:
@@ -256,22 +255,20 @@ class Flusher:
     async def _report_progress(self) -> None:
         """Once a minute, while anything was delivered or dead-lettered: one info line."""
         now = self._clock()
-        moved = (self.stats.delivered, self.stats.dead_lettered) != (
-            self._reported.delivered,
-            self._reported.dead_lettered,
-        )
-        if not moved or not self._reminder.due("progress", now):
+        counts = self._outbox.counts
+        moved = counts.delivered_total, counts.dead_lettered_total
+        if moved == self._reported or not self._reminder.due("progress", now):
             return
         oldest = await self._outbox.oldest_received_at()
         logger.info(
             "delivery progress",
-            delivered=self.stats.delivered - self._reported.delivered,
-            dead_lettered=self.stats.dead_lettered - self._reported.dead_lettered,
-            pending=self._outbox.counts.events,
+            delivered=moved[0] - self._reported[0],
+            dead_lettered=moved[1] - self._reported[1],
+            pending=counts.events,
             oldest_pending_age_s=None if oldest is None else round(now - oldest, 1),
             state=self.state,
         )
-        self._reported = Counts(**vars(self.stats))
+        self._reported = moved
 
     async def _warn_if_old(self) -> None:
         """Warn (once a minute) while pending events near the upstream's 18-hour window.
@@ -320,11 +317,10 @@ class Flusher:
                         wait_s=round(wait, 3),
                     )
             case None:
-                if step.requests and (self.state != "delivering" or not self.stats.delivered):
+                first = self.state == "delivering" and self.last_delivery is None
+                if step.requests and (self.state != "delivering" or first):
                     logger.info(
-                        "first delivery"
-                        if self.state == "delivering" and not self.stats.delivered
-                        else "delivery resumed",
+                        "first delivery" if first else "delivery resumed",
                         after_state=self.state,
                         delivered=step.delivered,
                         url=self.upstream.display_url,
@@ -337,7 +333,6 @@ class Flusher:
                     self.state = "delivering"
         if step.blocked_by is not None:
             self.last_error = LastError(now, self.state, _answer(step.blocked_by))
-        self.stats.add(step)
         self._resume_at = now + wait
         step.wait_s = wait
         return step

@@ -127,14 +127,16 @@ class RelayCollector(Collector):
         yield from outbox.group_events.collect()
 
     def _delivery(self, flusher: Flusher) -> Iterator[Metric]:
-        stats = flusher.stats
+        counts = self._outbox.counts
         yield _counter(
-            "ci_relay_events_delivered", "Events the upstream answered 2xx for.", stats.delivered
+            "ci_relay_events_delivered",
+            "Events the upstream answered 2xx for, counted as they leave the outbox.",
+            counts.delivered_total,
         )
         yield _counter(
             "ci_relay_events_dead_lettered",
             "Events moved to the dead letters by delivery.",
-            stats.dead_lettered,
+            counts.dead_lettered_total,
         )
         yield _counter(
             "ci_relay_upstream_retries",

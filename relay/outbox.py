@@ -253,13 +253,17 @@ class Outbox:
         now = time.time()
         await self._writer.append([(now, e.end_at, len(e.body), e.body) for e in events])
 
-    async def apply(self, work: Work, *, durable: bool = True) -> None:
+    async def apply(
+        self, work: Work, *, durable: bool = True, delivered: int = 0, dead_lettered: int = 0
+    ) -> None:
         """Run ``work`` in a write transaction of its own, serialised with the appends.
 
         ``work`` returns how many events and bytes it removed from the outbox; ``durable``
-        as ``Writer.apply`` says (False for acks).
+        (False for acks), ``delivered`` and ``dead_lettered`` as ``Writer.apply`` says.
         """
-        await self._writer.apply(work, durable=durable)
+        await self._writer.apply(
+            work, durable=durable, delivered=delivered, dead_lettered=dead_lettered
+        )
 
     async def ack(self, events: Sequence[StoredEvent]) -> None:
         """Delete events the upstream answered 2xx for, in one transaction."""
@@ -270,7 +274,7 @@ class Outbox:
             conn.execute(queries.DELETE_EVENTS, (ids,))
             return len(events) - added, sum(e.size for e in events) - added_bytes
 
-        await self.apply(work, durable=False)
+        await self.apply(work, durable=False, delivered=len(events))
 
     async def record_failure(self, events: Sequence[StoredEvent], now: float) -> None:
         """Count one more failed attempt for ``events``."""
@@ -302,7 +306,7 @@ class Outbox:
             conn.execute(queries.DELETE_EVENTS, (ids,))
             return len(events) - added, sum(e.size for e in events) - added_bytes
 
-        await self.apply(work)
+        await self.apply(work, dead_lettered=len(events))
 
     async def next_batch(
         self, max_events: int, max_bytes: int, exclude: Collection[int] = ()
@@ -361,7 +365,7 @@ class Outbox:
             conn.execute(queries.DELETE_BETWEEN, (batch.first_id, batch.last_id, batch.excluded))
             return batch.events - added, batch.size - added_bytes
 
-        await self.apply(work, durable=False)
+        await self.apply(work, durable=False, delivered=batch.events)
 
     async def events(self, ids: Collection[int]) -> list[StoredEvent]:
         """The pending events of ``ids`` (those still in the outbox), by id."""

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from relay.config import OutboxSettings
     from relay.flusher import Flusher
     from relay.metrics import IngestCounts
-    from relay.outbox import Outbox, Readings
+    from relay.outbox import Outbox, OutboxCounts, Readings
 
 # A refusal for a full outbox this recent still counts as "full", though a delivery may
 # since have made room for one more request.
@@ -145,7 +145,7 @@ def snapshot(
     """The ``/status`` document: what the relay holds, what delivery does, what needs care."""
     now = time.time()
     outbox_status = _outbox(outbox, readings, ingest, settings, now)
-    delivery = None if flusher is None else _delivery(flusher, now)
+    delivery = None if flusher is None else _delivery(flusher, outbox.counts, now)
     warning_s = None if flusher is None else flusher.expiry_warning_s
     return {
         "version": version,
@@ -183,7 +183,7 @@ def _outbox(
     }
 
 
-def _delivery(flusher: Flusher, now: float) -> DeliveryStatus:
+def _delivery(flusher: Flusher, counts: OutboxCounts, now: float) -> DeliveryStatus:
     delivery = flusher.last_delivery
     error = flusher.last_error
     return {
@@ -191,8 +191,8 @@ def _delivery(flusher: Flusher, now: float) -> DeliveryStatus:
         "since": _moment(flusher.state_since, now),
         "upstream": flusher.upstream.display_url,
         "next_try_in_s": round(flusher.backoff_s, 1),
-        "delivered_since_start": flusher.stats.delivered,
-        "dead_lettered_since_start": flusher.stats.dead_lettered,
+        "delivered_since_start": counts.delivered_total,
+        "dead_lettered_since_start": counts.dead_lettered_total,
         "retries_since_start": flusher.retries,
         "last_delivery": None
         if delivery is None

@@ -91,9 +91,19 @@ def unavailable(exc: sqlite3.Error) -> OutboxUnavailable:
 
 @dataclass
 class OutboxCounts:
+    """What the outbox holds, and the events that came and left since it was opened.
+
+    The writer sets them all in the step that sees a commit, so that whoever reads them
+    (a scrape, ``ci-relay status``) never finds events gone from ``events`` but not yet
+    counted where they went: accepted = pending + delivered + dead-lettered, for the
+    events of this process.
+    """
+
     events: int = 0
     bytes: int = 0
     accepted_total: int = 0
+    delivered_total: int = 0  # deleted after the upstream answered 2xx
+    dead_lettered_total: int = 0  # moved to the dead letters
 
 
 @dataclass(slots=True)
@@ -110,6 +120,8 @@ class _Apply:
     work: Work
     done: asyncio.Future[None]
     durable: bool
+    delivered: int  # what ``work`` removes, counted as it commits
+    dead_lettered: int
 
 
 _Op = _Append | _Apply
@@ -145,17 +157,21 @@ class Writer:
         self._queue.put_nowait(_Append(rows, sum(r[2] for r in rows), done))
         await done
 
-    async def apply(self, work: Work, *, durable: bool = True) -> None:
+    async def apply(
+        self, work: Work, *, durable: bool = True, delivered: int = 0, dead_lettered: int = 0
+    ) -> None:
         """Run ``work`` in a write transaction of its own, serialised with the appends.
 
         Not ``durable``: the commit does not wait for the disk (synchronous NORMAL, for
         this transaction only); a power cut may undo it, a crash of the process cannot.
         Meant for acks: an ack undone sends its events again, which at-least-once allows,
         and its pages reach the disk with the next durable commit.
+        ``delivered`` and ``dead_lettered``: the events ``work`` removes that way, added to
+        the totals with the commit.
         """
         self._check_open()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Apply(work, done, durable))
+        self._queue.put_nowait(_Apply(work, done, durable, delivered, dead_lettered))
         await done
 
     async def stop(self) -> None:
@@ -260,6 +276,8 @@ class Writer:
             _settle(op.done, unavailable(exc))
             return
         self.counts.events, self.counts.bytes = events, size
+        self.counts.delivered_total += op.delivered
+        self.counts.dead_lettered_total += op.dead_lettered
         _settle(op.done, None)
 
     def _fail_pending(self, failure: OutboxClosed) -> None:

@@ -95,8 +95,8 @@ class OutboxCounts:
 
     The writer sets them all in the step that sees a commit, so that whoever reads them
     (a scrape, ``ci-relay status``) never finds events gone from ``events`` but not yet
-    counted where they went: accepted = pending + delivered + dead-lettered, for the
-    events of this process.
+    counted where they went: between two reads, ``events`` moves by exactly accepted less
+    delivered less dead-lettered (a replay from another process aside).
     """
 
     events: int = 0

@@ -165,18 +165,6 @@ def tmpfs(where: Path, options: str) -> Iterator[Path]:
 
 
 @dataclass
-class Done:
-    """A finished ``ci-relay`` process, its output as bytes."""
-
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-
-    def json(self) -> object:
-        return orjson.loads(self.stdout)
-
-
-@dataclass
 class Ran:
     """One ``ci-relay`` command run: its exit status and output as text."""
 
@@ -197,9 +185,9 @@ async def relay_command(
     cwd: Path | None = None,
     stdin: bytes | None = None,
     timeout_s: float = CLI_TIMEOUT_S,
-) -> Done:
-    """``python -m relay ARGS`` run to its end in ``env``, its output captured; killed if
-    it outlasts ``timeout_s``."""
+) -> subprocess.CompletedProcess[bytes]:
+    """``python -m relay ARGS`` run to its end in ``env``, its output captured as bytes;
+    killed if it outlasts ``timeout_s``."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -218,7 +206,7 @@ async def relay_command(
         await process.wait()
         raise
     assert process.returncode is not None
-    return Done(process.returncode, out, err)
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
 
 
 async def ci_relay(*args: str, timeout_s: float = CLI_TIMEOUT_S) -> Ran:

@@ -83,8 +83,13 @@ def test_branch_or_tag(
         ("HEAD", False),
         (None, False),
         ("0123456789abcdef0123456789abcdef012345678", False),
+        # a SHA-256 repository's object name
+        ("0123456789abcdef" * 4, True),
+        ("0123456789abcdef" * 4 + "0", False),
+        ("--output=/tmp/file", False),
+        ("0123456789abcdef0123456789abcdef01234567\n", False),
     ],
 )
 def test_is_sha(value: str | None, expected: bool) -> None:
-    """Only 40 hex digits are a commit id the intake takes."""
+    """Only 40 (SHA-1) or 64 (SHA-256) hex digits are a commit id."""
     assert expected == is_sha(value)

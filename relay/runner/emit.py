@@ -30,6 +30,8 @@ def emit(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> int:
     except (UsageError, ValueError) as exc:
         return _fail(str(exc), EXIT_INVALID)
     facts = resolve(env, overrides(args), Path.cwd())
+    for warning in facts.warnings:
+        print(f"ci-relay: emit: {warning}", file=sys.stderr)
     mark = StartMark(marker_dir(env), *_identity(options, facts))
     running = options.status == "running"
     if running:

@@ -61,6 +61,8 @@ class CIFacts:
     node_workspace: str | None = None
     node_labels: list[str] = field(default_factory=list)
     git: GitFacts = field(default_factory=GitFacts)
+    # What was ignored or repaired while the facts were read, one line each, for stderr.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def unique_id(self) -> str | None:

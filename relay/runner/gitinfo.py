@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay.runner.facts import GitFacts
-from relay.runner.refs import strip_credentials
+from relay.runner.refs import is_sha, strip_credentials
 
 GIT_TIMEOUT_S = 5.0
 # One field per line would break on multi-line messages: NUL-separated, message last.
@@ -21,8 +21,13 @@ class Checkout:
     path: Path
 
     def commit(self, rev: str = "HEAD") -> GitFacts | None:
-        """The sha, author, committer, times and message of ``rev``; None if not here."""
-        out = self._git("log", "-1", "--no-show-signature", f"--format={_FORMAT}", rev, "--")
+        """The sha, author, committer, times and message of ``rev`` (HEAD or a full sha);
+        None if not here, or if ``rev`` is neither."""
+        if rev != "HEAD" and not is_sha(rev):
+            return None
+        out = self._git(
+            "log", "-1", "--no-show-signature", f"--format={_FORMAT}", "--end-of-options", rev, "--"
+        )
         if out is None:
             return None
         fields = out.split("\x00")
@@ -42,33 +47,36 @@ class Checkout:
 
     def head(self) -> str | None:
         """The sha of HEAD."""
-        out = self._git("rev-parse", "--verify", "-q", "HEAD")
+        out = self._git("rev-parse", "--verify", "-q", "--end-of-options", "HEAD")
         return out.strip() or None if out else None
 
     def repository_url(self) -> str | None:
         """Where ``origin`` points (``insteadOf`` applied), without credentials."""
-        url = self._git("ls-remote", "--get-url", "origin")
+        url = self._git("ls-remote", "--get-url", "--end-of-options", "origin")
         url = url.strip() if url else None
         # Without a remote, git echoes the name back.
         return strip_credentials(url) if url and url != "origin" else None
 
     def branch(self) -> str | None:
         """The checked-out branch, or None on a detached HEAD."""
-        out = self._git("symbolic-ref", "-q", "--short", "HEAD")
+        out = self._git("symbolic-ref", "-q", "--short", "--end-of-options", "HEAD")
         return out.strip() or None if out else None
 
     def tag(self) -> str | None:
         """A tag pointing at HEAD, if any."""
-        out = self._git("tag", "--points-at", "HEAD")
+        out = self._git("tag", "--points-at=HEAD", "--end-of-options")
         tags = out.split() if out else []
         return tags[0] if tags else None
 
     def _git(self, *args: str) -> str | None:
+        # Every positional argument follows --end-of-options (each command used here takes
+        # it; checked with git 2.39), and a revision is HEAD or a checked sha: a value that
+        # starts with "-" can never become an option such as --output=FILE.
         # safe.directory: a CI job's checkout is often owned by another user than the job
         # (containers); the runner only reads it.
         command = ["git", "-c", "safe.directory=*", "-C", str(self.path), *args]
         try:
-            result = subprocess.run(  # noqa: S603 - git from PATH, fixed arguments, no shell
+            result = subprocess.run(  # noqa: S603 - git from PATH, no option from outside, no shell
                 command,
                 capture_output=True,
                 text=True,

@@ -6,7 +6,8 @@ import re
 
 # scheme://authority rest: the authority ends at the first "/", "?" or "#".
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)(.*)", re.DOTALL)
-_HEX_SHA = re.compile(r"[0-9a-fA-F]{40}")
+# A SHA-1 (40) or SHA-256 (64) object name, the only revisions given to git from outside.
+_HEX_SHA = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
 
 
 def strip_credentials(url: str) -> str:
@@ -61,5 +62,5 @@ def _without_tag_prefix(tag: str) -> str:
 
 
 def is_sha(value: str | None) -> bool:
-    """Whether ``value`` is a full 40-hex-digit commit id, as the intake requires."""
+    """Whether ``value`` is a full commit id: 40 hex digits (SHA-1) or 64 (SHA-256)."""
     return value is not None and _HEX_SHA.fullmatch(value) is not None

@@ -3,8 +3,9 @@
 Precedence, highest first:
 
 - repository URL, sha, branch/tag: flags, then ``DD_GIT_*``, then the provider's variables,
-  then the checkout. A branch or tag given by a flag or ``DD_GIT_*`` replaces the
-  provider's ref as a whole, so the result never holds both.
+  then the checkout. A sha that is not 40 or 64 hex digits is skipped (with a warning when
+  the flag or ``DD_GIT_COMMIT_SHA`` gave it). A branch or tag given by a flag or
+  ``DD_GIT_*`` replaces the provider's ref as a whole, so the result never holds both.
 - author, committer, times, message: ``DD_GIT_COMMIT_*``, then the checkout's commit of that
   sha (``git log``), then the provider's variables. The checkout is read for the resolved
   sha only, so a checkout of another commit never lends its author.
@@ -69,11 +70,13 @@ def resolve(env: Env, overrides: Overrides, checkout_dir: Path) -> CIFacts:
     if facts.run_key is None and facts.pipeline_id:
         # The generic rule: a run is its pipeline id (give one per run and attempt).
         facts.run_key = f"{facts.provider}:{facts.pipeline_id}"
-    facts.git = _git(env, overrides, facts.git, Checkout(checkout_dir))
+    facts.git = _git(env, overrides, facts.git, Checkout(checkout_dir), facts.warnings)
     return facts
 
 
-def _git(env: Env, overrides: Overrides, provided: GitFacts, checkout: Checkout) -> GitFacts:
+def _git(
+    env: Env, overrides: Overrides, provided: GitFacts, checkout: Checkout, warnings: list[str]
+) -> GitFacts:
     user = GitFacts(**{field: first(env, var) for var, field in DD_GIT.items()})
     flags = GitFacts(
         repository_url=overrides.git_repository_url,
@@ -81,7 +84,11 @@ def _git(env: Env, overrides: Overrides, provided: GitFacts, checkout: Checkout)
         branch=overrides.git_branch,
         tag=overrides.git_tag,
     )
-    sha = flags.sha or user.sha or (provided.sha if is_sha(provided.sha) else None)
+    sha = (
+        _checked_sha(flags.sha, "--git-sha", warnings)
+        or _checked_sha(user.sha, "DD_GIT_COMMIT_SHA", warnings)
+        or (provided.sha if is_sha(provided.sha) else None)
+    )
     commit = checkout.commit(sha or "HEAD")
     git = replace(provided, sha=sha or (commit.sha if commit else None))
     if commit is not None:
@@ -101,3 +108,12 @@ def _git(env: Env, overrides: Overrides, provided: GitFacts, checkout: Checkout)
         git.tag = None if git.branch else checkout.tag()
     git.branch, git.tag = branch_or_tag(git.branch, git.tag)
     return git
+
+
+def _checked_sha(value: str | None, source: str, warnings: list[str]) -> str | None:
+    """``value`` if it is a full sha; else None, with a warning naming ``source`` (a value
+    such as ``--output=FILE`` must never reach git, and the intake wants a full sha)."""
+    if not value or is_sha(value):
+        return value or None
+    warnings.append(f"{source} is not a commit sha (40 or 64 hex digits); ignored")
+    return None

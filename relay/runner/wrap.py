@@ -175,6 +175,8 @@ def _report(
         return
     try:
         facts = prepared.facts or resolve(env, overrides(args), Path.cwd())
+        for warning in facts.warnings:
+            print(f"ci-relay: run: {warning}", file=sys.stderr)
         options = event_options(args, level, outcome.status)
         options.start, options.end = rfc3339(times[0]), rfc3339(times[1])
         options.error_type, options.error_message = outcome.error_type, outcome.error_message

@@ -30,8 +30,11 @@ _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] and argv[0] in _RUNNER_COMMANDS:  # no relay settings, no relay modules
-        args = _runner_parser().parse_args(argv)
-        return int(args.run(args))
+        from relay.runner.streams import guarded_streams
+
+        with guarded_streams():  # a broken stderr or stdout never changes their status
+            args = _runner_parser().parse_args(argv)
+            return int(args.run(args))
     parser = _parser()
     args = parser.parse_args(argv)
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from relay.runner.markers import StartMark, marker_dir
 from relay.runner.options import UsageError, event_options, overrides
 from relay.runner.post import NotSent, post, relay_token, relay_url
 from relay.runner.resolve import resolve
+from relay.runner.streams import warn, write_stdout
 from relay.runner.times import now
 
 EXIT_NOT_SENT = 1
@@ -31,7 +31,7 @@ def emit(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> int:
         return _fail(str(exc), EXIT_INVALID)
     facts = resolve(env, overrides(args), Path.cwd())
     for warning in facts.warnings:
-        print(f"ci-relay: emit: {warning}", file=sys.stderr)
+        warn(f"ci-relay: emit: {warning}")
     mark = StartMark(marker_dir(env), *_identity(options, facts))
     running = options.status == "running"
     if running:
@@ -44,20 +44,21 @@ def emit(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> int:
         # The intake takes stages and steps only once finished: keep the start for then.
         if not args.dry_run:
             mark.write(start)
-        print(
+        warn(
             f"ci-relay: emit: recorded the start of this {options.level} ({options.start}); "
-            "the event is sent when it finishes",
-            file=sys.stderr,
+            "the event is sent when it finishes"
         )
         return 0
     body = events.body(options, facts)
     problems = events.problems(body)
     if args.dry_run:
-        sys.stdout.buffer.write(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2))
-        sys.stdout.buffer.write(b"\n")
+        try:
+            write_stdout(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2) + b"\n")
+        except OSError as exc:
+            return _fail(f"cannot write the request body to stdout: {exc.strerror}", EXIT_NOT_SENT)
     if problems:
         for problem in problems:
-            print(f"ci-relay: emit: {problem}", file=sys.stderr)
+            warn(f"ci-relay: emit: {problem}")
         return EXIT_INVALID
     if args.dry_run:
         return 0
@@ -91,5 +92,5 @@ def _provider_start(options: events.EventOptions, facts: CIFacts) -> str | None:
 
 
 def _fail(message: str, status: int) -> int:
-    print(f"ci-relay: emit: {message}", file=sys.stderr)
+    warn(f"ci-relay: emit: {message}")
     return status

@@ -12,7 +12,6 @@ import contextlib
 import os
 import shlex
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from relay.runner.facts import CIFacts
 from relay.runner.options import event_options, overrides
 from relay.runner.post import NotSent, post, relay_token, relay_url
 from relay.runner.resolve import resolve
+from relay.runner.streams import warn
 from relay.runner.times import rfc3339
 
 EXIT_USAGE = 2
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> int:
     """Run the command, report it, and return the command's exit status."""
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
-        print("ci-relay: run: give the command after --", file=sys.stderr)
+        warn("ci-relay: run: give the command after --")
         return EXIT_USAGE
     prepared = _Prepared()
     start_s = time.time()
@@ -108,10 +108,10 @@ def _execute(command: list[str], meanwhile: Callable[[], None]) -> Outcome:
             command[0], command, os.environ, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ)
         )
     except FileNotFoundError:
-        print(f"ci-relay: run: {command[0]}: command not found", file=sys.stderr)
+        warn(f"ci-relay: run: {command[0]}: command not found")
         return Outcome(EXIT_NOT_FOUND, "command_not_found", f"{command[0]}: command not found")
     except OSError as exc:
-        print(f"ci-relay: run: {command[0]}: {exc.strerror}", file=sys.stderr)
+        warn(f"ci-relay: run: {command[0]}: {exc.strerror}")
         return Outcome(
             EXIT_NOT_EXECUTABLE, "command_not_executable", f"{command[0]}: {exc.strerror}"
         )
@@ -176,7 +176,7 @@ def _report(
     try:
         facts = prepared.facts or resolve(env, overrides(args), Path.cwd())
         for warning in facts.warnings:
-            print(f"ci-relay: run: {warning}", file=sys.stderr)
+            warn(f"ci-relay: run: {warning}")
         options = event_options(args, level, outcome.status)
         options.start, options.end = rfc3339(times[0]), rfc3339(times[1])
         options.error_type, options.error_message = outcome.error_type, outcome.error_message
@@ -199,4 +199,4 @@ def _report(
 
 
 def _warn(level: str, reason: str) -> None:
-    print(f"ci-relay: run: the {level} was not reported: {reason}", file=sys.stderr)
+    warn(f"ci-relay: run: the {level} was not reported: {reason}")

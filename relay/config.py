@@ -322,7 +322,7 @@ _Loaded = TypeVar("_Loaded", bound=BaseSettings)
 
 def _load(model: type[_Loaded], config_file: Path | None) -> _Loaded:
     if config_file is not None and not config_file.is_file():
-        raise ConfigError(f"config file {config_file}: not found")
+        raise ConfigError(f"config file {config_file}: {_not_a_file(config_file)}")
 
     class _FromFile(model):  # type: ignore[valid-type,misc]
         model_config = SettingsConfigDict(toml_file=config_file)
@@ -334,6 +334,15 @@ def _load(model: type[_Loaded], config_file: Path | None) -> _Loaded:
     except ValueError as exc:  # a TOML syntax error, with its line and column
         raise ConfigError(f"config file {config_file}: {exc}") from None
     return loaded
+
+
+def _not_a_file(path: Path) -> str:
+    """What ``path`` is, given that it is not a regular file one can read settings from."""
+    if path.is_dir():
+        return "is a directory, not a file"
+    if path.exists():
+        return "is not a regular file"
+    return "not found"
 
 
 def _describe(exc: ValidationError) -> str:

@@ -41,3 +41,21 @@ async def test_sighup_is_logged_and_the_relay_keeps_serving(tmp_path: Path) -> N
         assert 0 == await relay.terminate()
     assert 1 == len(relay.events("SIGHUP received"))
     assert ["signal"] == [line["reason"] for line in relay.events("stopping")]
+
+
+async def test_sighup_with_the_config_path_now_a_directory_says_so(tmp_path: Path) -> None:
+    """SIGHUP after the config file was replaced by a directory warns that the path is a
+    directory, not a file (not "not found"), and the relay stays up until SIGTERM."""
+    config = write_config(
+        tmp_path / "relay.toml",
+        server={"port": 0},
+        outbox={"path": str(tmp_path / "outbox.db")},
+    )
+    async with RelayProcess(config) as relay:
+        config.rename(tmp_path / "relay.toml.old")
+        config.mkdir()
+        await relay.signal(signal.SIGHUP)
+        await asyncio.wait_for(_logged(relay, "SIGHUP received"), timeout=10)
+        assert 0 == await relay.terminate()
+    (warning,) = relay.events("SIGHUP: configuration not read again; the log level stays")
+    assert f"config file {config}: is a directory, not a file" == warning["error"]

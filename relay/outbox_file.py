@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +30,9 @@ _OUTBOX_TABLES = frozenset({"events", "dead_letters", "schema_migrations"})
 # SQLite calls the progress handler every this many virtual machine steps.
 _PROGRESS_STEPS = 10_000
 SIDECARS = ("-wal", "-shm")
+# The modes of what the relay creates for its outbox, whatever the umask: its owner's only.
+PRIVATE_DIRECTORY = 0o700
+PRIVATE_FILE = 0o600
 
 
 class OutboxError(UserError):
@@ -77,10 +81,7 @@ class ServeLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise OutboxError(f"cannot lock outbox {self.outbox}: {_cause(exc)}") from None
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -95,6 +96,18 @@ class ServeLock:
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
+    def _open(self) -> int:
+        """The lock file, created 0600 whatever the umask."""
+        fd = -1
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+            _make_private(fd, PRIVATE_FILE)
+        except OSError as exc:
+            if fd >= 0:
+                os.close(fd)
+            raise OutboxError(f"cannot lock outbox {self.outbox}: {_cause(exc)}") from None
+        return fd
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -102,11 +115,36 @@ class ServeLock:
 
 
 def prepare_directory(path: Path) -> None:
-    """Create the outbox's directory, owner-only, if it is missing."""
+    """Create the outbox's directory and every missing parent, each 0700 whatever the umask."""
+    missing: list[Path] = []
+    directory = path.parent
+    while not directory.is_dir() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for directory in reversed(missing):
+            _make_private_directory(directory)
     except OSError as exc:
         raise OutboxError(f"cannot create the directory of outbox {path}: {_cause(exc)}") from None
+
+
+def _make_private_directory(directory: Path) -> None:
+    try:
+        os.mkdir(directory, PRIVATE_DIRECTORY)
+    except FileExistsError:
+        if directory.is_dir():  # made meanwhile by someone else: its mode is theirs
+            return
+        raise
+    # mkdir's mode passes through the umask: under 000 a parent made by Path.mkdir(parents=True)
+    # was 0777, under 277 even the owner could not write. Set it exactly.
+    os.chmod(directory, PRIVATE_DIRECTORY)
+
+
+def _make_private(fd: int, mode: int) -> None:
+    """Give the open file ``mode`` exactly if it has another one (the umask masked it, or a
+    file found in place was readable by others)."""
+    if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+        os.fchmod(fd, mode)
 
 
 def existing_size(path: Path) -> int | None:
@@ -124,12 +162,12 @@ def existing_size(path: Path) -> int | None:
 
 
 def create_private(path: Path) -> None:
-    """Create the outbox file, readable by its owner only (SQLite gives -wal and -shm its mode)."""
+    """Create the outbox file (or take the one in place) 0600 whatever the umask; SQLite gives
+    its -wal and -shm the same mode."""
     try:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, PRIVATE_FILE)
         try:
-            if os.fstat(fd).st_mode & 0o077:
-                os.fchmod(fd, 0o600)
+            _make_private(fd, PRIVATE_FILE)
         finally:
             os.close(fd)
     except OSError as exc:

@@ -32,7 +32,7 @@ def emit(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> int:
     facts = resolve(env, overrides(args), Path.cwd())
     for warning in facts.warnings:
         warn(f"ci-relay: emit: {warning}")
-    mark = StartMark(marker_dir(env), *_identity(options, facts))
+    mark = StartMark(marker_dir(env), _identity(options, facts), _marks_not_used)
     running = options.status == "running"
     if running:
         start = options.start or _provider_start(options, facts) or now()
@@ -42,8 +42,8 @@ def emit(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> int:
     options.start = start or None
     if running and options.level not in events.RUNNING_LEVELS:
         # The intake takes stages and steps only once finished: keep the start for then.
-        if not args.dry_run:
-            mark.write(start)
+        if not args.dry_run and not mark.write(start):
+            return 0  # the warning said why the start is not kept
         warn(
             f"ci-relay: emit: recorded the start of this {options.level} ({options.start}); "
             "the event is sent when it finishes"
@@ -89,6 +89,10 @@ def _identity(options: events.EventOptions, facts: CIFacts) -> tuple[str, ...]:
 
 def _provider_start(options: events.EventOptions, facts: CIFacts) -> str | None:
     return {"pipeline": facts.pipeline_start, "job": facts.job_start}.get(options.level)
+
+
+def _marks_not_used(reason: str) -> None:
+    warn(f"ci-relay: emit: start marks are not used: {reason}")
 
 
 def _fail(message: str, status: int) -> int:

@@ -49,10 +49,10 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         loop.add_signal_handler(signum, stop.set)
     # Read before anything opens: a key file or certificate that cannot be used stops the
     # relay with one line (ConfigError) rather than a relay that cannot do its work.
-    api_key = KeyFile(
+    api_key = await KeyFile.load(
         "upstream.api_key_file", settings.upstream.api_key, settings.upstream.api_key_file
     )
-    token = KeyFile(
+    token = await KeyFile.load(
         "server.ingest_token_file", settings.server.ingest_token, settings.server.ingest_token_file
     )
     tls = listener_tls(settings.server)
@@ -156,26 +156,32 @@ class _KeyChanges:
         self._api_key = api_key
         self._token = token
         self.flusher: Flusher | None = None  # told of a new API key once it runs
+        # Set by SIGHUP: the watcher reads every file, changed or not. One task reads, so a
+        # SIGHUP never races a poll of the same file.
+        self.hangup = asyncio.Event()
 
-    def reload(self, only_changed: bool) -> None:
+    async def reload(self, only_changed: bool) -> None:
         """Read each key file again (with ``only_changed``, those changed on disk)."""
-        if _read_again(self._api_key, only_changed) and self.flusher is not None:
+        # Both at once: a file stuck in its file system does not hold up the other's check.
+        new_key, _ = await asyncio.gather(
+            self._api_key.refresh(only_changed), self._token.refresh(only_changed)
+        )
+        if new_key and self.flusher is not None:
             self.flusher.api_key_changed()
-        _read_again(self._token, only_changed)
-
-
-def _read_again(key_file: KeyFile, only_changed: bool) -> bool:
-    """True when ``key_file`` was read again and holds a new value."""
-    if only_changed and not key_file.changed_on_disk():
-        return False
-    return key_file.reload()
 
 
 async def _watch_key_files(changes: _KeyChanges) -> None:
-    """Poll the key files and apply a change within ``KEY_FILE_POLL_S``."""
+    """Apply a change of a key file within ``KEY_FILE_POLL_S``, and read them all on SIGHUP.
+
+    The checks and reads run off the event loop (``KeyFile.refresh``): a key file swapped for
+    a FIFO, or on a file system that hangs, never stalls ingest or the probes.
+    """
     while True:
-        await asyncio.sleep(KEY_FILE_POLL_S)
-        changes.reload(only_changed=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changes.hangup.wait(), KEY_FILE_POLL_S)
+        hangup = changes.hangup.is_set()
+        changes.hangup.clear()
+        await changes.reload(only_changed=not hangup)
 
 
 def _on_hangup(changes: _KeyChanges, config_file: Path | None) -> None:
@@ -193,7 +199,7 @@ def _on_hangup(changes: _KeyChanges, config_file: Path | None) -> None:
         log_level=level,
         other_settings="apply at the next start",
     )
-    changes.reload(only_changed=False)
+    changes.hangup.set()
 
 
 def _connection_guard(settings: Settings) -> ConnectionGuard:

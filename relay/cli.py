@@ -329,7 +329,7 @@ def _check_config(args: argparse.Namespace, config: Path | None) -> int:
     from relay.config import ConfigError, load_settings, origins, writable_directory
     from relay.daemon import OPEN_LISTENER, OPEN_LISTENER_HINT, listener_tls
     from relay.keyfiles import KeyFile
-    from relay.upstream import tls_context
+    from relay.upstream import tls_context, upstream_proxy
 
     try:
         settings = load_settings(config)
@@ -339,6 +339,7 @@ def _check_config(args: argparse.Namespace, config: Path | None) -> int:
         KeyFile("upstream.api_key_file", upstream.api_key, upstream.api_key_file)
         listener_tls(server)
         tls_context(upstream.ca_file)
+        proxy = upstream_proxy(upstream)  # the proxy variable that applies, checked
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"ci-relay: {problem}", file=sys.stderr)
@@ -351,6 +352,7 @@ def _check_config(args: argparse.Namespace, config: Path | None) -> int:
             shown = "(unset)" if value is None else orjson.dumps(value).decode()
             print(f"  {f'{key} = {shown}':<56}  # {origin}")
     print(f"# batches go to {settings.upstream.intake_url}")
+    print(f"# {proxy.shown}")
     directory = settings.outbox.path.parent
     if not writable_directory(directory):
         problem = f"outbox directory {directory} cannot be created or written"
@@ -373,13 +375,11 @@ def _status(args: argparse.Namespace, config: Path | None) -> int:
 
     server = load_settings(config).server
     if args.url:
-        url = args.url.rstrip("/")
+        url = _relay_url(args.url)
     elif server.port == 0:
         raise UserError("server.port is 0 (chosen at start): give the relay's --url")
     else:
         url = server.local_url
-    if not url.startswith(("http://", "https://")):
-        raise UserError(f"--url must start with http:// or https://, not {url!r}")
     token = KeyFile("server.ingest_token_file", server.ingest_token, server.ingest_token_file)
     headers = {} if token.value is None else {"Authorization": f"Bearer {token.value}"}
     asking = urllib.request.Request(f"{url}/status", headers=headers)  # noqa: S310
@@ -403,3 +403,20 @@ def _status(args: argparse.Namespace, config: Path | None) -> int:
         else render(document, url)
     )
     return exit_status(document)
+
+
+def _relay_url(given: str) -> str:
+    """``--url`` once checked: http(s), a host and a port a request can reach, and no login
+    (the relay takes its token as a header, read from --config); messages quote none of it."""
+    from relay.config import check_http_url
+
+    try:
+        parts = check_http_url(given.strip(), ("http", "https"), "http://127.0.0.1:8780")
+    except ValueError as exc:
+        raise UserError(f"--url {exc}") from None
+    if "@" in parts.netloc:
+        raise UserError(
+            "--url takes no login: the relay's token is read from "
+            "server.ingest_token(_file) of --config"
+        )
+    return given.strip().rstrip("/")

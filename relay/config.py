@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+from urllib.request import getproxies
 
 from pydantic import (
     AfterValidator,
@@ -30,6 +32,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from yarl import URL
 
 from relay.exits import UserError
 from relay.intake import MAX_EVENTS_PER_REQUEST, PIPELINE_PATH, SITES, Site
@@ -134,17 +137,110 @@ class OutboxSettings(_Group):
     busy_timeout_s: float = Field(default=10.0, gt=0)
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+_IPV4_LIKE = re.compile(r"[0-9.]+")
+_PORT = re.compile(r"[0-9]+")
+
+
+def check_http_url(url: str, schemes: tuple[str, ...], example: str) -> SplitResult:
+    """``url`` split into its parts, once its scheme, login, host and port are usable: the
+    checks a request would otherwise fail on only when it is sent (a port out of range, a
+    login HTTP basic authentication cannot carry). Path, query and fragment are left to
+    the caller.
+
+    ValueError otherwise, whose message quotes no part of ``url``: a broken URL may hold a
+    login or secret anywhere (``http://user:pa/ss@host`` splits the secret at the slash).
+    """
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise ValueError("holds a blank or control character")
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower() not in schemes:
+        starts = " or ".join(f"{s}://" for s in schemes)
+        raise ValueError(f"must start with {starts}, e.g. {example}")
+    authority = re.match(r"[^/?#]*", rest)
+    assert authority is not None  # the pattern matches the empty string
+    if "@" in rest[authority.end() :]:
+        raise ValueError(
+            "holds an @ after its host: in a login or secret, write / ? and # as %2F %3F %23"
+        )
+    _, at, host_port = authority.group().rpartition("@")
+    _check_host_port(host_port)
+    if at:
+        _check_login(url)
+    return urlsplit(url)
+
+
+def _check_host_port(host_port: str) -> None:
+    """A host (a name, IPv4, or IPv6 in brackets) and an optional port from 1 to 65535."""
+    if host_port.startswith("["):
+        inside, closed, after = host_port[1:].partition("]")
+        if not closed:
+            raise ValueError("has an IPv6 host without its closing ]")
+        try:
+            ipaddress.IPv6Address(unquote(inside))
+        except ValueError:
+            raise ValueError("has a bracketed host that is not valid IPv6") from None
+        if after and not after.startswith(":"):
+            raise ValueError("has text after its IPv6 host's ]")
+        port = after[1:]
+    else:
+        host, _, port = host_port.partition(":")
+        if ":" in port:
+            raise ValueError("has more than one : after its host; an IPv6 host goes in brackets")
+        _check_host(host)
+    if port and not (_PORT.fullmatch(port) and 1 <= int(port) <= 65535):
+        raise ValueError("has a port that is not a number from 1 to 65535")
+
+
+def _check_host(host: str) -> None:
+    """A name of dotted labels (letters, digits, - and _; IDNA-encoded as the client does),
+    or an IPv4 address."""
+    if not host:
+        raise ValueError("has no host")
+    if _IPV4_LIKE.fullmatch(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError("has a host of digits and dots that is not valid IPv4") from None
+        return
+    try:
+        encoded = URL.build(scheme="http", host=host).raw_host or ""
+    except (ValueError, UnicodeError):
+        encoded = ""
+    name = encoded.removesuffix(".")
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ValueError(
+            "has a host that is not a valid name (dotted labels of letters, digits, - and _)"
+        )
+
+
+def _check_login(url: str) -> None:
+    """A login and secret that HTTP basic authentication can carry, decoded as the client
+    decodes them (aiohttp raises on a colon in the login, or a character beyond Latin-1,
+    only when it builds a request)."""
+    try:
+        parts = URL(url)
+    except ValueError:  # its message may quote the URL
+        raise ValueError("has a login or secret that cannot be read") from None
+    login, secret = parts.user or "", parts.password or ""
+    if ":" in login:
+        raise ValueError("has a login holding a : (%3A), which basic authentication cannot carry")
+    try:
+        (login + secret).encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(
+            "has a login or secret with a character beyond Latin-1, which basic "
+            "authentication cannot carry"
+        ) from None
+
+
 def _check_url(url: str) -> str:
-    """An http(s) base URL with a host and no path, query or fragment; scheme and host lowered.
+    """An http(s) base URL with a host and no path, query or fragment; scheme lowered.
 
     The relay appends the intake path itself, so a path here would be posted to twice.
     """
-    parts = urlsplit(url.strip())
+    parts = check_http_url(url.strip(), ("http", "https"), SITES["datadoghq.com"])
     scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise ValueError(f"must start with http:// or https://, e.g. {SITES['datadoghq.com']}")
-    if not parts.hostname:
-        raise ValueError("has no host")
     base = urlunsplit((scheme, parts.netloc, "", "", ""))
     path = parts.path.rstrip("/")
     if path.endswith(PIPELINE_PATH):
@@ -154,19 +250,38 @@ def _check_url(url: str) -> str:
             f'set url = "{fixed}"'
         )
     if path:
-        raise ValueError(f"takes no path (got {parts.path}); the relay posts to URL{PIPELINE_PATH}")
+        raise ValueError(f"takes no path; the relay posts to URL{PIPELINE_PATH}")
     if parts.query or parts.fragment:
         raise ValueError("takes no query or fragment")
     return base
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``url`` with its login and secret, if any, replaced by ``***``: safe to log or print.
+
+    Everything before the last ``@`` goes, wherever it is: in a URL not yet checked a secret
+    holding ``/`` or ``?`` ends past the host.
+    """
+    if "@" not in url:
         return url
-    netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
-    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    scheme, separator, rest = url.partition("://")
+    prefix = f"{scheme}://" if separator else ""
+    return f"{prefix}***@{(rest if separator else url).rpartition('@')[2]}"
+
+
+def proxy_variable(scheme: str) -> tuple[str, str] | None:
+    """The proxy variable for ``scheme`` URLs (``HTTPS_PROXY`` for https) and its value, as
+    urllib (and so aiohttp and curl) choose it: the lowercase name first, an empty value
+    meaning none. NO_PROXY is the caller's (``urllib.request.proxy_bypass``)."""
+    value = getproxies().get(scheme)
+    if not value:
+        return None
+    wanted = f"{scheme}_proxy"
+    names = sorted(
+        (name for name, held in os.environ.items() if name.lower() == wanted and held == value),
+        key=lambda name: name != wanted,
+    )
+    return (names[0] if names else wanted.upper()), value
 
 
 class UpstreamSettings(_Group):

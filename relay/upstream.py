@@ -15,14 +15,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from urllib.request import proxy_bypass
 
 import aiohttp
 import structlog
-from aiohttp.helpers import get_env_proxy_for_url
+from aiohttp.helpers import basicauth_from_netrc, netrc_from_env, strip_auth_from_url
 from yarl import URL
 
 from relay import __version__, meters
-from relay.config import ConfigError, UpstreamSettings
+from relay.config import (
+    ConfigError,
+    UpstreamSettings,
+    check_http_url,
+    proxy_variable,
+    redact_url,
+)
 from relay.intake import PIPELINE_PATH, error_detail, request_body
 from relay.keyfiles import KeyFile
 
@@ -201,20 +208,85 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
 
 
 @dataclass(frozen=True)
-class _Proxy:
-    url: URL | None
-    auth: aiohttp.BasicAuth | None
+class Proxy:
+    """The proxy requests to the upstream go through (``url`` None: directly), its
+    credentials, the variable that named it and its value with any login redacted."""
+
+    url: URL | None = None
+    auth: aiohttp.BasicAuth | None = None
+    variable: str | None = None
+    redacted: str = ""
+
+    @property
+    def shown(self) -> str:
+        """Where requests go, for a person: through which proxy (no login), or directly."""
+        if self.url is None:
+            return "directly (no proxy variable applies)"
+        return f"through the proxy {self.redacted} ({self.variable})"
 
 
-def env_proxy(url: URL) -> _Proxy:
-    """The proxy the environment names for ``url``: HTTPS_PROXY or HTTP_PROXY by its scheme
-    (credentials from the proxy URL or ~/.netrc), none if NO_PROXY lists its host; the
-    lookup aiohttp's ``trust_env`` makes."""
+_PROXY_EXAMPLE = "http://proxy.example:3128"
+
+
+def env_proxy(url: URL) -> Proxy:
+    """The proxy the environment names for ``url``, as aiohttp's ``trust_env`` chooses it:
+    none if NO_PROXY lists its host, else HTTPS_PROXY or HTTP_PROXY by its scheme, with
+    credentials from the proxy URL or ~/.netrc.
+
+    Only the variable that applies is read, and it is checked whole (an http:// proxy, its
+    host, port and login): ConfigError naming the variable otherwise, which never quotes
+    the proxy's login or secret. A bad HTTP_PROXY does not concern an https upstream.
+    """
+    if url.host is None or proxy_bypass(url.host):
+        return Proxy()
+    found = proxy_variable(url.scheme)
+    if found is None:
+        return Proxy()
+    variable, value = found
     try:
-        proxy, auth = get_env_proxy_for_url(url)
+        proxy, auth = strip_auth_from_url(_proxy_url(value.strip()))
+        auth = auth or _netrc_auth(proxy.host)
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid environment: {variable}: {exc} (the proxy for {url.scheme}:// upstreams; "
+            "hosts in NO_PROXY are reached directly)"
+        ) from None
+    return Proxy(proxy, auth, variable, redact_url(value.strip()))
+
+
+def _proxy_url(value: str) -> URL:
+    """A proxy URL: http://, a host, an optional port and login, nothing after the host.
+
+    aiohttp ignores an https:// proxy and cannot use a socks one: only http:// is taken, so
+    that no setting quietly sends the requests around the proxy (the tunnel to an https
+    upstream is TLS all the same).
+    """
+    parts = check_http_url(value, ("http",), _PROXY_EXAMPLE)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("takes no path, query or fragment")
+    return URL(value)
+
+
+def _netrc_auth(host: str | None) -> aiohttp.BasicAuth | None:
+    """The ~/.netrc (or $NETRC) credentials for the proxy's host, as aiohttp looks them up;
+    ValueError when basic authentication cannot carry them."""
+    try:
+        auth = basicauth_from_netrc(netrc_from_env(), host or "")
     except LookupError:
-        return _Proxy(None, None)
-    return _Proxy(proxy, auth)
+        return None
+    try:
+        auth.encode()
+    except UnicodeEncodeError:
+        raise ValueError(
+            "its ~/.netrc entry holds a character beyond Latin-1, which basic "
+            "authentication cannot carry"
+        ) from None
+    return auth
+
+
+def upstream_proxy(settings: UpstreamSettings) -> Proxy:
+    """The proxy requests to the configured upstream go through; ConfigError if unusable."""
+    return env_proxy(URL(settings.base_url + PIPELINE_PATH))
 
 
 class Upstream:
@@ -228,8 +300,11 @@ class Upstream:
         )
         self._url = settings.base_url + PIPELINE_PATH
         self._ssl = tls_context(settings.ca_file)
+        # Looked up once, here at start, so that a proxy variable that cannot be used stops
+        # the relay before it accepts events (aiohttp's trust_env would look it up, with
+        # ~/.netrc, in a thread for every request, and fail only then).
+        self.proxy = upstream_proxy(settings)
         self._session: aiohttp.ClientSession | None = None
-        self._proxy: _Proxy = _Proxy(None, None)
         self.latency = meters.upstream_seconds()
         self.answers: Counter[tuple[str, str]] = Counter()  # by (outcome, status class)
 
@@ -260,7 +335,7 @@ class Upstream:
         if self._settings.compress:
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
-        client = self._client()  # opens the session and looks up its proxy, once
+        client = self._client()
         try:
             async with client.post(
                 self._url,
@@ -268,8 +343,8 @@ class Upstream:
                 headers=headers,
                 allow_redirects=False,
                 ssl=self._ssl,
-                proxy=self._proxy.url,
-                proxy_auth=self._proxy.auth,
+                proxy=self.proxy.url,
+                proxy_auth=self.proxy.auth,
             ) as response:
                 answer = await _read_at_most(response, MAX_ANSWER_BYTES)
                 return outcome_of(response.status, response.headers, answer), response.status
@@ -289,12 +364,10 @@ class Upstream:
                 total=self._settings.request_timeout_s,
                 sock_connect=self._settings.connect_timeout_s,
             )
-            # No trust_env: with it, aiohttp looks up the proxy and ~/.netrc in a thread for
-            # every request. The upstream URL is fixed, so its proxy is looked up once.
+            # No trust_env: the proxy was looked up once, at start (``upstream_proxy``).
             self._session = aiohttp.ClientSession(
                 timeout=timeout, auto_decompress=True, raise_for_status=False
             )
-            self._proxy = env_proxy(URL(self._url))
         return self._session
 
     def _headers(self) -> dict[str, str]:

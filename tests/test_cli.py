@@ -83,7 +83,7 @@ def test_check_config_shows_each_setting_with_its_origin(
     assert lines["max_events"].endswith("# default")
     assert '"set (redacted)"' in lines["api_key"]
     assert SECRET not in result.stdout
-    assert "https://relay:***@proxy.example:8443/api/v2/ci/pipeline" in result.stdout
+    assert "https://***@proxy.example:8443/api/v2/ci/pipeline" in result.stdout
 
 
 def test_check_config_lists_every_problem_one_line_each(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from relay.intake import Site
 from relay.process import RelayProcess, write_config
 from relay.samples import event, request
 from tests.fake_intake import FakeIntake, Status
-from tests.helpers import JSON
+from tests.helpers import JSON, relay_command
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"
@@ -371,13 +371,113 @@ def test_upstream_url_refused_with_the_fix(url: str, said: str, tmp_path: Path) 
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://127.0.0.1:99999", "port"),
+        ("http://127.0.0.1:65536", "port"),
+        ("http://127.0.0.1:-1", "port"),
+        ("http://127.0.0.1:abc", "port"),
+        ("http://127.0.0.1:0", "port"),
+        ("http://intake example", "blank"),
+        ("http://intake%00.example", "host"),
+        ("http://256.1.1.1", "IPv4"),
+        ("http://[::1", "IPv6"),
+        ("http://[::zz]:80", "IPv6"),
+        ("http://::1:80", "brackets"),
+        ("http://-intake.example", "host"),
+    ],
+)
+def test_upstream_url_with_a_bad_host_or_port_is_refused(
+    url: str, said: str, tmp_path: Path
+) -> None:
+    """A host or port no request can reach is refused at start, naming upstream.url."""
+    config = tmp_path / "relay.toml"
+    config.write_text(f"[upstream]\nurl = {json.dumps(url)}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config)
+    message = str(raised.value)
+    assert (True, True, 1) == (
+        "upstream.url" in message,
+        said in message,
+        len(message.splitlines()),
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "parts"),
+    [
+        ("http://user:pa/ss@host", ["user", "pa", "ss"]),
+        ("http://user:pa?ss@host", ["user", "pa", "ss"]),
+        ("http://user:pa#ss@host", ["user", "pa", "ss"]),
+        ("http://user:pa ss@host", ["user", "pa", "ss"]),
+        ("http://user:pass@host:99999", ["user", "pass"]),
+        ("http://user:pass@[::1", ["user", "pass"]),
+        ("http://us%3Aer:pass@127.0.0.1:9000", ["us", "er", "pass"]),
+        ("http://user:%E2%82%AC@127.0.0.1:9000", ["user", "%E2", "%82", "%AC"]),
+        ("http://user:pass", ["user", "pass"]),
+        ("user:pass@host", ["user", "pass"]),
+    ],
+    ids=[
+        "slash",
+        "question",
+        "hash",
+        "space",
+        "port",
+        "ipv6",
+        "colon-in-user",
+        "non-latin-1",
+        "no-host",
+        "no-scheme",
+    ],
+)
+def test_upstream_url_refusal_never_echoes_the_userinfo(
+    url: str, parts: list[str], tmp_path: Path
+) -> None:
+    """A refused upstream.url is one line naming the key and quoting no part of the user or
+    password, however the URL is broken."""
+    config = write_config(tmp_path / "relay.toml", upstream={"url": url})
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_subprocess_env(),
+        check=False,
+    )
+    (line,) = result.stderr.splitlines()
+    shown = line.removeprefix("ci-relay: invalid config: upstream.url: ")
+    assert (2, True) == (result.returncode, "upstream.url" in line), line
+    assert [] == [part for part in parts if part in shown], line
+
+
+async def test_a_bad_upstream_port_is_refused_at_start_not_after_accepting_events(
+    tmp_path: Path,
+) -> None:
+    """serve with upstream.url on port 99999 stops at start with one line and exit 2, before
+    it listens (it used to accept events, then end with status 1 when delivery began)."""
+    config = write_config(
+        tmp_path / "relay.toml",
+        server={"port": 0},
+        outbox={"path": str(tmp_path / "outbox.db")},
+        upstream={"url": "http://127.0.0.1:99999", "api_key": SECRET},
+    )
+    ran = await relay_command("serve", "--config", str(config), env=_subprocess_env(), timeout_s=20)
+    lines = ran.stderr.decode().splitlines()
+    assert (2, 1, b"") == (ran.returncode, len(lines), ran.stdout), ran.stderr
+    assert "upstream.url" in lines[0]
+    assert "port" in lines[0]
+    assert not (tmp_path / "outbox.db").exists()
+
+
 def test_redacted_settings_hide_url_credentials(tmp_path: Path) -> None:
-    """user:password in upstream.url never appears in the start-up view of the settings."""
+    """Neither the login nor the password of upstream.url appears in the start-up view of the
+    settings."""
     config = tmp_path / "relay.toml"
     config.write_text(f'[upstream]\nurl = "https://relay:{SECRET}@proxy.example:8443"\n')
     settings = load_settings(config)
     redacted = settings.redacted()
-    assert "https://relay:***@proxy.example:8443" == redacted["upstream"]["url"]
+    assert "https://***@proxy.example:8443" == redacted["upstream"]["url"]
     assert SECRET not in orjson.dumps(redacted).decode()
 
 
@@ -423,12 +523,13 @@ def test_cli_refuses_a_key_with_a_newline_inside(tmp_path: Path) -> None:
 async def test_start_up_line_names_the_effective_url_without_credentials(
     tmp_path: Path, intake: FakeIntake
 ) -> None:
-    """The listening line gives the URL batches go to, its password redacted everywhere."""
+    """The listening line gives the URL batches go to, its login and password redacted
+    everywhere."""
     intake.default = Status(403, detail="Forbidden")
     intake_url = intake.url
     url = intake_url.replace("http://", f"http://relay:{SECRET}@")
     relay = await deliver_once(tmp_path, url, "k", intake)
     listening: dict[str, Any] = relay.events("listening")[0]
-    expected = intake_url.replace("http://", "http://relay:***@") + "/api/v2/ci/pipeline"
+    expected = intake_url.replace("http://", "http://***@") + "/api/v2/ci/pipeline"
     assert expected == listening["upstream"]
     assert [] == [entry for entry in relay.logs if SECRET in orjson.dumps(entry).decode()]

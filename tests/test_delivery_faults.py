@@ -98,7 +98,8 @@ async def test_wrong_url_or_method_is_misconfiguration(rig: Rig, status: int) ->
 
 
 async def test_url_credentials_never_reach_a_log(rig: Rig) -> None:
-    """user:password in upstream.url is used for the request but redacted in every log line."""
+    """user:password in upstream.url is used for the request; login and password are redacted
+    in every log line."""
     await rig.put(jobs(1))
     secret = "pass-word-secret"  # noqa: S105
     url = rig.intake.url.replace("http://", f"http://relay:{secret}@")
@@ -111,7 +112,8 @@ async def test_url_credentials_never_reach_a_log(rig: Rig) -> None:
     [received] = rig.intake.received
     assert received.headers["Authorization"].startswith("Basic ")
     assert [] == [entry for entry in logs if secret in repr(entry)]
-    assert any("relay:***@" in str(entry.get("url")) for entry in logs), logs
+    assert any("http://***@" in str(entry.get("url")) for entry in logs), logs
+    assert [] == [entry for entry in logs if "relay:" in str(entry.get("url"))]
 
 
 # --- waits are capped --------------------------------------------------------------------

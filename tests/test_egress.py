@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Self
@@ -16,12 +19,12 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
-from relay.config import UpstreamSettings
+from relay.config import ConfigError, UpstreamSettings
 from relay.process import RelayProcess, write_config
 from relay.samples import event, request
 from relay.upstream import Delivered, Outcome, Retry, Upstream
 from tests.fake_intake import FakeIntake
-from tests.helpers import API_KEY, JSON, stored, wait_until
+from tests.helpers import API_KEY, JSON, relay_command, stored, wait_until
 
 CERTIFICATE_ERROR = "CERTIFICATE_VERIFY_FAILED"
 
@@ -183,3 +186,110 @@ async def test_ca_file_lets_the_daemon_deliver_what_it_kept(
     assert CERTIFICATE_ERROR in retried
     # The first relay's requests never got past the TLS handshake; the second's one did.
     assert [202] == [r.answered for r in tls_intake.received]
+
+
+# --- the proxy that applies to the upstream is checked at start --------------------------
+
+PROXY_SECRET = "proxy-secret-value"  # noqa: S105 - a stand-in the test looks for in messages
+
+
+def _proxy_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy variable of the test machine applies."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("HTTP_PROXY", "http://127.0.0.1:99999"),
+        ("http_proxy", "http://127.0.0.1:-1"),
+        ("HTTP_PROXY", "http://127.0.0.1:abc"),
+        ("HTTP_PROXY", f"http://relay:{PROXY_SECRET}@127.0.0.1:65536"),
+        ("HTTP_PROXY", f"http://relay:{PROXY_SECRET}/x@127.0.0.1:3128"),
+        ("HTTP_PROXY", f"http://re%3Alay:{PROXY_SECRET}@127.0.0.1:3128"),
+        ("HTTP_PROXY", "https://127.0.0.1:3128"),
+        ("HTTP_PROXY", "socks5://127.0.0.1:1080"),
+        ("HTTP_PROXY", "127.0.0.1:3128"),
+    ],
+    ids=[
+        "port-99999",
+        "port-negative",
+        "port-text",
+        "port-with-secret",
+        "slash-in-secret",
+        "colon-in-login",
+        "https-proxy",
+        "socks",
+        "no-scheme",
+    ],
+)
+def test_an_unusable_proxy_for_the_upstream_is_refused_naming_the_variable(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy variable that applies to the upstream is checked when the client is made:
+    ConfigError naming the variable, in one line, never quoting its login or secret."""
+    _proxy_free(monkeypatch)
+    monkeypatch.setenv(variable, value)
+    settings = UpstreamSettings(url="http://127.0.0.1:9", api_key=SecretStr(API_KEY))
+    with pytest.raises(ConfigError) as raised:
+        Upstream(settings)
+    message = str(raised.value)
+    assert (True, 1) == (variable in message, len(message.splitlines())), message
+    assert [] == [part for part in ("relay", "re%3A", "lay", PROXY_SECRET) if part in message]
+
+
+async def test_a_bad_proxy_variable_that_does_not_apply_is_left_alone(
+    tls_intake: FakeIntake, ca_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An https upstream ignores a broken HTTP_PROXY (only HTTPS_PROXY applies to it) and
+    delivers; a host in NO_PROXY ignores a broken HTTPS_PROXY."""
+    _proxy_free(monkeypatch)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:99999")
+    direct = await _send(tls_intake.url, ca_file)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:99999")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    listed = await _send(tls_intake.url, ca_file)
+    assert (Delivered(), Delivered()) == (direct, listed)
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+async def test_a_bad_proxy_port_stops_the_relay_at_start_with_one_line(
+    command: str, tmp_path: Path
+) -> None:
+    """check-config and serve with HTTP_PROXY on port 99999 for an http upstream: one line
+    naming HTTP_PROXY, exit 2, the proxy's secret unquoted; serve never listens."""
+    config = write_config(
+        tmp_path / "relay.toml",
+        server={"port": 0},
+        outbox={"path": str(tmp_path / "outbox.db")},
+        upstream={"url": "http://127.0.0.1:9", "api_key": API_KEY},
+    )
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env = {k: v for k, v in env.items() if not k.startswith(("DD_", "CI_RELAY_"))}
+    env["HTTP_PROXY"] = f"http://relay:{PROXY_SECRET}@127.0.0.1:99999"
+    ran = await relay_command(command, "--config", str(config), env=env, timeout_s=20)
+    lines = ran.stderr.decode().splitlines()
+    assert (2, 1) == (ran.returncode, len(lines)), ran.stderr
+    assert "HTTP_PROXY" in lines[0]
+    assert PROXY_SECRET not in ran.stdout.decode() + lines[0]
+
+
+def test_check_config_names_the_proxy_the_upstream_goes_through(tmp_path: Path) -> None:
+    """check-config says which proxy variable applies to the upstream, its secret hidden."""
+    config = write_config(tmp_path / "relay.toml", outbox={"path": str(tmp_path / "o.db")})
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env = {k: v for k, v in env.items() if not k.startswith(("DD_", "CI_RELAY_"))}
+    env["HTTPS_PROXY"] = f"http://relay:{PROXY_SECRET}@proxy.example:3128"
+    ran = subprocess.run(
+        [sys.executable, "-m", "relay", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=False,
+    )
+    assert (0, "") == (ran.returncode, ran.stderr), ran.stderr
+    assert "# through the proxy http://***@proxy.example:3128 (HTTPS_PROXY)" in ran.stdout
+    assert PROXY_SECRET not in ran.stdout

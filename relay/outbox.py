@@ -147,7 +147,8 @@ async def open_file(
         if new:
             _remove_new(path)
         if isinstance(exc, sqlite3.Error):
-            raise OutboxError(f"cannot open outbox {path}: {exc}") from None
+            full = outbox_file.disk_full(path, exc)
+            raise full or OutboxError(f"cannot open outbox {path}: {exc}") from None
         raise
     return OpenedFile(conn, created=size in (None, 0), was_empty=size == 0)
 
@@ -227,7 +228,7 @@ class Outbox:
                 await reader.close()
             await opened.conn.close()
             if isinstance(exc, sqlite3.Error):
-                raise outbox_file.damaged(path, str(exc)) from None
+                raise outbox_file.store_error(path, exc, "open") from None
             raise
         outbox = cls(settings, opened.conn, reader)
         outbox._lock = lock

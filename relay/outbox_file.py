@@ -9,6 +9,7 @@ WAL, or turn a damaged file into a new empty one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import sqlite3
@@ -20,6 +21,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from relay import queries
+from relay.disk_space import DiskSpace, needed_to_open, size_shown
 from relay.exits import UserError
 
 # Stamped in the database header (PRAGMA application_id): "ciR1".
@@ -30,6 +32,18 @@ _OUTBOX_TABLES = frozenset({"events", "dead_letters", "schema_migrations"})
 # SQLite calls the progress handler every this many virtual machine steps.
 _PROGRESS_STEPS = 10_000
 SIDECARS = ("-wal", "-shm")
+# SQLite's result codes a full file system can give: SQLITE_FULL when a write finds no room,
+# an I/O error when growing the -shm or -wal fails, "cannot open" when no inode is left.
+_DISK_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN})
+# SQLite's primary result codes for failures that can pass without anyone mending the file
+# (a full or failing disk, a lock held elsewhere): never a reason to call the file damaged.
+TRANSIENT_CODES = _DISK_CODES | {
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_NOMEM,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_PROTOCOL,
+}
 # The modes of what the relay creates for its outbox, whatever the umask: its owner's only.
 PRIVATE_DIRECTORY = 0o700
 PRIVATE_FILE = 0o600
@@ -53,6 +67,53 @@ class OutboxDamaged(OutboxError):
 
 class OutboxMissing(OutboxError):
     """There is no outbox at the path, and the command must not create one."""
+
+
+class OutboxDiskFull(OutboxError):
+    """The file system holding the outbox has no room to open it; the file itself is sound."""
+
+
+def disk_full(path: Path, exc: sqlite3.Error) -> OutboxDiskFull | None:
+    """The refusal for SQLite's ``exc`` when the outbox's file system has no room for it:
+    SQLITE_FULL, or an I/O or open error with less free than opening needs (or no inode);
+    None when the cause is elsewhere."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in _DISK_CODES:
+        return None
+    try:
+        space = DiskSpace.of(path)
+    except OSError:
+        return None
+    needed = needed_to_open(path)
+    if code & 0xFF != sqlite3.SQLITE_FULL and space.free >= needed and space.free_inodes > 0:
+        return None
+    free, at_least = size_shown(space.free), size_shown(needed)
+    return OutboxDiskFull(
+        f"outbox {path} cannot be opened: the file system at {space.mount} is full "
+        f"({free} free; opening the outbox needs at least {at_least}); "
+        "free space there, then try again (the outbox is not damaged: keep it where it is)"
+    )
+
+
+def store_error(path: Path, exc: sqlite3.Error, doing: str) -> OutboxError:
+    """The refusal for SQLite's ``exc`` while ``doing`` (e.g. "read") the outbox: a full
+    disk, the disk failing a read or write, or else a damaged file.
+
+    Only a damaged file is to be moved aside: an outbox that cannot be opened for want of
+    space, or on a failing disk, still holds its events.
+    """
+    full = disk_full(path, exc)
+    if full is not None:
+        return full
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_IOERR:
+        return OutboxError(
+            f"cannot {doing} outbox {path}: {exc}; the disk, the file system or a quota "
+            "refused a read or write (the kernel log says which), and the file may be sound"
+        )
+    if code in TRANSIENT_CODES:
+        return OutboxError(f"cannot {doing} outbox {path}: {exc}")
+    return damaged(path, str(exc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,13 +255,13 @@ def inspect(path: Path, check_s: float | None) -> Inspection:
     try:
         conn = open_read_only(path)
     except sqlite3.Error as exc:
-        raise OutboxError(f"cannot read outbox {path}: {exc}") from None
+        raise disk_full(path, exc) or OutboxError(f"cannot read outbox {path}: {exc}") from None
     try:
         legacy = _identify(conn, path)
         checked = check_s is None or _quick_check(conn, path, check_s)
         version = _schema_version(conn)
     except sqlite3.Error as exc:
-        raise damaged(path, str(exc)) from None
+        raise store_error(path, exc, "read") from None
     finally:
         conn.close()
     return Inspection(legacy=legacy, checked=checked, schema_version=version)
@@ -247,7 +308,7 @@ def check(path: Path) -> CheckReport:
     try:
         conn = open_read_only(path)
     except sqlite3.Error as exc:
-        raise OutboxError(f"cannot read outbox {path}: {exc}") from None
+        raise disk_full(path, exc) or OutboxError(f"cannot read outbox {path}: {exc}") from None
     try:
         problems = integrity_problems(conn)
         if problems:
@@ -256,7 +317,10 @@ def check(path: Path) -> CheckReport:
         (dead,) = conn.execute(queries.COUNT_DEAD_LETTERS).fetchone()
         return CheckReport([], events, dead)
     except sqlite3.Error as exc:
-        return CheckReport([str(exc)])
+        refusal = store_error(path, exc, "read")
+        if isinstance(refusal, OutboxDamaged):
+            return CheckReport([refusal.cause])
+        raise refusal from None
     finally:
         conn.close()
 
@@ -340,4 +404,11 @@ def move_aside(path: Path, now: float | None = None) -> Path:
 
 def _cause(exc: OSError) -> str:
     where = f" ({exc.filename})" if exc.filename else ""
-    return f"{exc.strerror or exc}{where}"
+    cause = f"{exc.strerror or exc}{where}"
+    if exc.errno != errno.ENOSPC or not exc.filename:
+        return cause
+    try:
+        space = DiskSpace.of(Path(os.fsdecode(exc.filename)).parent)
+    except OSError:
+        return cause
+    return f"{cause}; {space.described()}; free space there, then try again"

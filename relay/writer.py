@@ -27,6 +27,7 @@ import structlog
 
 from relay import meters, queries
 from relay.config import OutboxSettings
+from relay.outbox_file import TRANSIENT_CODES
 
 logger = structlog.get_logger(__name__)
 
@@ -67,25 +68,11 @@ class _SynchronousNotRestored(Exception):
     after an ack: the writer stops rather than commit appends that skip the disk."""
 
 
-# SQLite's primary result codes for failures that can pass without anyone mending the file.
-_TRANSIENT_CODES = frozenset(
-    {
-        sqlite3.SQLITE_BUSY,
-        sqlite3.SQLITE_LOCKED,
-        sqlite3.SQLITE_NOMEM,
-        sqlite3.SQLITE_READONLY,
-        sqlite3.SQLITE_IOERR,
-        sqlite3.SQLITE_FULL,
-        sqlite3.SQLITE_CANTOPEN,
-        sqlite3.SQLITE_PROTOCOL,
-    }
-)
-
-
 def unavailable(exc: sqlite3.Error) -> OutboxUnavailable:
-    """The OutboxUnavailable for a SQLite error, transient or not by its result code."""
+    """The OutboxUnavailable for a SQLite error, transient or not by its result code (the
+    codes the start-up checks never call damage)."""
     code = getattr(exc, "sqlite_errorcode", None)
-    transient = code is not None and code & 0xFF in _TRANSIENT_CODES
+    transient = code is not None and code & 0xFF in TRANSIENT_CODES
     return OutboxUnavailable(str(exc), transient=transient)
 
 

@@ -5,12 +5,16 @@ real subprocess delivering to the fake intake. The disk fills during ingest (the
 down, events pile up) and again during delivery (a filler takes the last free byte while
 batches are acknowledged); once the filler is removed, ingest and delivery resume without
 a restart, every event answered 202 reaches the intake, and SQLite finds the file sound.
+At start, a full disk is named as such (the file system, its free space, what is needed),
+never as a damaged outbox.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,7 +29,7 @@ import pytest
 from relay.process import RelayProcess, write_config
 from relay.samples import event, request
 from tests.fake_intake import Accept, FakeIntake, Status
-from tests.helpers import API_KEY, JSON, MOUNT, UMOUNT, event_id, tmpfs
+from tests.helpers import API_KEY, JSON, MOUNT, UMOUNT, ci_relay, event_id, tmpfs
 
 FS_SIZE = "2m"
 EVENT_PAD = 16_000  # bytes of parameters per event: the disk fills in about a hundred requests
@@ -186,3 +190,87 @@ async def test_full_disk_during_ingest_and_delivery_loses_nothing_and_resumes(
         f"accepted {len(accepted)}, sent {len(intake.accepted_events)} "
         f"({len(intake.accepted_events) - len(delivered())} again after a failed acknowledgement)"
     )
+
+
+# -- a full disk at start
+
+OPEN_NEEDS = "36 KiB"  # the -shm's 32 KiB and a write-ahead log frame of a 4096-byte page
+OUTBOX_COMMANDS = [("serve",), ("outbox", "check"), ("dead-letters", "list")]
+
+
+async def made_outbox(where: Path, posts: int, crash: bool) -> Path:
+    """An outbox a real relay made at ``where`` holding ``posts`` events; with ``crash`` the
+    relay is SIGKILLed, so that the events sit in the -wal, else it stops cleanly."""
+    where.parent.mkdir()
+    config = write_config(
+        where.with_suffix(".toml"), server={"port": 0}, outbox={"path": str(where)}
+    )
+    async with RelayProcess(config) as relay, aiohttp.ClientSession() as client:
+        for n in range(posts):
+            assert (202, None) == await post(client, relay.url, big_event(n))
+        assert (-9 if crash else 0) == await (relay.kill() if crash else relay.terminate())
+    return where
+
+
+def digests(*paths: Path) -> dict[str, str]:
+    """Each file's SHA-256, by name."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+@pytest.mark.parametrize("crashed", [False, True], ids=["closed cleanly", "restored with -wal"])
+async def test_full_disk_at_start_names_the_file_system_and_its_space_not_damage(
+    small_disk: Path, tmp_path: Path, crashed: bool
+) -> None:
+    """An outbox copied onto a full disk (closed cleanly, or with its -wal as a backup of a
+    crashed relay is): serve, outbox check and dead-letters list refuse in one line naming
+    the file system, its free space and what opening needs, saying to free space and not to
+    move the file aside; nothing changes, and once space is freed serve opens every event."""
+    made = await made_outbox(tmp_path / "made" / "outbox.db", posts=5, crash=crashed)
+    outbox = small_disk / "outbox.db"
+    copies = [outbox, outbox.with_name("outbox.db-wal")] if crashed else [outbox]
+    for copy in copies:
+        shutil.copyfile(made.with_name(copy.name), copy)
+    before = digests(*copies)
+    config = write_config(tmp_path / "relay.toml", server={"port": 0}, outbox={"path": str(outbox)})
+    filler = small_disk / "filler"
+    await asyncio.to_thread(fill, filler)
+
+    refusals = [await ci_relay(*command, "--config", str(config)) for command in OUTBOX_COMMANDS]
+
+    expected = (
+        f"ci-relay: outbox {outbox} cannot be opened: the file system at {small_disk} is full "
+        f"(0 bytes free; opening the outbox needs at least {OPEN_NEEDS}); free space there, "
+        "then try again (the outbox is not damaged: keep it where it is)"
+    )
+    assert [(2, [expected])] * len(OUTBOX_COMMANDS) == [
+        (ran.status, ran.stderr.splitlines()) for ran in refusals
+    ]
+    assert before == digests(*copies)
+    filler.unlink()
+    async with RelayProcess(config) as relay:
+        assert 0 == await relay.terminate()
+    (opened,) = relay.events("outbox opened")
+    assert 5 == opened["pending_events"]
+
+
+async def test_file_system_out_of_inodes_at_start_is_named_with_its_space(tmp_path: Path) -> None:
+    """A file system with no inode left for the lock file: serve refuses in one line naming
+    the file system, its free space and that no inode is free."""
+    if not can_mount(tmp_path / "probe"):
+        pytest.skip("mounting a tmpfs was refused (not root?): no real full disk to test on")
+    with tmpfs(tmp_path / "disk", "size=1m,nr_inodes=2") as mount:
+        outbox = mount / "outbox.db"  # the root directory takes one inode, this file the other
+        (mount / "taken").touch()
+        config = write_config(tmp_path / "relay.toml", outbox={"path": str(outbox)})
+
+        ran = await ci_relay("serve", "--config", str(config))
+
+    shown = "1.0 MiB"  # the whole size: an empty file takes an inode, no block
+    assert (
+        2,
+        [
+            f"ci-relay: cannot lock outbox {outbox}: No space left on device ({outbox}.lock); "
+            f"the file system at {mount} is full ({shown} free, no free inode); free space there, "
+            "then try again"
+        ],
+    ) == (ran.status, ran.stderr.splitlines())

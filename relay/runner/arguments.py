@@ -81,4 +81,10 @@ def _event_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="default: $CI_RELAY_URL, else http://127.0.0.1:8780 (the local relay)",
     )
-    send.add_argument("--timeout-s", type=float, default=5.0, metavar="SECONDS")
+    send.add_argument(
+        "--timeout-s",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="for the whole exchange with the relay: connect, send, read the answer",
+    )

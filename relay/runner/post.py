@@ -1,14 +1,26 @@
-"""Sending a request body to the relay, with the standard library (quick to import)."""
+"""Sending a request body to the relay, with the standard library (quick to import).
+
+One deadline bounds the whole exchange: connecting (and the TLS handshake), sending, and
+reading the answer. Each socket read and write is given only what is left of it, so a relay
+that trickles its answer a byte at a time cannot hold a job past ``--timeout-s``. (Looking
+the relay's name up is the system resolver's, with its own time limits.)
+"""
 
 from __future__ import annotations
 
+import http.client
 import json
-import urllib.error
-import urllib.request
+import socket
+import ssl
+import time
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
+from urllib.parse import SplitResult, urlsplit
 
 from relay.intake import PIPELINE_PATH
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 # The address `ci-relay serve` listens on by default (relay.config's server defaults).
 DEFAULT_RELAY_URL = "http://127.0.0.1:8780"
@@ -42,27 +54,97 @@ def relay_token(env: Mapping[str, str]) -> str | None:
 
 
 def post(url: str, body: bytes, timeout_s: float, token: str | None = None) -> None:
-    """POST ``body`` to ``url``, with the ingest ``token`` if any; return once the relay
-    answered 2xx, else raise NotSent."""
+    """POST ``body`` to ``url``, with the ingest ``token`` if any, all within ``timeout_s``;
+    return once the relay answered 2xx, else raise NotSent."""
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers["DD-API-KEY"] = token  # where the relay, as Datadog, looks for a key
-    request = urllib.request.Request(  # noqa: S310 - relay_url allows http(s) only
-        url, data=body, method="POST", headers=headers
-    )
+    parts = urlsplit(url)
     # No proxy: the relay runs next to the job, and a job's HTTP(S)_PROXY is for the internet.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    connection = _Connection(parts, time.monotonic() + timeout_s)
     try:
-        with opener.open(request, timeout=timeout_s) as answer:
-            answer.read(_MAX_ANSWER_BYTES)
-    except urllib.error.HTTPError as exc:
-        detail = _details(exc.read(_MAX_ANSWER_BYTES))
-        raise NotSent(f"the relay at {url} answered {exc.code}{detail}") from None
+        connection.request("POST", _target(parts), body=body, headers=headers)
+        answer = connection.getresponse()
+        detail = answer.read(_MAX_ANSWER_BYTES)
     except TimeoutError:
         raise NotSent(f"the relay at {url} did not answer within {timeout_s:g} s") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise NotSent(f"cannot reach the relay at {url}: {reason}") from None
+    except OSError as exc:
+        raise NotSent(f"cannot reach the relay at {url}: {exc}") from None
+    except http.client.HTTPException as exc:
+        raise NotSent(f"the relay at {url} gave no HTTP answer: {exc!r}") from None
+    finally:
+        connection.close()
+    if not 200 <= answer.status < 300:  # redirects are not followed: the event is not sent
+        raise NotSent(f"the relay at {url} answered {answer.status}{_details(detail)}")
+
+
+def _target(parts: SplitResult) -> str:
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def _left(deadline: float) -> float:
+    """The seconds left until ``deadline`` (monotonic); TimeoutError once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the deadline has passed")
+    return left
+
+
+class _Connection(http.client.HTTPConnection):
+    """An HTTP(S) connection whose socket is bounded by one deadline for everything."""
+
+    def __init__(self, parts: SplitResult, deadline: float) -> None:
+        tls = parts.scheme == "https"
+        super().__init__(parts.hostname or "", parts.port or (443 if tls else 80))
+        self.default_port = 443 if tls else 80  # so that the Host header omits it
+        self._tls = tls
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self.host, self.port), _left(self._deadline))
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not self._tls:
+            self.sock = _DeadlineSocket(self._deadline, raw)
+            return
+        context = ssl.create_default_context()
+        context.sslsocket_class = _DeadlineTLSSocket
+        raw.settimeout(_left(self._deadline))  # bounds the whole handshake
+        tls = context.wrap_socket(raw, server_hostname=self.host)
+        if not isinstance(tls, _DeadlineTLSSocket):  # sslsocket_class says it is
+            raise TypeError(f"wrap_socket made a {type(tls).__name__}")
+        tls.deadline = self._deadline
+        self.sock = tls
+
+
+class _DeadlineSocket(socket.socket):
+    """A connected socket whose reads and writes get only the time left until ``deadline``."""
+
+    def __init__(self, deadline: float, connected: socket.socket) -> None:
+        super().__init__(connected.family, connected.type, connected.proto, connected.detach())
+        self.deadline = deadline
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
+        self.settimeout(_left(self.deadline))
+        return super().recv_into(buffer, nbytes, flags)
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0, /) -> None:
+        self.settimeout(_left(self.deadline))
+        super().sendall(data, flags)
+
+
+class _DeadlineTLSSocket(ssl.SSLSocket):
+    """The TLS socket of the same (made by ``SSLContext.wrap_socket``, which sets nothing
+    of ours: ``deadline`` is set once it returns)."""
+
+    deadline = float("inf")
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int | None = None, flags: int = 0) -> int:
+        self.settimeout(_left(self.deadline))
+        return super().recv_into(buffer, nbytes, flags)
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+        self.settimeout(_left(self.deadline))
+        super().sendall(data, flags)
 
 
 def _details(answer: bytes) -> str:

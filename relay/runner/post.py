@@ -65,7 +65,10 @@ def post(url: str, body: bytes, timeout_s: float, token: str | None = None) -> N
     try:
         connection.request("POST", _target(parts), body=body, headers=headers)
         answer = connection.getresponse()
-        detail = answer.read(_MAX_ANSWER_BYTES)
+        if 200 <= answer.status < 300:
+            return  # taken; the body of a 2xx says nothing more
+        # Any other status, a redirect included (not followed), means the event is not sent.
+        raise NotSent(f"the relay at {url} answered {answer.status}{_details(answer)}")
     except TimeoutError:
         raise NotSent(f"the relay at {url} did not answer within {timeout_s:g} s") from None
     except OSError as exc:
@@ -74,8 +77,6 @@ def post(url: str, body: bytes, timeout_s: float, token: str | None = None) -> N
         raise NotSent(f"the relay at {url} gave no HTTP answer: {exc!r}") from None
     finally:
         connection.close()
-    if not 200 <= answer.status < 300:  # redirects are not followed: the event is not sent
-        raise NotSent(f"the relay at {url} answered {answer.status}{_details(detail)}")
 
 
 def _target(parts: SplitResult) -> str:
@@ -147,11 +148,12 @@ class _DeadlineTLSSocket(ssl.SSLSocket):
         super().sendall(data, flags)
 
 
-def _details(answer: bytes) -> str:
-    """The details of an answer in Datadog's error shape, as ``: a; b``."""
+def _details(answer: http.client.HTTPResponse) -> str:
+    """The details of an answer in Datadog's error shape, as ``: a; b``; "" if it is not in
+    that shape or cannot be read before the deadline."""
     try:
-        errors = json.loads(answer)["errors"]
+        errors = json.loads(answer.read(_MAX_ANSWER_BYTES))["errors"]
         details = [str(error["detail"]) for error in errors]
-    except (ValueError, KeyError, TypeError):
+    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
         return ""
     return ": " + "; ".join(details) if details else ""

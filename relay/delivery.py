@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -42,7 +42,21 @@ class StoreFailed:
     detail: str
 
 
-Blocker = Retry | Unauthorized | Misconfigured | Reject | StoreFailed
+@dataclass(frozen=True)
+class StepFailed:
+    """The step raised an exception that no answer or store condition explains: a fault in
+    the relay, or a stored row it cannot handle. The events stay; the flusher backs off."""
+
+    error: Exception = field(compare=False)
+
+    @property
+    def detail(self) -> str:
+        """The exception's type and message, in one line of at most 500 characters."""
+        text = " ".join(f"{type(self.error).__name__}: {self.error}".split())
+        return text[:500]
+
+
+Blocker = Retry | Unauthorized | Misconfigured | Reject | StoreFailed | StepFailed
 
 
 @dataclass
@@ -128,6 +142,11 @@ class Delivery:
             if not exc.transient:
                 raise  # a damaged file: no retry mends it, the daemon stops and says why
             tally.blocked_by = StoreFailed(str(exc))
+        except Exception as exc:
+            # Any other fault ends this step, not delivery: nothing is deleted but after a
+            # 2xx, so the events stay, and a daemon that stopped here would keep none of the
+            # promises of its 202s. The flusher backs off and says so.
+            tally.blocked_by = StepFailed(exc)
         return tally
 
     async def settle(self) -> None:

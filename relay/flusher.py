@@ -8,7 +8,10 @@ except for an event held aside as a suspected poison (``relay.isolation``).
 
 Nothing here ends the process: a failing store (disk full, a lock held elsewhere) is a
 condition like an unreachable upstream, waited out with backoff. Events sent but not yet
-acknowledged when the store fails are sent again later: delivery is at least once.
+acknowledged when the store fails are sent again later: delivery is at least once. So is
+any other exception a step raises (a fault in the relay, a stored row it cannot handle):
+state ``delivery_failing``, its traceback logged once per failure, backoff, the events kept.
+Only a damaged outbox file ends the daemon.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -24,7 +28,7 @@ import structlog
 
 from relay.backoff import Backoff
 from relay.config import FlusherSettings, RetrySettings
-from relay.delivery import Blocker, Delivery, StoreFailed
+from relay.delivery import Blocker, Delivery, StepFailed, StoreFailed
 from relay.delivery import FlushResult as FlushResult  # the step's result, for callers
 from relay.outbox import Outbox, OutboxUnavailable
 from relay.upstream import Misconfigured, Reject, Retry, Unauthorized, Upstream
@@ -39,6 +43,7 @@ State = Literal[
     "misconfigured",
     "rejecting",
     "store_unavailable",
+    "delivery_failing",
 ]
 
 # What the error line says while delivery is paused and probing, by state.
@@ -52,6 +57,8 @@ _ESCALATION = ((60.0, 5, "warning"), (300.0, 10, "error"))
 _REMIND_S = 60.0
 # How often the flusher checks whether another process (a replay) wrote to the outbox.
 _RECOUNT_S = 1.0
+STEP_FAILED = "a delivery step failed; its events are kept and it is retried with backoff"
+STILL_FAILING = "delivery steps still fail; their events are kept"
 
 
 @dataclass
@@ -114,6 +121,9 @@ class Flusher:
         self._oldest_received_at: float | None = None
         self._delivery = Delivery(outbox, upstream, settings, retry, clock)
         self._failing_since: float | None = None
+        # Where the step failure last logged with its traceback was raised: a failure
+        # raised elsewhere is logged with its own, the same one again is not.
+        self._failure_logged: tuple[str, str, int | None] | None = None
         self._reported = (0, 0)  # delivered and dead-lettered at the last progress line
 
     @property
@@ -160,6 +170,11 @@ class Flusher:
                 if not exc.transient:
                     raise
                 self._conclude(FlushResult(blocked_by=StoreFailed(str(exc))))
+                continue
+            except Exception as exc:
+                # The loop's own reads fail as a step can (a stored row it cannot handle):
+                # the same backoff and state, never the end of the daemon.
+                self._conclude(FlushResult(blocked_by=StepFailed(exc)))
                 continue
             if wait > 0:
                 await self._sleep(wait)
@@ -316,9 +331,14 @@ class Flusher:
                         error=detail,
                         wait_s=round(wait, 3),
                     )
+            case StepFailed() as failed:
+                wait = self._back_off(None)
+                self._log_step_failure(failed, now, wait)
             case None:
                 first = self.state == "delivering" and self.last_delivery is None
-                if step.requests and (self.state != "delivering" or first):
+                # A step that raised nothing ends a failure run, sent or not.
+                recovered = self.state == "delivery_failing"
+                if (step.requests or recovered) and (self.state != "delivering" or first):
                     logger.info(
                         "first delivery" if first else "delivery resumed",
                         after_state=self.state,
@@ -327,7 +347,7 @@ class Flusher:
                     )
                 if step.delivered:
                     self.last_delivery = LastDelivery(now, step.delivered)
-                if step.requests:
+                if step.requests or recovered:
                     self._attempt = 0
                     self._failing_since = None
                     self.state = "delivering"
@@ -354,6 +374,33 @@ class Flusher:
             failing_s=round(failing_s, 1),
             wait_s=round(wait, 3),
         )
+
+    def _log_step_failure(self, failed: StepFailed, now: float, wait: float) -> None:
+        """The traceback once per failure run, and once for each other place a step fails
+        from; while the same failure goes on, a line without it once a minute."""
+        if self._failing_since is None:
+            self._failing_since = now
+        where = _raised_at(failed.error)
+        if self.state != "delivery_failing" or where != self._failure_logged:
+            self.state = "delivery_failing"
+            self._failure_logged = where
+            self._reminder.last["delivery_failing"] = now
+            logger.error(
+                STEP_FAILED,
+                error=failed.detail,
+                pending=self._outbox.counts.events,
+                wait_s=round(wait, 3),
+                exc_info=failed.error,
+            )
+        elif self._reminder.due("delivery_failing", now):
+            logger.error(
+                STILL_FAILING,
+                error=failed.detail,
+                attempt=self._attempt,
+                failing_s=round(now - self._failing_since, 1),
+                pending=self._outbox.counts.events,
+                wait_s=round(wait, 3),
+            )
 
     def _pause(self, state: State, now: float, status: int, detail: str) -> float:
         """Pause delivery until the next probe; say so on entering, then once a minute."""
@@ -411,5 +458,16 @@ def _answer(blocker: Blocker) -> str:
             return reason
         case StoreFailed(detail=detail):
             return f"outbox: {detail}"
+        case StepFailed() as failed:
+            return f"relay error: {failed.detail}"
         case _:
             return f"{blocker.status}: {blocker.detail}"
+
+
+def _raised_at(error: BaseException) -> tuple[str, str, int | None]:
+    """The exception's type and the line it was raised from: which failure it is, whatever
+    its message (which may name an id or a value that changes from one step to the next)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return type(error).__name__, "", None
+    return type(error).__name__, frames[-1].filename, frames[-1].lineno

@@ -53,6 +53,11 @@ CONDITIONS = (
     Condition("misconfigured", 9, "the upstream URL is wrong (404, redirect); retried"),
     Condition("retrying", 10, "the upstream fails (5xx, 429, unreachable); retried"),
     Condition("store_unavailable", 11, "the outbox file cannot be written; retried"),
+    # Delivery states exclude one another, so its place among them changes no verdict; it
+    # comes last so that no exit status scripts already read changes.
+    Condition(
+        "delivery_failing", 12, "a delivery step fails inside the relay (see its log); retried"
+    ),
 )
 _BY_NAME = {condition.name: condition for condition in CONDITIONS}
 EXIT_UNREACHABLE = _BY_NAME["unreachable"].exit_status

@@ -28,7 +28,7 @@ from tests.fake_intake import (
     Slow,
     Status,
 )
-from tests.helpers import API_KEY, JSON, event_id, jobs, wait_until
+from tests.helpers import API_KEY, JSON, ci_relay, event_id, jobs, wait_until
 
 # Small intervals keep every scenario fast; the logic under test does not depend on them.
 FAST_FLUSHER: dict[str, Any] = {"flush_interval_s": 0.05, "shutdown_grace_s": 2.0}
@@ -421,3 +421,71 @@ async def test_a_store_locked_past_the_busy_timeout_never_stops_the_daemon(
     assert ("error", "database is locked") == (line["level"], line["error"])
     assert [] == relay.events("task died")
     assert {"locked-00000", "locked-00001"} == set(delivered_ids(intake))
+
+
+STEP_FAILED = "a delivery step failed; its events are kept and it is retried with backoff"
+
+
+def store_end(db: Path, event_id: int, end_at: object) -> None:
+    """Write one stored event's end_at from this process, beside any running relay."""
+    with closing(sqlite3.connect(db, timeout=10)) as conn:
+        conn.execute("UPDATE events SET end_at = ? WHERE id = ?", (end_at, event_id))
+        conn.commit()
+
+
+async def delivery_status(session: aiohttp.ClientSession, relay: RelayProcess) -> dict[str, Any]:
+    """The relay's /status document."""
+    async with session.get(f"http://127.0.0.1:{relay.port}/status") as resp:
+        document: dict[str, Any] = await resp.json()
+        return document
+
+
+async def test_a_step_that_raises_never_stops_the_daemon(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """A stored row that makes every delivery step raise (an end time written as text by
+    another process) keeps the relay running: state delivery_failing in /status and
+    `ci-relay status` exit 12, one error line with the traceback, backoff, the events kept;
+    once the row is mended the events are delivered and the state is delivering again."""
+    items = jobs(2, "raise")
+    async with FakeIntake() as intake:
+        async with RelayProcess(relay_config(tmp_path, intake, api_key=None)) as keeper:
+            assert 202 == await post(session, keeper, *items)
+            assert 0 == await keeper.terminate()
+        db = outbox_path(tmp_path)
+        with closing(sqlite3.connect(db)) as conn:
+            first_id, first_end = conn.execute(
+                "SELECT id, end_at FROM events ORDER BY id"
+            ).fetchone()
+        store_end(db, first_id, "not a time")
+
+        config = relay_config(tmp_path, intake, flusher={"batch_max_events": 1}, name="keyed.toml")
+        async with RelayProcess(config) as relay:
+            deadline = time.monotonic() + 15
+            failing = await delivery_status(session, relay)
+            while failing["delivery"]["retries_since_start"] < 5:
+                assert time.monotonic() < deadline, failing
+                await asyncio.sleep(0.05)
+                failing = await delivery_status(session, relay)
+            shown = await ci_relay("status", "--url", f"http://127.0.0.1:{relay.port}")
+            kept = pending_bodies(db)
+            store_end(db, first_id, first_end)
+            await wait_for_ids(intake, {event_id(e) for e in items}, timeout_s=10)
+            await wait_until(lambda: bool(relay.events("delivery resumed")), 5, "resumed log")
+            resumed = await delivery_status(session, relay)
+            assert 0 == await relay.terminate()
+
+    assert ("delivery_failing", ["delivery_failing"]) == (
+        failing["delivery"]["state"],
+        failing["conditions"],
+    )
+    assert failing["delivery"]["last_error"]["answer"].startswith("relay error: TypeError")
+    assert 12 == shown.status, shown
+    assert [orjson.dumps(e) for e in items] == kept
+    (logged,) = relay.events(STEP_FAILED)
+    assert "error" == logged["level"]
+    assert "Traceback" in logged["exception"]
+    assert "TypeError" in logged["exception"]
+    assert ("delivering", []) == (resumed["delivery"]["state"], resumed["conditions"])
+    assert [] == relay.events("task died")
+    assert [] == pending_bodies(db)

@@ -11,12 +11,14 @@ import gzip
 import sqlite3
 import time
 from contextlib import closing
+from pathlib import Path
 
 import orjson
 import pytest
 from structlog.testing import capture_logs
 
 from relay.config import FlusherSettings, OutboxSettings, RetrySettings
+from relay.delivery import StepFailed
 from relay.flusher import FlushResult
 from relay.outbox import Outbox
 from relay.samples import event
@@ -726,3 +728,51 @@ async def test_final_flush_delivers_live_events_behind_expired_ones(rig: Rig) ->
     assert old == [d.event for d in rig.dead_letters()]
     assert running == rig.intake.accepted_events
     assert 0 == rig.outbox.counts.events
+
+
+# --- a step that raises ------------------------------------------------------------------
+
+
+def _stored_ends(db: Path) -> dict[int, object]:
+    """Each stored event's end_at by id, read from another connection."""
+    with closing(sqlite3.connect(db)) as conn:
+        return dict(conn.execute("SELECT id, end_at FROM events ORDER BY id").fetchall())
+
+
+def _store_end(db: Path, event_id: int, end_at: object) -> None:
+    """Write one stored event's end_at from another connection, as another process would."""
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("UPDATE events SET end_at = ? WHERE id = ?", (end_at, event_id))
+        conn.commit()
+
+
+async def test_a_step_that_raises_backs_off_keeps_the_events_and_recovers(rig: Rig) -> None:
+    """A stored row that makes a step raise (an end time stored as text) keeps every event and
+    backs off as delivery_failing, logged with its traceback once per failure run; the next
+    step that succeeds brings the state back to delivering."""
+    await rig.put(jobs(2))
+    (first_id, first_end), (second_id, _) = _stored_ends(rig.db).items()
+    _store_end(rig.db, first_id, "not a time")
+    flusher = rig.flusher(settings=FlusherSettings(batch_max_events=1))
+
+    with capture_logs() as logs:
+        failed = [await flusher.flush_once() for _ in range(3)]
+        failing_state, pending = flusher.state, rig.outbox.counts.events
+        _store_end(rig.db, first_id, first_end)
+        # Before the step that heals: the batch after it is read while that one is sent.
+        _store_end(rig.db, second_id, "not a time")
+        healed = await flusher.flush_once()
+        healed_state = flusher.state
+        again = await flusher.flush_once()
+
+    assert [True] * 3 == [isinstance(step.blocked_by, StepFailed) for step in failed]
+    assert all(step.wait_s > 0 for step in failed), [step.wait_s for step in failed]
+    assert ("delivery_failing", 2) == (failing_state, pending)
+    assert (1, "delivering") == (healed.delivered, healed_state)
+    assert (True, "delivery_failing") == (isinstance(again.blocked_by, StepFailed), flusher.state)
+    assert 4 == flusher.retries
+    traced = [entry for entry in logs if entry.get("exc_info") is not None]
+    assert [TypeError, TypeError] == [type(entry["exc_info"]) for entry in traced]
+    assert flusher.last_error is not None
+    assert flusher.last_error.answer.startswith("relay error: TypeError")
+    assert 1 == len(rig.intake.accepted_events)

@@ -9,13 +9,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
 import orjson
+import pytest
 
+from relay.flusher import State
 from relay.process import RelayProcess, write_config
 from relay.samples import ago, event, request
+from relay.status import CONDITIONS
 from tests.fake_intake import Accept, Answer, FakeIntake, Status
 from tests.helpers import API_KEY, JSON, Ran, ci_relay, closed_port, jobs
 
@@ -242,3 +245,35 @@ async def test_status_endpoint_methods(tmp_path: Path) -> None:
     assert (405, "GET, HEAD") == (post_status, allow)
     assert "405" == body["errors"][0]["status"]
     assert {"version", "started_at", "uptime_s", "outbox", "dead_letters", "delivery"} <= set(found)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://operator:SeCrEt1@127.0.0.1:9",
+        "http://operator:SeCrEt1/SeCrEt2@127.0.0.1:9",
+        "ftp://operator:SeCrEt1@127.0.0.1:9",
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:abc",
+    ],
+    ids=["login", "slash-in-secret", "ftp", "port-99999", "port-text"],
+)
+async def test_url_option_is_checked_and_never_quotes_a_login(url: str) -> None:
+    """A --url with a login, a bad scheme or a bad port is a usage error (2) in one line that
+    names --url and quotes no part of the login or secret."""
+    ran = await ci_relay_status("--url", url)
+    lines = ran.stderr.splitlines()
+    assert (2, 1, "") == (ran.status, len(lines), ran.stdout), ran.stderr
+    assert "--url" in lines[0]
+    assert [] == [part for part in ("operator", "SeCrEt1", "SeCrEt2") if part in lines[0]]
+
+
+def test_every_delivery_state_but_delivering_is_a_condition_of_its_own() -> None:
+    """Each state the flusher can be in, but delivering, is a /status condition with an exit
+    status no other condition has; every condition is a state or an outbox condition."""
+    states = set(get_args(State)) - {"delivering"}
+    names = [condition.name for condition in CONDITIONS]
+    statuses = [condition.exit_status for condition in CONDITIONS]
+    assert states == set(names) - {"unreachable", "expiring", "outbox_full"}
+    assert (len(names), len(statuses)) == (len(set(names)), len(set(statuses)))
+    assert 12 == {c.name: c.exit_status for c in CONDITIONS}["delivery_failing"]

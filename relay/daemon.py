@@ -56,6 +56,8 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         "server.ingest_token_file", settings.server.ingest_token, settings.server.ingest_token_file
     )
     tls = listener_tls(settings.server)
+    # So is the proxy variable that applies to the upstream (looked up once, here).
+    upstream = Upstream(settings.upstream, api_key)
     on_change = _KeyChanges(api_key, token)
     # SIGHUP would otherwise end the process without a shutdown.
     loop.add_signal_handler(signal.SIGHUP, _on_hangup, on_change, config_file)
@@ -69,7 +71,6 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         stack.push_async_callback(outbox.close)
         # After the outbox: a refused outbox is one line on stderr and nothing else.
         guard = _connection_guard(settings)
-        upstream = Upstream(settings.upstream, api_key)
         stack.push_async_callback(upstream.close)
         flusher = Flusher(outbox, upstream, settings.flusher, settings.retry)
         flusher_task = asyncio.create_task(flusher.run(), name="flusher")

@@ -259,7 +259,7 @@ async def test_a_bad_proxy_port_stops_the_relay_at_start_with_one_line(
     command: str, tmp_path: Path
 ) -> None:
     """check-config and serve with HTTP_PROXY on port 99999 for an http upstream: one line
-    naming HTTP_PROXY, exit 2, the proxy's secret unquoted; serve never listens."""
+    naming HTTP_PROXY, exit 2, the proxy's secret unquoted; serve opens nothing first."""
     config = write_config(
         tmp_path / "relay.toml",
         server={"port": 0},
@@ -274,6 +274,9 @@ async def test_a_bad_proxy_port_stops_the_relay_at_start_with_one_line(
     assert (2, 1) == (ran.returncode, len(lines)), ran.stderr
     assert "HTTP_PROXY" in lines[0]
     assert PROXY_SECRET not in ran.stdout.decode() + lines[0]
+    assert not (tmp_path / "outbox.db").exists()
+    if command == "serve":
+        assert b"" == ran.stdout
 
 
 def test_check_config_names_the_proxy_the_upstream_goes_through(tmp_path: Path) -> None:

@@ -7,6 +7,12 @@ from the first byte (or from the connection opening, for the first request), its
 the end of the head. Between requests a keep-alive connection is left to aiohttp's
 keep-alive timeout. Open connections are bounded below the open-file limit; a connection
 arriving at the bound takes the place of the open one that has sent the fewest bytes.
+
+With TLS, the handshake is part of the first request's head. asyncio's TLS server would hand
+a connection to the HTTP protocol only once its handshake is done (and give a client 60 s
+to do it), so the listener is a plain TCP one and each connection, watched from its accept,
+does its own handshake (``loop.start_tls``): one deadline for handshake and head, the same
+bound, the same drops.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ import asyncio
 import contextlib
 import math
 import resource
+import ssl
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast, runtime_checkable
 
 import structlog
 from aiohttp import web
@@ -75,17 +82,22 @@ def connection_bound(max_connections: int, open_files: int) -> int:
 
 
 class ConnectionGuard:
-    """Enforces the read timeout and the connection bound, and logs what it drops."""
+    """Enforces the read timeout and the connection bound, and logs what it drops.
+
+    With ``tls``, connections start with a TLS handshake under the same watch.
+    """
 
     def __init__(
         self,
         read_timeout_s: float = 30.0,
         max_connections: int = 1024,
         admission_grace_s: float = ADMISSION_GRACE_S,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.read_timeout_s = read_timeout_s
         self.max_connections = max_connections
         self.admission_grace_s = admission_grace_s
+        self.tls = tls
         self._open: dict[Connection, None] = {}  # ordered by arrival
         self._dropped: Counter[str] = Counter()
         self._last_report = -math.inf
@@ -96,12 +108,18 @@ class ConnectionGuard:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="connection-sweeper")
 
     async def stop(self) -> None:
-        """Stop the background checks and report drops not yet logged."""
+        """Stop the background checks, close connections still in their TLS handshake, and
+        report drops not yet logged."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        # aiohttp's shutdown closes the connections it knows, and it knows a TLS connection
+        # only once its handshake is done; one still in it has no request to finish.
+        for conn in [c for c in self._open if c.handshaking]:
+            self.forget(conn)
+            conn.force_close()
         self._report(math.inf)
 
     def admit(self, conn: Connection, now: float) -> None:
@@ -169,19 +187,96 @@ class Connection(RequestHandler):
         # When the request being received must be complete; None between requests.
         self.deadline: float | None = None
         self._body: StreamReader | None = None  # the body being received
+        # With TLS, until aiohttp's protocol is told of the connection: the TCP transport,
+        # the task doing the handshake, and the bytes that arrived meanwhile.
+        self._established = False
+        self._tcp: asyncio.Transport | None = None
+        self._handshake: asyncio.Task[None] | None = None
+        self._early: list[bytes] = []
+
+    @property
+    def handshaking(self) -> bool:
+        """True while the connection's TLS handshake is not done."""
+        return self._tcp is not None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
         now = self._loop.time()
+        tls = self.guard.tls
+        if tls is None:
+            self._established = True
+            super().connection_made(transport)
+        else:
+            self._start_handshake(cast(asyncio.Transport, transport), tls)
         self.opened_at = now
+        # From the accept: with TLS, the handshake is part of the first request's head.
         self.deadline = now + self.guard.read_timeout_s
         self.guard.admit(self, now)
 
+    def _start_handshake(self, transport: asyncio.Transport, tls: ssl.SSLContext) -> None:
+        # asyncio's loop honours this; uvloop starts reading after connection_made all the
+        # same, and what it reads before the handshake starts is kept for it (_take_over).
+        transport.pause_reading()
+        self._tcp = transport
+        self._handshake = self._loop.create_task(self._serve_after_handshake(transport, tls))
+
+    async def _serve_after_handshake(
+        self, transport: asyncio.Transport, tls: ssl.SSLContext
+    ) -> None:
+        secure = None
+        if not transport.is_closing():  # else dropped by the guard, or the client hung up
+            secure = await self._take_over(transport, tls)
+        self._tcp = None
+        # None or closing: the handshake failed, or the guard closed the connection.
+        if secure is None or secure.is_closing():
+            self.guard.forget(self)
+            return
+        self._established = True
+        super().connection_made(secure)
+        decrypted, self._early = self._early, []
+        for data in decrypted:  # read by the TLS layer as the handshake ended
+            self.data_received(data)
+
+    async def _take_over(
+        self, transport: asyncio.Transport, tls: ssl.SSLContext
+    ) -> asyncio.Transport | None:
+        """The TLS transport once the handshake is done; None if it failed."""
+        received, self._early = self._early, []
+        # start_tls gives the transport to its TLS protocol before it first waits, and starts
+        # that protocol with call_soon: this call, queued first, hands it the bytes read so
+        # far first, and a protocol keeps what it receives before its start.
+        self._loop.call_soon(_hand_over, transport, received)
+        try:
+            # The loop's own handshake timer only backs up the sweep, which closes the
+            # connection at its deadline and counts the drop: it must not fire first.
+            return await self._loop.start_tls(
+                transport,
+                self,
+                tls,
+                server_side=True,
+                ssl_handshake_timeout=2 * self.guard.read_timeout_s,
+            )
+        except OSError:
+            # Not TLS, or the client went away (ssl.SSLError is an OSError): the loop's own
+            # TLS server drops these without a word too.
+            return None
+
+    def force_close(self) -> None:
+        if self._tcp is not None:
+            # In its TLS handshake aiohttp's protocol has no transport yet: close the TCP one.
+            self._tcp.abort()
+        super().force_close()
+
     def connection_lost(self, exc: BaseException | None) -> None:
         self.guard.forget(self)
-        super().connection_lost(exc)
+        if self._established:  # a failed handshake ends here too, without connection_made
+            super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if not self._established:
+            # Before the handshake: TLS bytes (uvloop); after it, before aiohttp's protocol
+            # is told: the first request, which the TLS layer read with the handshake's end.
+            self._early.append(data)
+            return
         self.bytes_received += len(data)
         if data and self.deadline is None and self._body is None:
             # The first byte of the next request on a keep-alive connection (aiohttp also
@@ -249,6 +344,32 @@ def _one_line(message: str) -> str:
     """aiohttp's parser messages span lines to point at the bad byte; keep the first."""
     first = message.strip().splitlines()[0] if message.strip() else "unparsable request"
     return first.rstrip(":").strip()
+
+
+@runtime_checkable
+class _Buffered(Protocol):
+    """The receiving side of a buffered protocol, as asyncio's and uvloop's TLS layers are."""
+
+    def get_buffer(self, sizehint: int) -> Any: ...
+
+    def buffer_updated(self, nbytes: int) -> None: ...
+
+
+def _hand_over(transport: asyncio.Transport, received: list[bytes]) -> None:
+    """Give the protocol now reading ``transport`` (the TLS layer) the bytes read before it."""
+    if transport.is_closing() or not received:
+        return
+    protocol = transport.get_protocol()
+    pending = memoryview(b"".join(received))
+    if not isinstance(protocol, _Buffered):
+        cast(asyncio.Protocol, protocol).data_received(bytes(pending))
+        return
+    while pending:
+        buffer = memoryview(protocol.get_buffer(len(pending)))
+        size = min(len(buffer), len(pending))
+        buffer[:size] = pending[:size]
+        protocol.buffer_updated(size)
+        pending = pending[size:]
 
 
 class GuardedServer(web.Server):

@@ -70,7 +70,7 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         outbox = await Outbox.open(settings.outbox)
         stack.push_async_callback(outbox.close)
         # After the outbox: a refused outbox is one line on stderr and nothing else.
-        guard = _connection_guard(settings)
+        guard = _connection_guard(settings, tls)
         stack.push_async_callback(upstream.close)
         flusher = Flusher(outbox, upstream, settings.flusher, settings.retry)
         flusher_task = asyncio.create_task(flusher.run(), name="flusher")
@@ -91,7 +91,9 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         web_runner = app_runner(app, guard, drain_s=budget.drain_s())
         await web_runner.setup()
         stack.push_async_callback(web_runner.cleanup)
-        site = web.TCPSite(web_runner, settings.server.host, settings.server.port, ssl_context=tls)
+        # A plain TCP listener even with TLS: the guard's connections do the handshake, so
+        # that a client stalling in it is bounded as one stalling in its request head.
+        site = web.TCPSite(web_runner, settings.server.host, settings.server.port)
         try:
             await site.start()
         except OSError as exc:
@@ -203,8 +205,8 @@ def _on_hangup(changes: _KeyChanges, config_file: Path | None) -> None:
     changes.hangup.set()
 
 
-def _connection_guard(settings: Settings) -> ConnectionGuard:
-    """Raise the open-file limit, then bound connections below it."""
+def _connection_guard(settings: Settings, tls: ssl.SSLContext | None) -> ConnectionGuard:
+    """Raise the open-file limit, then bound connections below it; ``tls`` for the listener."""
     limit = raise_open_file_limit()
     bound = connection_bound(settings.server.max_connections, limit.soft)
     logger.info(
@@ -214,7 +216,7 @@ def _connection_guard(settings: Settings) -> ConnectionGuard:
         raised_from=limit.raised_from,
         max_connections=bound,
     )
-    return ConnectionGuard(settings.server.read_timeout_s, bound)
+    return ConnectionGuard(settings.server.read_timeout_s, bound, tls=tls)
 
 
 class ShutdownBudget:

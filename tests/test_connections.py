@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
+import trustme
 from structlog.testing import capture_logs
 
-from relay.config import OutboxSettings
+from relay.config import OutboxSettings, ServerSettings
 from relay.connections import ConnectionGuard
+from relay.daemon import listener_tls
 from relay.intake import PIPELINE_PATH
 from relay.process import RelayProcess, write_config
 from relay.samples import event, request
@@ -32,16 +36,17 @@ def _closed(reader: asyncio.StreamReader) -> bool:
 
 
 class SlowClients:
-    """Connections that send a request head one byte per round and never finish it."""
+    """Connections that send the start of a request head, or nothing, and never finish it."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.failed_to_connect = 0
 
-    async def open(self, count: int) -> None:
+    async def open(self, count: int, head: bytes = SLOW_HEAD) -> None:
+        """Open ``count`` connections, each sending ``head`` (nothing, when empty)."""
         results = await asyncio.gather(
-            *(self._connect() for _ in range(count)), return_exceptions=True
+            *(self._connect(head) for _ in range(count)), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException):
@@ -49,11 +54,11 @@ class SlowClients:
             else:
                 self.streams.append(result)
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connect(self, head: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection("127.0.0.1", self.port), CONNECT_TIMEOUT_S
         )
-        writer.write(SLOW_HEAD)
+        writer.write(head)
         return reader, writer
 
     def trickle(self) -> None:
@@ -96,16 +101,19 @@ async def slow_clients(port: int, count: int) -> AsyncIterator[SlowClients]:
         await clients.close()
 
 
-async def runner_successes(url: str, attempts: int) -> int:
-    """How many of ``attempts`` runner posts, each on a new connection, got 202."""
+async def runner_successes(url: str, attempts: int, tls: ssl.SSLContext | None = None) -> int:
+    """How many of ``attempts`` runner posts, each on a new connection, got 202 (over https,
+    trusting ``tls``, when given)."""
     body = orjson.dumps(request(event("pipeline")))
     successes = 0
     timeout = aiohttp.ClientTimeout(total=3)
+    if tls is not None:
+        url = url.replace("http://", "https://")
     for _ in range(attempts):
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
             try:
-                async with client.post(url, data=body, headers=JSON) as resp:
+                async with client.post(url, data=body, headers=JSON, ssl=tls or True) as resp:
                     successes += resp.status == 202
             except (aiohttp.ClientError, TimeoutError):
                 pass
@@ -253,6 +261,83 @@ async def test_an_idle_keep_alive_connection_outlives_the_read_timeout(tmp_path:
         await relay.kill()
 
 
+@dataclass(frozen=True)
+class ListenerCertificate:
+    """The listener's certificate settings, and a client context that trusts the certificate."""
+
+    settings: dict[str, str]
+    trusted: ssl.SSLContext
+
+
+@pytest.fixture
+def listener_certificate(tmp_path: Path) -> ListenerCertificate:
+    """A certificate for 127.0.0.1 from a CA of the test's own, in server.tls_* files."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(tmp_path / "tls.key"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "tls.crt"))
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+    files = {"tls_cert_file": str(tmp_path / "tls.crt"), "tls_key_file": str(tmp_path / "tls.key")}
+    return ListenerCertificate(files, trusted)
+
+
+async def test_a_connection_that_never_starts_tls_is_dropped_after_the_read_timeout(
+    tmp_path: Path, listener_certificate: ListenerCertificate
+) -> None:
+    """On the TLS listener, a connection that sends no ClientHello is closed read_timeout_s
+    after it opened, and logged."""
+    relay = await start_daemon(tmp_path, {"read_timeout_s": 1.0, **listener_certificate.settings})
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        try:
+            assert b"" == await read_until_closed(reader, 10)
+        finally:
+            writer.close()
+        elapsed = loop.time() - started
+        await wait_for_log(relay, "connections dropped")
+        [dropped] = relay.events("connections dropped")
+        assert (1, 0) == (dropped["read_timeout"], dropped["at_bound"])
+        assert elapsed >= 0.9
+    finally:
+        await relay.kill()
+
+
+TLS_READ_TIMEOUT_S = 3.0
+
+
+async def test_https_runners_are_served_while_silent_connections_pass_the_bound(
+    tmp_path: Path, listener_certificate: ListenerCertificate
+) -> None:
+    """With a hard open-file limit of 256, 300 connections that never start TLS neither lock
+    https runners out nor stay past the read timeout, and their drops are logged."""
+    server = {"read_timeout_s": TLS_READ_TIMEOUT_S, **listener_certificate.settings}
+    relay = await start_daemon(tmp_path, server, open_file_limit(256, 256))
+    silent = SlowClients(relay.port)
+    try:
+        await silent.open(300, head=b"")
+        attempts = 5
+        served = await runner_successes(relay.url, attempts, listener_certificate.trusted)
+        assert (attempts, 0) == (served, silent.failed_to_connect)
+        # Past the read timeout every one of them is closed, by the bound or by the timeout.
+        async with asyncio.timeout(TLS_READ_TIMEOUT_S + 5):
+            for reader, _ in silent.streams:
+                await read_until_closed(reader, TLS_READ_TIMEOUT_S + 5)
+        [limit] = relay.events("open-file limit")
+        assert 0 == await relay.terminate()
+        dropped = relay.events("connections dropped")
+        at_bound = sum(line["at_bound"] for line in dropped)
+        read_timeout = sum(line["read_timeout"] for line in dropped)
+        assert at_bound >= 300 - limit["max_connections"]
+        assert read_timeout >= 1
+        assert at_bound + read_timeout >= 300
+    finally:
+        await silent.close()
+        await relay.kill()
+
+
 @pytest.fixture
 async def bounded_relay(
     outbox_settings: OutboxSettings,
@@ -288,6 +373,77 @@ async def test_at_the_bound_the_connection_that_sent_least_is_dropped(
     assert b"" == await read_until_closed(streams["least"][0], 5)
     assert (False, False) == (streams["most"][0].at_eof(), streams["middle"][0].at_eof())
     for _, writer in streams.values():
+        writer.close()
+
+
+@pytest.fixture
+async def tls_bounded_relay(
+    outbox_settings: OutboxSettings, listener_certificate: ListenerCertificate
+) -> AsyncIterator[tuple[int, ConnectionGuard]]:
+    """An in-process relay over TLS that keeps at most 3 connections and admits without a
+    grace time."""
+    tls = listener_tls(ServerSettings.model_validate(listener_certificate.settings))
+    guard = ConnectionGuard(30.0, max_connections=3, admission_grace_s=0.0, tls=tls)
+    async with serving(outbox_settings, guard=guard) as relay:
+        yield int(relay.base_url.rsplit(":", 1)[1]), guard
+
+
+async def test_at_the_bound_a_connection_still_in_its_tls_handshake_is_dropped_first(
+    tls_bounded_relay: tuple[int, ConnectionGuard], listener_certificate: ListenerCertificate
+) -> None:
+    """At the bound, a connection that has not started TLS gives way to an https runner,
+    while connections that sent part of a request stay open."""
+    port, guard = tls_bounded_relay
+    trusted = listener_certificate.trusted
+    sending = [await asyncio.open_connection("127.0.0.1", port, ssl=trusted) for _ in range(2)]
+    for _, writer in sending:
+        writer.write(SLOW_HEAD)
+        await writer.drain()
+    silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", port)
+    # No event says "the relay has read these bytes": poll its connections, bounded.
+    deadline = time.monotonic() + 5
+    while sorted(c.bytes_received for c in guard.connections) != [0, *[len(SLOW_HEAD)] * 2]:
+        assert time.monotonic() < deadline, "the relay did not read the bytes sent"
+        await asyncio.sleep(0.01)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trusted)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = await read_until_closed(reader, 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b"" == await read_until_closed(silent_reader, 5)
+    assert [False, False] == [r.at_eof() for r, _ in sending]
+    for _, open_writer in [*sending, (silent_reader, silent_writer)]:
+        open_writer.close()
+
+
+async def test_plain_http_on_the_tls_listener_is_closed_and_forgotten(
+    tls_bounded_relay: tuple[int, ConnectionGuard],
+) -> None:
+    """A request in plain HTTP on the TLS listener fails its handshake: the connection is
+    closed at once and no longer counts against the bound."""
+    port, guard = tls_bounded_relay
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        assert b"" == await read_until_closed(reader, 5)
+    finally:
+        writer.close()
+    await wait_until(lambda: not guard.connections, 5, "the connection forgotten")
+
+
+async def test_stopping_closes_connections_still_in_their_tls_handshake(
+    outbox_settings: OutboxSettings, listener_certificate: ListenerCertificate
+) -> None:
+    """When the relay stops, a connection that never started TLS is closed with it."""
+    tls = listener_tls(ServerSettings.model_validate(listener_certificate.settings))
+    guard = ConnectionGuard(30.0, tls=tls)
+    async with serving(outbox_settings, guard=guard) as relay:
+        port = int(relay.base_url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await wait_until(lambda: bool(guard.connections), 5, "the connection admitted")
+    try:
+        assert b"" == await read_until_closed(reader, 5)
+    finally:
         writer.close()
 
 

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from relay.config import FlusherSettings, OutboxSettings, RetrySettings
 from relay.delivery import StepFailed
-from relay.flusher import FlushResult
+from relay.flusher import STEP_FAILED, STILL_FAILING, FlushResult
 from relay.outbox import Outbox
 from relay.samples import event
 from relay.upstream import Retry, Unauthorized
@@ -39,6 +39,7 @@ from tests.helpers import (
     API_KEY,
     EMPTY_BODY_BYTES,
     HOUR,
+    Clock,
     ahead,
     big_job,
     body_len,
@@ -776,3 +777,24 @@ async def test_a_step_that_raises_backs_off_keeps_the_events_and_recovers(rig: R
     assert flusher.last_error is not None
     assert flusher.last_error.answer.startswith("relay error: TypeError")
     assert 1 == len(rig.intake.accepted_events)
+
+
+async def test_a_failure_that_goes_on_is_recalled_once_a_minute_without_its_traceback(
+    rig: Rig,
+) -> None:
+    """Steps failing alike for over a minute add one reminder line, without the traceback."""
+    await rig.put(jobs(1))
+    ((only_id, _),) = _stored_ends(rig.db).items()
+    _store_end(rig.db, only_id, "not a time")
+    clock = Clock()
+    flusher = rig.flusher(clock=clock)
+
+    with capture_logs() as logs:
+        for _ in range(3):
+            await flusher.flush_once()
+        clock.now += 61
+        for _ in range(3):
+            await flusher.flush_once()
+
+    errors = [(entry["event"], "exc_info" in entry) for entry in logs]
+    assert [(STEP_FAILED, True), (STILL_FAILING, False)] == errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -16,6 +17,7 @@ from relay.runner.options import UsageError, event_options, overrides
 from relay.runner.post import NotSent, post, relay_token, relay_url
 from relay.runner.resolve import resolve
 from relay.runner.streams import warn, write_stdout
+from relay.runner.text import TextEnv, not_utf8, repair_arguments
 from relay.runner.times import now
 
 EXIT_NOT_SENT = 1
@@ -24,34 +26,58 @@ EXIT_INVALID = 2
 
 def emit(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> int:
     """Build, check and post (or print, with --dry-run) one event; the exit status."""
+    text = TextEnv(env)
+    flags = repair_arguments(args)
     try:
         options = event_options(args, args.level, args.status)
-        url = relay_url(args.relay_url, env)
+        relay = _Relay(relay_url(args.relay_url, text), relay_token(text), args.timeout_s)
     except (UsageError, ValueError) as exc:
+        _not_utf8(flags, text)
         return _fail(str(exc), EXIT_INVALID)
-    facts = resolve(env, overrides(args), Path.cwd())
+    facts = resolve(text, overrides(args), Path.cwd())
+    _not_utf8(flags, text)
     for warning in facts.warnings:
         warn(f"ci-relay: emit: {warning}")
+    # A path is bytes: the raw environment's, not its text.
     mark = StartMark(marker_dir(env), _identity(options, facts), _marks_not_used)
-    running = options.status == "running"
-    if running:
-        start = options.start or _provider_start(options, facts) or now()
+    if options.status == "running":
+        options.start = options.start or _provider_start(options, facts) or now()
     else:
-        start = options.start or mark.read() or _provider_start(options, facts) or ""
+        options.start = options.start or mark.read() or _provider_start(options, facts)
         options.end = options.end or now()
-    options.start = start or None
-    if running and options.level not in events.RUNNING_LEVELS:
+    if options.status == "running" and options.level not in events.RUNNING_LEVELS:
         # The intake takes stages and steps only once finished: keep the start for then.
-        if not args.dry_run and not mark.write(start):
-            return 0  # the warning said why the start is not kept
-        warn(
-            f"ci-relay: emit: recorded the start of this {options.level} ({options.start}); "
-            "the event is sent when it finishes"
-        )
-        return 0
+        return _record_start(options, mark, args.dry_run)
+    return _send(options, facts, mark, relay, args.dry_run)
+
+
+@dataclass(frozen=True)
+class _Relay:
+    """Where and how to post."""
+
+    url: str
+    token: str | None
+    timeout_s: float
+
+
+def _record_start(options: events.EventOptions, mark: StartMark, dry_run: bool) -> int:
+    start = options.start or now()
+    if not dry_run and not mark.write(start):
+        return 0  # the warning said why the start is not kept
+    warn(
+        f"ci-relay: emit: recorded the start of this {options.level} ({start}); "
+        "the event is sent when it finishes"
+    )
+    return 0
+
+
+def _send(
+    options: events.EventOptions, facts: CIFacts, mark: StartMark, relay: _Relay, dry_run: bool
+) -> int:
+    """Check the event, then print it (dry run) or post it and keep or forget its mark."""
     body = events.body(options, facts)
     problems = events.problems(body)
-    if args.dry_run:
+    if dry_run:
         try:
             write_stdout(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2) + b"\n")
         except OSError as exc:
@@ -60,14 +86,14 @@ def emit(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> int:
         for problem in problems:
             warn(f"ci-relay: emit: {problem}")
         return EXIT_INVALID
-    if args.dry_run:
+    if dry_run:
         return 0
     try:
-        post(url, body, args.timeout_s, relay_token(env))
+        post(relay.url, body, relay.timeout_s, relay.token)
     except NotSent as exc:
         return _fail(str(exc), EXIT_NOT_SENT)
-    if running:
-        mark.write(start)
+    if options.status == "running":
+        mark.write(options.start or "")
     else:
         mark.remove()
     return 0
@@ -89,6 +115,11 @@ def _identity(options: events.EventOptions, facts: CIFacts) -> tuple[str, ...]:
 
 def _provider_start(options: events.EventOptions, facts: CIFacts) -> str | None:
     return {"pipeline": facts.pipeline_start, "job": facts.job_start}.get(options.level)
+
+
+def _not_utf8(flags: list[str], env: TextEnv) -> None:
+    for source in (*flags, *env.repaired):
+        warn(f"ci-relay: emit: {not_utf8(source)}")
 
 
 def _marks_not_used(reason: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import ssl
 import time
@@ -28,6 +29,7 @@ RELAY_URL_VARIABLE = "CI_RELAY_URL"
 # The relay's ingest token (server.ingest_token), for a relay that listens beyond loopback.
 RELAY_TOKEN_VARIABLE = "CI_RELAY_TOKEN"  # noqa: S105 - the name of a variable
 _MAX_ANSWER_BYTES = 64 * 1024
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 
 
 class NotSent(Exception):
@@ -49,8 +51,17 @@ def relay_url(flag: str | None, env: Mapping[str, str]) -> str:
 
 
 def relay_token(env: Mapping[str, str]) -> str | None:
-    """The ingest token of ``$CI_RELAY_TOKEN`` (a file's final newline dropped), or None."""
-    return env.get(RELAY_TOKEN_VARIABLE, "").strip() or None
+    """The ingest token of ``$CI_RELAY_TOKEN`` (a file's final newline dropped), or None.
+
+    ValueError if it holds a character a header cannot carry (printable ASCII only, as the
+    relay's own token); the message names the variable, never the value.
+    """
+    token = env.get(RELAY_TOKEN_VARIABLE, "").strip() or None
+    if token is not None and _PRINTABLE_ASCII.fullmatch(token) is None:
+        raise ValueError(
+            f"{RELAY_TOKEN_VARIABLE} holds a character that cannot be sent (printable ASCII only)"
+        )
+    return token
 
 
 def post(url: str, body: bytes, timeout_s: float, token: str | None = None) -> None:
@@ -71,7 +82,7 @@ def post(url: str, body: bytes, timeout_s: float, token: str | None = None) -> N
         raise NotSent(f"the relay at {url} answered {answer.status}{_details(answer)}")
     except TimeoutError:
         raise NotSent(f"the relay at {url} did not answer within {timeout_s:g} s") from None
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA cannot encode
         raise NotSent(f"cannot reach the relay at {url}: {exc}") from None
     except http.client.HTTPException as exc:
         raise NotSent(f"the relay at {url} gave no HTTP answer: {exc!r}") from None

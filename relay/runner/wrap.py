@@ -21,9 +21,10 @@ from types import FrameType
 from relay.runner import event as events
 from relay.runner.facts import CIFacts
 from relay.runner.options import event_options, overrides
-from relay.runner.post import NotSent, post, relay_token, relay_url
+from relay.runner.post import post, relay_token, relay_url
 from relay.runner.resolve import resolve
 from relay.runner.streams import warn
+from relay.runner.text import TextEnv, not_utf8, repair_arguments, repaired
 from relay.runner.times import rfc3339
 
 EXIT_USAGE = 2
@@ -61,8 +62,12 @@ class _Interrupted(Exception):
 
 @dataclass
 class _Prepared:
-    """The run's facts, read while the command runs, or what stopped reading them."""
+    """What the report needs from the environment, read while the command runs (after it,
+    if it never started), or what stopped reading it."""
 
+    done: bool = False
+    url: str = ""
+    token: str | None = None
     facts: CIFacts | None = None
     error: Exception | None = None
 
@@ -73,14 +78,20 @@ def run(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> int:
     if not command:
         warn("ci-relay: run: give the command after --")
         return EXIT_USAGE
+    text = TextEnv(env)  # the command itself gets the environment's bytes untouched
+    flags = repair_arguments(args, keep=("command",))
     prepared = _Prepared()
     start_s = time.time()
-    outcome = _execute(command, lambda: _prepare(args, env, prepared))
+    outcome = _execute(command, lambda: _prepare(args, text, prepared))
     end_s = time.time()
     for signum in FORWARDED:
         signal.signal(signum, _stop_reporting)
     with contextlib.suppress(_Interrupted):
-        _report(args, env, command, outcome, (start_s, end_s), prepared)
+        if not prepared.done:  # the command never started
+            _prepare(args, text, prepared)
+        for source in (*flags, *text.repaired):
+            warn(f"ci-relay: run: {not_utf8(source)}")
+        _report(args, command, outcome, (start_s, end_s), prepared)
     return outcome.exit_status
 
 
@@ -152,17 +163,22 @@ def _stop_reporting(signum: int, frame: FrameType | None) -> None:
 
 
 def _prepare(args: argparse.Namespace, env: Mapping[str, str], prepared: _Prepared) -> None:
-    """While the command runs: read the run's facts and load the schema, off the exit path."""
+    """Read the relay's address, the token and the run's facts, and load the schema: while
+    the command runs, off the exit path."""
+    prepared.done = True
     try:
+        prepared.url = relay_url(args.relay_url, env)
+        prepared.token = relay_token(env)
         prepared.facts = resolve(env, overrides(args), Path.cwd())
         import relay.schema  # noqa: F401 - loaded now rather than after the command
+    except _Interrupted:
+        raise
     except Exception as exc:  # reporting never breaks the command
         prepared.error = exc
 
 
 def _report(
     args: argparse.Namespace,
-    env: Mapping[str, str],
     command: list[str],
     outcome: Outcome,
     times: tuple[float, float],
@@ -170,32 +186,42 @@ def _report(
 ) -> None:
     """Post the event; on any failure, one warning line on stderr."""
     level = args.level
-    if prepared.error is not None:
-        _warn(level, str(prepared.error) or type(prepared.error).__name__)
+    facts = prepared.facts
+    if prepared.error is not None or facts is None:
+        _warn(level, _reason(prepared.error))
         return
+    for warning in facts.warnings:
+        warn(f"ci-relay: run: {warning}")
     try:
-        facts = prepared.facts or resolve(env, overrides(args), Path.cwd())
-        for warning in facts.warnings:
-            warn(f"ci-relay: run: {warning}")
         options = event_options(args, level, outcome.status)
         options.start, options.end = rfc3339(times[0]), rfc3339(times[1])
         options.error_type, options.error_message = outcome.error_type, outcome.error_message
         if not options.name and (level == "step" or not facts.job_name):
-            options.name = shlex.join(command)[:_MAX_NAME]
+            options.name = _command_name(command)
         body = events.body(options, facts)
         problems = events.problems(body)
         if not problems:
-            post(relay_url(args.relay_url, env), body, args.timeout_s, relay_token(env))
+            post(prepared.url, body, args.timeout_s, prepared.token)
     except _Interrupted:
         raise
-    except NotSent as exc:
-        _warn(level, str(exc))
-        return
-    except Exception as exc:  # reporting never breaks the command
-        _warn(level, str(exc) or type(exc).__name__)
+    except Exception as exc:  # NotSent, and anything else: reporting never breaks the command
+        _warn(level, _reason(exc))
         return
     if problems:
         _warn(level, "the event is not valid: " + "; ".join(problems))
+
+
+def _command_name(command: list[str]) -> str:
+    """The command line as the event's name; its bytes that are not UTF-8 replaced."""
+    line = shlex.join(command)
+    name = repaired(line)
+    if name != line:
+        warn(f"ci-relay: run: {not_utf8('the command line')}")
+    return name[:_MAX_NAME]
+
+
+def _reason(exc: Exception | None) -> str:
+    return (str(exc) or type(exc).__name__) if exc is not None else "nothing was read"
 
 
 def _warn(level: str, reason: str) -> None:

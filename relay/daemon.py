@@ -16,6 +16,7 @@ import signal
 import ssl
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 from aiohttp import web
@@ -136,13 +137,30 @@ OPEN_LISTENER = "listening beyond loopback without an ingest token: anyone who r
 OPEN_LISTENER_HINT = "set server.ingest_token_file (runners send it as DD-API-KEY)"
 
 
+class _EncryptedKey(Exception):
+    """The private key asked for a pass phrase."""
+
+
+def _no_pass_phrase() -> NoReturn:
+    # OpenSSL asks for a pass phrase only for an encrypted key, and without this callback
+    # asks the terminal: the relay would wait at start for an answer no one gives.
+    raise _EncryptedKey
+
+
 def listener_tls(server: ServerSettings) -> ssl.SSLContext | None:
     """The listener's TLS context when a certificate is configured; ConfigError if unusable."""
     if server.tls_cert_file is None or server.tls_key_file is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(server.tls_cert_file, server.tls_key_file)
+        context.load_cert_chain(server.tls_cert_file, server.tls_key_file, _no_pass_phrase)
+    except _EncryptedKey:
+        raise ConfigError(
+            f"invalid config: server.tls_key_file: {server.tls_key_file}: the private key is "
+            "encrypted, and the relay never asks for a pass phrase: decrypt it once "
+            f"(openssl pkey -in {server.tls_key_file} -out NEW_KEY) and name the new file, "
+            "readable by the relay's user only"
+        ) from None
     except (OSError, ssl.SSLError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
+import pty
 import ssl
 import sys
+import termios
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +17,7 @@ import aiohttp
 import orjson
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 from pydantic import SecretStr
 
 from relay.config import OutboxSettings
@@ -241,3 +246,97 @@ async def test_an_unusable_key_or_certificate_file_stops_the_start(
     lines = err.decode().strip().splitlines()
     assert (2, 1) == (process.returncode, len(lines)), lines
     assert named in lines[0]
+
+
+KEY_FORMATS = {
+    "PKCS#8": serialization.PrivateFormat.PKCS8,
+    "traditional": serialization.PrivateFormat.TraditionalOpenSSL,
+}
+
+
+def _encrypted_tls_files(tmp_path: Path, key_format: serialization.PrivateFormat) -> Path:
+    """A config whose listener certificate's key is encrypted with a pass phrase."""
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        key_format,
+        serialization.BestAvailableEncryption(b"pass phrase"),
+    )
+    (tmp_path / "tls.key").write_bytes(encrypted)
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "tls.crt"))
+    return _relay_config(
+        tmp_path, tls_cert_file=str(tmp_path / "tls.crt"), tls_key_file=str(tmp_path / "tls.key")
+    )
+
+
+def _take_terminal() -> None:
+    # In the child, in the session of its own start_new_session made: stdin, the terminal,
+    # becomes its controlling terminal, the one OpenSSL would ask a pass phrase on.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _read_terminal(main: int) -> str:
+    """What the child wrote to the terminal, read without waiting."""
+    os.set_blocking(main, False)
+    shown = b""
+    with contextlib.suppress(BlockingIOError, OSError):  # OSError: EIO once the child is gone
+        while chunk := os.read(main, 4096):
+            shown += chunk
+    return shown.decode(errors="replace")
+
+
+async def _serve_on_a_terminal(config: Path) -> tuple[int | None, list[str], str]:
+    """``ci-relay serve`` on a terminal: its exit status (None when it was still running after
+    30 s, and killed), its stderr lines, and what it wrote to the terminal."""
+    main, terminal = pty.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay",
+            "serve",
+            "--config",
+            str(config),
+            stdin=terminal,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))},
+            start_new_session=True,
+            preexec_fn=_take_terminal,
+        )
+        os.close(terminal)
+        status: int | None
+        try:
+            _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+            status = process.returncode
+        except TimeoutError:
+            process.kill()
+            _, err = await process.communicate()
+            status = None
+        return status, err.decode().strip().splitlines(), _read_terminal(main)
+    finally:
+        os.close(main)
+
+
+@pytest.mark.parametrize("key_format", KEY_FORMATS.values(), ids=KEY_FORMATS.keys())
+async def test_an_encrypted_tls_key_stops_the_start_without_asking_for_a_pass_phrase(
+    tmp_path: Path, key_format: serialization.PrivateFormat
+) -> None:
+    """On a terminal, an encrypted tls_key_file stops the relay with one line naming the
+    setting and saying the key is encrypted, exit 2, and nothing asks for a pass phrase."""
+    config = _encrypted_tls_files(tmp_path, key_format)
+    status, lines, shown = await _serve_on_a_terminal(config)
+    assert (2, 1, "") == (status, len(lines), shown), (lines, shown)
+    assert "server.tls_key_file" in lines[0]
+    assert "encrypted" in lines[0]
+
+
+async def test_check_config_refuses_an_encrypted_tls_key(tmp_path: Path) -> None:
+    """check-config reports an encrypted tls_key_file as the start does: one line, exit 2."""
+    config = _encrypted_tls_files(tmp_path, serialization.PrivateFormat.PKCS8)
+    ran = await ci_relay("check-config", "--config", str(config))
+    lines = ran.stderr.strip().splitlines()
+    assert (2, 1) == (ran.status, len(lines)), ran
+    assert "server.tls_key_file" in lines[0]
+    assert "encrypted" in lines[0]

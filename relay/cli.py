@@ -127,6 +127,16 @@ def _parser() -> argparse.ArgumentParser:
         help="rename the outbox (with its -wal) for salvage, so that serve starts a new one",
     )
     aside.set_defaults(run=_move_aside, load=load_outbox_settings)
+    salvage = store_commands.add_parser(
+        "import",
+        parents=[common],
+        help="append the pending events of a moved-aside outbox to the outbox, as far as "
+        "that file can be read (it is only read); a second run does nothing",
+    )
+    salvage.add_argument(
+        "file", type=Path, metavar="FILE", help="the moved-aside file (outbox.db.damaged-...)"
+    )
+    salvage.set_defaults(run=_import, load=load_outbox_settings)
     _runner_commands(commands)
     return parser
 
@@ -310,7 +320,19 @@ def _move_aside(args: argparse.Namespace, outbox: OutboxSettings) -> int:
     finally:
         lock.release()
     print(f"moved outbox {path} to {target}; the next start creates a new outbox")
+    print(f"deliver its events with: ci-relay outbox import {target}")
     return 0
+
+
+def _import(args: argparse.Namespace, outbox: OutboxSettings) -> int:
+    """Exit 0 when every pending event of the file is in the outbox, 1 when some were lost
+    or how many is unknown."""
+    from relay.salvage import import_outbox
+
+    report = _run(import_outbox(args.file, outbox))
+    for line in report.lines():
+        print(line)
+    return 0 if report.finished_before or report.lost == 0 else 1
 
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:

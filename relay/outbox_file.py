@@ -73,10 +73,10 @@ class OutboxDiskFull(OutboxError):
     """The file system holding the outbox has no room to open it; the file itself is sound."""
 
 
-def disk_full(path: Path, exc: sqlite3.Error) -> OutboxDiskFull | None:
+def disk_full(path: Path, exc: sqlite3.Error, doing: str = "opened") -> OutboxDiskFull | None:
     """The refusal for SQLite's ``exc`` when the outbox's file system has no room for it:
     SQLITE_FULL, or an I/O or open error with less free than opening needs (or no inode);
-    None when the cause is elsewhere."""
+    None when the cause is elsewhere. ``doing``: what the outbox cannot be ("written")."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code is None or code & 0xFF not in _DISK_CODES:
         return None
@@ -89,7 +89,7 @@ def disk_full(path: Path, exc: sqlite3.Error) -> OutboxDiskFull | None:
         return None
     free, at_least = size_shown(space.free), size_shown(needed)
     return OutboxDiskFull(
-        f"outbox {path} cannot be opened: the file system at {space.mount} is full "
+        f"outbox {path} cannot be {doing}: the file system at {space.mount} is full "
         f"({free} free; opening the outbox needs at least {at_least}); "
         "free space there, then try again (the outbox is not damaged: keep it where it is)"
     )
@@ -162,7 +162,7 @@ class ServeLock:
         fd = -1
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
-            _make_private(fd, PRIVATE_FILE)
+            make_private(fd, PRIVATE_FILE)
         except OSError as exc:
             if fd >= 0:
                 os.close(fd)
@@ -201,7 +201,7 @@ def _make_private_directory(directory: Path) -> None:
     os.chmod(directory, PRIVATE_DIRECTORY)
 
 
-def _make_private(fd: int, mode: int) -> None:
+def make_private(fd: int, mode: int) -> None:
     """Give the open file ``mode`` exactly if it has another one (the umask masked it, or a
     file found in place was readable by others)."""
     if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
@@ -228,7 +228,7 @@ def create_private(path: Path) -> None:
     try:
         fd = os.open(path, os.O_CREAT | os.O_RDWR, PRIVATE_FILE)
         try:
-            _make_private(fd, PRIVATE_FILE)
+            make_private(fd, PRIVATE_FILE)
         finally:
             os.close(fd)
     except OSError as exc:
@@ -257,7 +257,7 @@ def inspect(path: Path, check_s: float | None) -> Inspection:
     except sqlite3.Error as exc:
         raise disk_full(path, exc) or OutboxError(f"cannot read outbox {path}: {exc}") from None
     try:
-        legacy = _identify(conn, path)
+        legacy = identify(conn, path)
         checked = check_s is None or _quick_check(conn, path, check_s)
         version = _schema_version(conn)
     except sqlite3.Error as exc:
@@ -334,7 +334,9 @@ def damaged(path: Path, cause: str) -> OutboxDamaged:
     )
 
 
-def _identify(conn: sqlite3.Connection, path: Path) -> bool:
+def identify(conn: sqlite3.Connection, path: Path) -> bool:
+    """True for an outbox made before the header was stamped, False for a stamped one;
+    OutboxError for another program's database."""
     (app_id,) = conn.execute(queries.APPLICATION_ID).fetchone()
     if app_id == APPLICATION_ID:
         return False

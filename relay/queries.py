@@ -123,6 +123,16 @@ SET_TOTALS = "UPDATE outbox_totals SET events = ?, bytes = ?"
 CLEAR_CHANGES = "UPDATE outbox_changes SET events = 0, bytes = 0"
 BEGIN_WRITE = "BEGIN IMMEDIATE"
 
+# -- importing a moved-aside outbox (relay.salvage): its events, as far as the file reads
+
+SALVAGE_AFTER = "SELECT id, received_at, end_at, body FROM events WHERE id > ? ORDER BY id LIMIT ?"
+SALVAGE_ONE = "SELECT id, received_at, end_at, body FROM events WHERE id = ?"
+# The highest id the file ever gave (AUTOINCREMENT keeps it), else its highest event's.
+LAST_ID_GIVEN = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+LAST_ID = "SELECT max(id) FROM events"
+# What an import adds to the events table, for the daemon's counts (outbox_changes).
+RECORD_ADDED = "UPDATE outbox_changes SET events = events + ?, bytes = bytes + ?"
+
 # -- the migration ledger
 
 CREATE_LEDGER = """

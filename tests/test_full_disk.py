@@ -259,8 +259,8 @@ async def test_file_system_out_of_inodes_at_start_is_named_with_its_space(tmp_pa
     if not can_mount(tmp_path / "probe"):
         pytest.skip("mounting a tmpfs was refused (not root?): no real full disk to test on")
     with tmpfs(tmp_path / "disk", "size=1m,nr_inodes=2") as mount:
-        outbox = mount / "outbox.db"  # the root directory takes one inode, this file the other
-        (mount / "taken").touch()
+        outbox = mount / "outbox.db"
+        (mount / "taken").touch()  # the root directory takes one inode, this file the other
         config = write_config(tmp_path / "relay.toml", outbox={"path": str(outbox)})
 
         ran = await ci_relay("serve", "--config", str(config))

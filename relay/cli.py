@@ -15,6 +15,8 @@ from relay import __version__
 from relay.exits import EXIT_USAGE, UserError
 
 if TYPE_CHECKING:
+    import urllib.request
+
     from relay.config import OutboxSettings, Settings
 
 # The relay's modules are imported where used: `emit` and `run` start once per job step
@@ -406,7 +408,7 @@ def _status(args: argparse.Namespace, config: Path | None) -> int:
     headers = {} if token.value is None else {"Authorization": f"Bearer {token.value}"}
     asking = urllib.request.Request(f"{url}/status", headers=headers)  # noqa: S310
     try:
-        with urllib.request.urlopen(asking, timeout=args.timeout) as answer:  # noqa: S310
+        with _direct_opener().open(asking, timeout=args.timeout) as answer:
             document = orjson.loads(answer.read())
     except (OSError, ValueError) as exc:  # refused, timed out, an HTTP error, not JSON
         if isinstance(exc, urllib.error.HTTPError) and exc.code == 403:
@@ -416,7 +418,10 @@ def _status(args: argparse.Namespace, config: Path | None) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        reason = getattr(exc, "reason", None) or exc
+        if isinstance(exc, urllib.error.HTTPError):
+            reason: object = f"answered {exc.code} {exc.reason}"
+        else:
+            reason = getattr(exc, "reason", None) or exc
         print(f"ci-relay: no relay answers at {url}: {reason}", file=sys.stderr)
         return EXIT_UNREACHABLE
     print(
@@ -425,6 +430,20 @@ def _status(args: argparse.Namespace, config: Path | None) -> int:
         else render(document, url)
     )
     return exit_status(document)
+
+
+def _direct_opener() -> urllib.request.OpenerDirector:
+    """A urllib opener that carries the token to the relay named and nowhere else: no proxy
+    (HTTP(S)_PROXY is for the internet, and a proxy would see the token of a plain-HTTP
+    request), and no redirect followed (urllib would resend the Authorization header to
+    whatever origin a 3xx names; the 3xx is reported instead)."""
+    import urllib.request  # here: the runner's commands share this module and need no urllib
+
+    class RefuseRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *_: object, **__: object) -> None:
+            return None  # urllib then raises the 3xx as an HTTPError
+
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), RefuseRedirects())
 
 
 def _relay_url(given: str) -> str:

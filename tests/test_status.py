@@ -4,23 +4,26 @@ from the state it names."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, get_args
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from relay.flusher import State
 from relay.process import RelayProcess, write_config
 from relay.samples import ago, event, request
 from relay.status import CONDITIONS
 from tests.fake_intake import Accept, Answer, FakeIntake, Status
-from tests.helpers import API_KEY, JSON, Ran, ci_relay, closed_port, jobs
+from tests.helpers import API_KEY, JSON, Ran, ci_relay, closed_port, jobs, relay_command
 
 
 async def ci_relay_status(*args: str) -> Ran:
@@ -32,7 +35,8 @@ def config(tmp_path: Path, intake: FakeIntake | None, **groups: dict[str, Any]) 
     upstream = {} if intake is None else {"url": intake.url, "api_key": API_KEY}
     return write_config(
         tmp_path / "relay.toml",
-        server={"port": closed_port()},  # a fixed port: the command finds it in the file
+        server={"port": closed_port()}  # a fixed port: the command finds it in the file
+        | groups.pop("server", {}),
         outbox={"path": str(tmp_path / "outbox.db")} | groups.pop("outbox", {}),
         upstream=upstream | groups.pop("upstream", {}),
         flusher={"flush_interval_s": 0.05} | groups.pop("flusher", {}),
@@ -277,3 +281,66 @@ def test_every_delivery_state_but_delivering_is_a_condition_of_its_own() -> None
     assert states == set(names) - {"unreachable", "expiring", "outbox_full"}
     assert (len(names), len(statuses)) == (len(set(names)), len(set(statuses)))
     assert 12 == {c.name: c.exit_status for c in CONDITIONS}["delivery_failing"]
+
+
+class _Listener:
+    """An HTTP server on 127.0.0.1 that records every request it gets (method, target and
+    headers) and answers ``answer`` to each: a proxy the command must not use, or the
+    other origin a redirect points to."""
+
+    def __init__(self, answer: Callable[[], web.StreamResponse]) -> None:
+        self.answer = answer
+        self.heard: list[tuple[str, str, dict[str, str]]] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> _Listener:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.heard.append((request.method, str(request.url), dict(request.headers)))
+        return self.answer()
+
+
+STATUS_TOKEN = "status-token-value"  # noqa: S105 - a stand-in the test looks for
+
+
+async def test_status_never_sends_the_token_through_a_proxy(tmp_path: Path) -> None:
+    """``ci-relay status`` asks the relay directly whatever HTTP_PROXY says: the proxy hears
+    nothing, so the ingest token in the request never reaches it."""
+    async with (
+        _Listener(lambda: web.json_response({}, status=502)) as proxy,
+        relay_with(tmp_path, None, server={"ingest_token": STATUS_TOKEN}) as (_, _, path, _),
+    ):
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        env |= {"HTTP_PROXY": proxy.url, "HTTPS_PROXY": proxy.url}
+        done = await relay_command("status", "--config", str(path), "--json", env=env)
+    assert [] == proxy.heard
+    assert ["no_api_key"] == orjson.loads(done.stdout)["conditions"], done.stderr
+
+
+async def test_status_follows_no_redirect_with_the_token(tmp_path: Path) -> None:
+    """A redirect from what answers at --url is not followed: the token is sent only to the
+    address the operator gave, and the command says what answered (unreachable, 3)."""
+    async with _Listener(lambda: web.json_response({"conditions": []})) as elsewhere:
+        target = f"{elsewhere.url}/status"
+        async with _Listener(
+            lambda: web.Response(status=302, headers={"Location": target})
+        ) as redirecting:
+            path = config(tmp_path, None, server={"ingest_token": STATUS_TOKEN})
+            ran = await ci_relay_status("--config", str(path), "--url", redirecting.url)
+    assert [] == elsewhere.heard
+    assert ["/status"] == [urlsplit(url).path for _, url, _ in redirecting.heard]
+    assert 3 == ran.status, ran.stderr
+    assert "302" in ran.stderr

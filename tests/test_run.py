@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from relay.errors import error_response
+from relay.samples import ago
 from tests.helpers import RunningRelay
 from tests.helpers import relay_command as ci_relay
 from tests.runner_cli import clean_env, make_repo, unused_url
@@ -219,3 +220,32 @@ def test_the_wrapper_starts_without_the_relay_modules() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=60
     )
     assert ("[]\n", "") == (done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://operator:SeCrEt1@127.0.0.1:9",
+        "http://operator:SeCrEt1/SeCrEt2@127.0.0.1:9",
+        "ftp://operator:SeCrEt1@127.0.0.1:9",
+        "http://127.0.0.1:SeCrEt1",
+        "http://operator:9/SeCrEt1@127.0.0.1:9",
+    ],
+    ids=["login", "slash-in-secret", "ftp", "text-port", "numeric-secret-with-slash"],
+)
+@pytest.mark.parametrize("command", ["run", "emit"])
+async def test_a_relay_url_never_has_its_login_quoted(
+    checkout: tuple[Path, str], tmp_path: Path, url: str, command: str
+) -> None:
+    """A CI_RELAY_URL holding a login (the relay takes its token in CI_RELAY_TOKEN) or a
+    broken port is refused in one line that quotes no part of it; run keeps its status."""
+    cwd, sha = checkout
+    env = github(tmp_path, sha, CI_RELAY_URL=url)
+    args = ["--", "sh", "-c", "exit 4"]
+    if command == "emit":
+        args = ["job", "--status", "success", "--start", ago(seconds=9)]
+    done = await ci_relay(command, *args, env=env, cwd=cwd)
+    lines = done.stderr.decode().splitlines()
+    assert (4 if command == "run" else 2, 1) == (done.returncode, len(lines)), lines
+    assert [] == [part for part in ("operator", "SeCrEt1", "SeCrEt2") if part in lines[0]]
+    assert "CI_RELAY_URL" in lines[0]

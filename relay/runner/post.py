@@ -40,11 +40,23 @@ def relay_url(flag: str | None, env: Mapping[str, str]) -> str:
     """Where to post: the flag, else ``$CI_RELAY_URL``, else the local relay's default.
 
     A base URL gets the intake's path; a URL that already has a path is used as is.
+    ValueError for one that is not http(s), has a login (the token goes in
+    ``$CI_RELAY_TOKEN``) or a port that is not a number; the message names where the URL
+    came from and quotes none of it, since a login may hold a secret anywhere.
     """
+    source = "--relay-url" if flag else RELAY_URL_VARIABLE
     url = flag or env.get(RELAY_URL_VARIABLE) or DEFAULT_RELAY_URL
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ValueError(f"{source} has a host or port that cannot be read") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"relay URL {url!r} is not an http(s) URL such as {DEFAULT_RELAY_URL}")
+        raise ValueError(f"{source} is not an http(s) URL such as {DEFAULT_RELAY_URL}")
+    if "@" in url:  # anywhere: a secret holding / or ? ends past the host
+        raise ValueError(
+            f"{source} takes no login: the relay's token goes in {RELAY_TOKEN_VARIABLE}"
+        )
     if parts.path in ("", "/"):
         return url.rstrip("/") + PIPELINE_PATH
     return url

@@ -26,7 +26,7 @@ from relay.admission import ParseBudget
 from relay.config import ConfigError, ServerSettings, Settings, load_settings
 from relay.connections import ConnectionGuard, connection_bound, raise_open_file_limit
 from relay.flusher import Flusher
-from relay.keyfiles import KeyFile
+from relay.keyfiles import KeyFile, check_pem_file
 from relay.outbox import Outbox
 from relay.server import app_runner, create_app
 from relay.upstream import Upstream
@@ -151,6 +151,11 @@ def listener_tls(server: ServerSettings) -> ssl.SSLContext | None:
     """The listener's TLS context when a certificate is configured; ConfigError if unusable."""
     if server.tls_cert_file is None or server.tls_key_file is None:
         return None
+    for name, path in (
+        ("tls_cert_file", server.tls_cert_file),
+        ("tls_key_file", server.tls_key_file),
+    ):
+        check_pem_file(f"server.{name}", path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(server.tls_cert_file, server.tls_key_file, _no_pass_phrase)

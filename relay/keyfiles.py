@@ -22,7 +22,8 @@ import concurrent.futures
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -44,6 +45,8 @@ _Stamp = tuple[int, int, int, int]  # device, inode, mtime in ns, size
 # room for any real secret (a long bearer token) while a larger file is surely something else
 # (a log, a certificate bundle), and reading at most that much costs nothing on the loop.
 MAX_SECRET_BYTES = 4096
+# A certificate chain, a private key or a CA bundle: the system's whole bundle is ~220 KB.
+MAX_PEM_BYTES = 4 << 20
 # A few KiB read from a local or network file takes milliseconds; 5 s means the file system
 # hangs. Waiting that long delays nothing else: the loop keeps serving meanwhile.
 READ_TIMEOUT_S = 5.0
@@ -199,32 +202,59 @@ def _read(path: Path) -> _Read:
     """The secret in the file at ``path``, or why it cannot be used; never waits on a FIFO."""
     stamp = _stamp(path)
     try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as exc:
-        return _Read(stamp, error=exc.strerror or type(exc).__name__)
-    try:
-        info = os.fstat(fd)
-        stamp = _stamp_of(info)  # the file opened, whatever the path points to by now
-        return _Read(stamp, value=_secret_in(fd, info))
+        with _opened(path) as (fd, info):
+            stamp = _stamp_of(info)  # the file opened, whatever the path points to by now
+            return _Read(stamp, value=_secret_in(_contents(fd, info, MAX_SECRET_BYTES)))
     except OSError as exc:
         return _Read(stamp, error=exc.strerror or type(exc).__name__)
     except ValueError as exc:
         return _Read(stamp, error=str(exc))
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file at ``path``, of at most ``max_bytes``; never waits on a
+    FIFO. ValueError saying why not (not a regular file, too large, cannot be read): the
+    rule for every file the relay is given that is not its outbox (certificates, keys)."""
+    try:
+        with _opened(path) as (fd, info):
+            return _contents(fd, info, max_bytes)
+    except OSError as exc:
+        raise ValueError(exc.strerror or type(exc).__name__) from None
+
+
+def check_pem_file(setting: str, path: Path) -> None:
+    """ConfigError naming ``setting`` unless ``path`` is a regular file of at most
+    ``MAX_PEM_BYTES``: checked before OpenSSL opens it by name, which would wait without end
+    on a FIFO (and prompt on a terminal)."""
+    try:
+        read_regular_file(path, MAX_PEM_BYTES)
+    except ValueError as exc:
+        raise ConfigError(f"invalid config: {setting}: {path}: {exc}") from None
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[tuple[int, os.stat_result]]:
+    """``path`` open for reading without waiting (a FIFO), and what it is."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        yield fd, os.fstat(fd)
     finally:
         os.close(fd)
 
 
-def _secret_in(fd: int, info: os.stat_result) -> str:
-    """The secret in the open file, stripped; ValueError saying why it cannot be used."""
+def _contents(fd: int, info: os.stat_result, max_bytes: int) -> bytes:
+    """All of an open regular file; ValueError if it is not one, or holds over ``max_bytes``."""
     if not stat.S_ISREG(info.st_mode):
         kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a file")
         raise ValueError(f"is not a regular file ({kind})")
-    data = _read_at_most(fd, MAX_SECRET_BYTES + 1)  # the file may have grown since fstat
-    if info.st_size > MAX_SECRET_BYTES or len(data) > MAX_SECRET_BYTES:
-        raise ValueError(
-            f"is larger than {MAX_SECRET_BYTES} bytes ({max(info.st_size, len(data))}); "
-            "a key or token is a few dozen characters"
-        )
+    data = _read_at_most(fd, max_bytes + 1)  # the file may have grown since fstat
+    if info.st_size > max_bytes or len(data) > max_bytes:
+        raise ValueError(f"is larger than {max_bytes} bytes ({max(info.st_size, len(data))})")
+    return data
+
+
+def _secret_in(data: bytes) -> str:
+    """The secret in a key file's bytes, stripped; ValueError saying why it cannot be used."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:  # its message would quote a byte of the secret

@@ -31,7 +31,7 @@ from relay.config import (
     redact_url,
 )
 from relay.intake import PIPELINE_PATH, error_detail, request_body
-from relay.keyfiles import KeyFile
+from relay.keyfiles import KeyFile, check_pem_file
 
 logger = structlog.get_logger(__name__)
 
@@ -199,6 +199,7 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     """
     context = ssl.create_default_context()
     if ca_file is not None:
+        check_pem_file("upstream.ca_file", ca_file)
         try:
             context.load_verify_locations(cafile=ca_file)
         except (OSError, ssl.SSLError) as exc:

@@ -340,3 +340,42 @@ async def test_check_config_refuses_an_encrypted_tls_key(tmp_path: Path) -> None
     assert (2, 1) == (ran.status, len(lines)), ran
     assert "server.tls_key_file" in lines[0]
     assert "encrypted" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("group", "fifo", "named"),
+    [
+        ("upstream", "ca_file", "upstream.ca_file"),
+        ("server", "tls_key_file", "server.tls_key_file"),
+        ("server", "tls_cert_file", "server.tls_cert_file"),
+    ],
+)
+@pytest.mark.parametrize("command", ["serve", "check-config"])
+async def test_a_certificate_or_key_that_is_a_fifo_is_refused_not_waited_on(
+    tmp_path: Path, group: str, fifo: str, named: str, command: str
+) -> None:
+    """A CA, certificate or private key file that is a FIFO (no regular file) is refused at
+    once with one line naming the setting, exit 2: the start never waits for a writer."""
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(tmp_path / "tls.key"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "tls.crt"))
+    files = {"tls_cert_file": "tls.crt", "tls_key_file": "tls.key", "ca_file": "ca.pem"}
+    files[fifo] = "fifo"
+    os.mkfifo(tmp_path / "fifo")
+    server: dict[str, object] = {"port": 0}
+    upstream: dict[str, object] = {}
+    if group == "server":
+        server |= {k: str(tmp_path / files[k]) for k in ("tls_cert_file", "tls_key_file")}
+    else:
+        upstream["ca_file"] = str(tmp_path / "fifo")
+    config = write_config(
+        tmp_path / "relay.toml",
+        server=server,
+        upstream=upstream,
+        outbox={"path": str(tmp_path / "outbox.db")},
+    )
+    ran = await ci_relay(command, "--config", str(config), timeout_s=15)
+    lines = ran.stderr.strip().splitlines()
+    assert (2, 1) == (ran.status, len(lines)), lines
+    assert named in lines[0]
+    assert "FIFO" in lines[0]

@@ -13,6 +13,14 @@ from relay.outbox import Outbox
 from tests.delivery_rig import Rig
 from tests.fake_intake import FakeIntake
 from tests.helpers import RunningRelay, serving
+from tests.runner_cli import make_repo
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A real git repository and the sha of its one commit (a job's working tree)."""
+    path = tmp_path_factory.mktemp("checkout") / "engine"
+    return path, make_repo(path)
 
 
 @pytest.fixture

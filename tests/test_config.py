@@ -359,16 +359,21 @@ def test_upstream_url_accepted_forms(url: str, expected: str, tmp_path: Path) ->
 )
 def test_upstream_url_refused_with_the_fix(url: str, said: str, tmp_path: Path) -> None:
     """A URL the relay cannot post to is refused at start, naming upstream.url and the fix."""
-    config = tmp_path / "relay.toml"
-    config.write_text(f'[upstream]\nurl = "{url}"\n', encoding="utf-8")
-    with pytest.raises(ConfigError) as raised:
-        load_settings(config)
-    message = str(raised.value)
+    message = _upstream_url_refusal(url, tmp_path)
     assert (True, True, 1) == (
         "upstream.url" in message,
         said in message,
         len(message.splitlines()),
     )
+
+
+def _upstream_url_refusal(url: str, tmp_path: Path) -> str:
+    """The message that refuses ``upstream.url = url`` in a config file."""
+    config = tmp_path / "relay.toml"
+    config.write_text(f"[upstream]\nurl = {json.dumps(url)}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config)
+    return str(raised.value)
 
 
 @pytest.mark.parametrize(
@@ -392,11 +397,7 @@ def test_upstream_url_with_a_bad_host_or_port_is_refused(
     url: str, said: str, tmp_path: Path
 ) -> None:
     """A host or port no request can reach is refused at start, naming upstream.url."""
-    config = tmp_path / "relay.toml"
-    config.write_text(f"[upstream]\nurl = {json.dumps(url)}\n", encoding="utf-8")
-    with pytest.raises(ConfigError) as raised:
-        load_settings(config)
-    message = str(raised.value)
+    message = _upstream_url_refusal(url, tmp_path)
     assert (True, True, 1) == (
         "upstream.url" in message,
         said in message,

@@ -17,16 +17,9 @@ from relay.samples import ago
 from relay.schema import parse_request
 from tests.helpers import RunningRelay, serving
 from tests.helpers import relay_command as ci_relay
-from tests.runner_cli import AUTHOR, clean_env, make_repo, unused_url
+from tests.runner_cli import AUTHOR, clean_env, unused_url
 
 RELAY_TOKEN = "runners-ingest-token"  # noqa: S105
-
-
-@pytest.fixture(scope="module")
-def checkout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A real git repository and the sha of its one commit."""
-    path = tmp_path_factory.mktemp("checkout") / "engine"
-    return path, make_repo(path)
 
 
 def github(home: Path, sha: str, **extra: str) -> dict[str, str]:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from relay.runner import providers
 from relay.runner.arguments import PROVIDER_NAMES
@@ -16,16 +15,9 @@ from relay.runner.facts import derived_id
 from relay.runner.resolve import Overrides, resolve
 from relay.samples import ago
 from relay.schema import parse_request
-from tests.runner_cli import AUTHOR, COMMITTER, MESSAGE, make_repo
+from tests.runner_cli import AUTHOR, COMMITTER, MESSAGE
 
 REPO_URL = "https://git.example.com/acme/engine.git"
-
-
-@pytest.fixture(scope="module")
-def checkout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A real git repository and the sha of its one commit."""
-    path = tmp_path_factory.mktemp("checkout") / "engine"
-    return path, make_repo(path)
 
 
 def event(

@@ -17,15 +17,8 @@ from relay.errors import error_response
 from relay.samples import ago
 from tests.helpers import RunningRelay
 from tests.helpers import relay_command as ci_relay
-from tests.runner_cli import clean_env, make_repo, unused_url
+from tests.runner_cli import clean_env, unused_url
 from tests.test_emit import github, stored
-
-
-@pytest.fixture(scope="module")
-def checkout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A real git repository and the sha of its one commit."""
-    path = tmp_path_factory.mktemp("checkout") / "engine"
-    return path, make_repo(path)
 
 
 async def test_output_input_and_success_pass_through(

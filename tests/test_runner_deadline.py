@@ -14,19 +14,11 @@ from aiohttp import web
 
 from relay.samples import ago
 from tests.helpers import relay_command as ci_relay
-from tests.runner_cli import make_repo
 from tests.test_emit import github
 
 TRICKLE_INTERVAL_S = 0.25
 TRICKLE_BYTES = 240  # a minute of trickling: far past any deadline under test
 BOUND_S = 8.0  # --timeout-s 1, plus the interpreter's start and the git reads
-
-
-@pytest.fixture(scope="module")
-def checkout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A real git repository and the sha of its one commit."""
-    path = tmp_path_factory.mktemp("checkout") / "engine"
-    return path, make_repo(path)
 
 
 @pytest.fixture(scope="module")

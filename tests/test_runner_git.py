@@ -5,23 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-import pytest
 
 from relay.runner.gitinfo import Checkout
 from relay.samples import ago
 from tests.helpers import RunningRelay
 from tests.helpers import relay_command as ci_relay
-from tests.runner_cli import make_repo
 from tests.test_emit import github, stored
 
 PRECIOUS = b"a file of the user's\n"
-
-
-@pytest.fixture(scope="module")
-def checkout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A real git repository and the sha of its one commit."""
-    path = tmp_path_factory.mktemp("checkout") / "engine"
-    return path, make_repo(path)
 
 
 def victim(tmp_path: Path) -> Path:

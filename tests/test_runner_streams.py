@@ -13,18 +13,11 @@ from typing import IO
 import pytest
 
 from relay.samples import ago
-from tests.runner_cli import clean_env, make_repo, unused_url
+from tests.runner_cli import clean_env, unused_url
 from tests.test_emit import github
 
 BROKEN = ["closed", "full", "epipe"]
 TIMEOUT_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def checkout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A real git repository and the sha of its one commit."""
-    path = tmp_path_factory.mktemp("checkout") / "engine"
-    return path, make_repo(path)
 
 
 def ci_relay(

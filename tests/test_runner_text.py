@@ -10,7 +10,6 @@ import pytest
 from relay.samples import ago
 from tests.helpers import RunningRelay
 from tests.helpers import relay_command as ci_relay
-from tests.runner_cli import make_repo
 from tests.test_emit import github, stored
 
 # How Python hands a child's environment the byte 0xff: a surrogate escape, which the
@@ -26,13 +25,6 @@ def not_utf8(command: str, source: str) -> str:
         f"ci-relay: {command}: {source} is not valid UTF-8; its invalid bytes were replaced "
         "with U+FFFD"
     )
-
-
-@pytest.fixture(scope="module")
-def checkout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A real git repository and the sha of its one commit."""
-    path = tmp_path_factory.mktemp("checkout") / "engine"
-    return path, make_repo(path)
 
 
 async def test_run_reports_a_job_whose_variable_is_not_utf8(

@@ -39,9 +39,9 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from relay.intake import PIPELINE_PATH  # noqa: E402
-from relay.samples import event, request  # noqa: E402
-from relay.server import app_runner as guarded_runner  # noqa: E402
+from relay.contract.intake import PIPELINE_PATH  # noqa: E402
+from relay.ingest.server import app_runner as guarded_runner  # noqa: E402
+from relay.testing.samples import event, request  # noqa: E402
 
 WARMUP_S = 2
 SLOW_HEAD = f"POST {PIPELINE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".encode()

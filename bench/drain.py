@@ -36,11 +36,11 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from relay.config import OutboxSettings
-from relay.intake import request_body
-from relay.outbox import Outbox
-from relay.process import RelayProcess, write_config
-from relay.samples import event, request
-from relay.schema import parse_request
+from relay.contract.intake import request_body
+from relay.contract.schema import parse_request
+from relay.store.outbox import Outbox
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import event, request
 
 TARGET_EVENTS_PER_S = 30_000
 TARGET_RSS_MB = 150

@@ -29,7 +29,7 @@ import uvloop
 
 from relay import log
 from relay.config import OutboxSettings
-from relay.outbox import Outbox
+from relay.store.outbox import Outbox
 
 INTERVALS_S = (0.005, 0.001, 0.0002, 0.00005)
 READ_TIMEOUT_S = 30.0

@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from relay.samples import LEVELS, event, request  # noqa: E402
+from relay.testing.samples import LEVELS, event, request  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 LUA_SCRIPT = BENCH / "post.lua"

@@ -60,7 +60,7 @@ def free_port() -> int:
 def body() -> bytes:
     """One pipeline event that ended 30 s ago, as the README's example."""
     sys.path.insert(0, str(ROOT))
-    from relay.samples import event, request
+    from relay.testing.samples import event, request
 
     return orjson.dumps(request(event("pipeline")))
 

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from relay.body import event_bytes, loads  # noqa: E402
-from relay.samples import LEVELS, event, request  # noqa: E402
+from relay.contract.body import event_bytes, loads  # noqa: E402
+from relay.testing.samples import LEVELS, event, request  # noqa: E402
 
 
 def reencode(body: bytes) -> tuple[Any, list[bytes]]:

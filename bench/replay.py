@@ -36,8 +36,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relay.process import RelayProcess, write_config
-from relay.samples import event, request
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import event, request
 
 JSON = {"Content-Type": "application/json"}
 LOAD_LIMIT_S = 600.0

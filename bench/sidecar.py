@@ -42,7 +42,7 @@ import orjson
 from aiohttp import web
 from ingest import HOST, PIPELINE_PATH, ROOT, Server, free_port, proc_kb, run_wrk
 
-from relay.samples import LEVELS, event, request
+from relay.testing.samples import LEVELS, event, request
 
 INTAKE_TIMEOUT_S = 600.0
 _CLEAN_ENV = ingest.clean_env
@@ -132,8 +132,8 @@ FILL_SCRIPT = """
 import asyncio, sqlite3, sys, time, orjson
 from pathlib import Path
 from relay.config import OutboxSettings
-from relay.outbox import Outbox
-from relay.samples import event
+from relay.store.outbox import Outbox
+from relay.testing.samples import event
 path, n = Path(sys.argv[1]), int(sys.argv[2])
 async def make():
     outbox = await Outbox.open(OutboxSettings(path=path))

@@ -50,8 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from relay.config import load_outbox_settings, load_settings
-    from relay.outbox import DEAD_LETTER_REASONS
-    from relay.status import exit_statuses_help
+    from relay.ops.status import exit_statuses_help
+    from relay.store.outbox import DEAD_LETTER_REASONS
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -165,7 +165,7 @@ def _runner_commands(commands: Any) -> None:
 
 
 def _selection_arguments(command: argparse.ArgumentParser, verb: str) -> None:
-    from relay.outbox import DEAD_LETTER_REASONS
+    from relay.store.outbox import DEAD_LETTER_REASONS
 
     command.add_argument("--reason", choices=DEAD_LETTER_REASONS)
     command.add_argument(
@@ -209,7 +209,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _list(args: argparse.Namespace, outbox: OutboxSettings) -> int:
-    from relay.deadletters import list_dead_letters
+    from relay.store.deadletters import list_dead_letters
 
     letters = _run(list_dead_letters(outbox.path, args.reason))
     for letter in letters:
@@ -233,7 +233,7 @@ def _shown(value: str | None) -> str:
 
 def _act(args: argparse.Namespace, outbox: OutboxSettings) -> int:
     """Replay or purge: the selected dead letters, every one only with --all."""
-    from relay import deadletters
+    from relay.store import deadletters
 
     older_than = getattr(args, "older_than", None)
     chosen = args.reason is not None or args.ids is not None or older_than is not None
@@ -294,7 +294,7 @@ def _wrap(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace, outbox: OutboxSettings) -> int:
-    from relay.outbox_file import check
+    from relay.store.outbox_file import check
 
     path = outbox.path
     report = check(path)
@@ -312,7 +312,7 @@ def _check(args: argparse.Namespace, outbox: OutboxSettings) -> int:
 
 
 def _move_aside(args: argparse.Namespace, outbox: OutboxSettings) -> int:
-    from relay.outbox_file import ServeLock, move_aside
+    from relay.store.outbox_file import ServeLock, move_aside
 
     path = outbox.path
     lock = ServeLock(path)
@@ -329,7 +329,7 @@ def _move_aside(args: argparse.Namespace, outbox: OutboxSettings) -> int:
 def _import(args: argparse.Namespace, outbox: OutboxSettings) -> int:
     """Exit 0 when every pending event of the file is in the outbox, 1 when some were lost
     or how many is unknown."""
-    from relay.salvage import import_outbox
+    from relay.store.salvage import import_outbox
 
     report = _run(import_outbox(args.file, outbox))
     for line in report.lines():
@@ -338,7 +338,7 @@ def _import(args: argparse.Namespace, outbox: OutboxSettings) -> int:
 
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.healthcheck import probe, probe_url
+    from relay.ops.healthcheck import probe, probe_url
 
     if settings.server.port == 0:
         print("ci-relay: server.port is 0 (chosen at start): no address to ask", file=sys.stderr)
@@ -352,8 +352,8 @@ def _check_config(args: argparse.Namespace, config: Path | None) -> int:
     """Every setting with its origin, redacted; then the checks, one line per problem."""
     from relay.config import ConfigError, load_settings, origins, writable_directory
     from relay.daemon import OPEN_LISTENER, OPEN_LISTENER_HINT, listener_tls
+    from relay.delivery.upstream import tls_context, upstream_proxy
     from relay.keyfiles import KeyFile
-    from relay.upstream import tls_context, upstream_proxy
 
     try:
         settings = load_settings(config)
@@ -395,7 +395,7 @@ def _status(args: argparse.Namespace, config: Path | None) -> int:
 
     from relay.config import load_settings
     from relay.keyfiles import KeyFile
-    from relay.status import EXIT_UNREACHABLE, exit_status, render
+    from relay.ops.status import EXIT_UNREACHABLE, exit_status, render
 
     server = load_settings(config).server
     if args.url:

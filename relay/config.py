@@ -34,8 +34,8 @@ from pydantic_settings import (
 )
 from yarl import URL
 
+from relay.contract.intake import MAX_EVENTS_PER_REQUEST, PIPELINE_PATH, SITES, Site
 from relay.exits import UserError
-from relay.intake import MAX_EVENTS_PER_REQUEST, PIPELINE_PATH, SITES, Site
 
 DEFAULT_PORT = 8780
 
@@ -85,7 +85,8 @@ class ServerSettings(_Group):
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     read_timeout_s: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=1024, ge=1)
-    # Bytes of request bodies parsed and stored at once (relay.admission); more wait, then 503.
+    # Bytes of request bodies parsed and stored at once (relay.ingest.admission); more wait,
+    # then 503.
     max_parsing_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     parse_wait_s: float = Field(default=5.0, ge=0)
     ingest_token: Secret = None

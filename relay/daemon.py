@@ -22,14 +22,14 @@ import structlog
 from aiohttp import web
 
 from relay import __version__, log
-from relay.admission import ParseBudget
 from relay.config import ConfigError, ServerSettings, Settings, load_settings
-from relay.connections import ConnectionGuard, connection_bound, raise_open_file_limit
-from relay.flusher import Flusher
+from relay.delivery.flusher import Flusher
+from relay.delivery.upstream import Upstream
+from relay.ingest.admission import ParseBudget
+from relay.ingest.connections import ConnectionGuard, connection_bound, raise_open_file_limit
+from relay.ingest.server import app_runner, create_app
 from relay.keyfiles import KeyFile, check_pem_file
-from relay.outbox import Outbox
-from relay.server import app_runner, create_app
-from relay.upstream import Upstream
+from relay.store.outbox import Outbox
 
 logger = structlog.get_logger(__name__)
 

@@ -1,4 +1,4 @@
-"""Answers in Datadog's error shape (``relay.intake.error_body``), as aiohttp responses."""
+"""Answers in Datadog's error shape (``relay.contract.intake.error_body``), as aiohttp responses."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from aiohttp import web
 # typing's TypedDict is not enough for pydantic before Python 3.12 (GET /openapi.json).
 from typing_extensions import TypedDict
 
-from relay.intake import error_body
+from relay.contract.intake import error_body
 
 
 class ErrorObject(TypedDict):
@@ -21,7 +21,7 @@ class ErrorObject(TypedDict):
 
 
 class ErrorBody(TypedDict):
-    """Datadog's error shape, the body of every refusal (``relay.intake.error_body``)."""
+    """Datadog's error shape, the body of every refusal (``relay.contract.intake.error_body``)."""
 
     errors: list[ErrorObject]
 

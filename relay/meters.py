@@ -1,4 +1,4 @@
-"""Measurements taken where things happen, which ``relay.metrics`` exposes when scraped.
+"""Measurements taken where things happen, which ``relay.ops.metrics`` exposes when scraped.
 
 A histogram has to be observed at the moment it measures (a commit, a request), unlike the
 counts the collector reads from the relay's state. Each owner keeps its own instances
@@ -52,5 +52,5 @@ def upstream_seconds() -> Histogram:
 
 
 def _histogram(name: str, documentation: str, buckets: tuple[float, ...]) -> Histogram:
-    """A histogram in no registry: ``relay.metrics`` collects it from its owner."""
+    """A histogram in no registry: ``relay.ops.metrics`` collects it from its owner."""
     return Histogram(name, documentation + _SINCE_START, buckets=buckets, registry=None)

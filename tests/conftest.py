@@ -9,7 +9,7 @@ import pytest
 from hypothesis import Phase, settings
 
 from relay.config import OutboxSettings
-from relay.outbox import Outbox
+from relay.store.outbox import Outbox
 from tests.delivery_rig import Rig
 from tests.fake_intake import FakeIntake
 from tests.helpers import RunningRelay, serving

@@ -15,7 +15,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from relay.samples import event
+from relay.testing.samples import event
 
 HOUR_S = 3600.0
 DAY_S = 24 * HOUR_S

@@ -18,11 +18,11 @@ import orjson
 from pydantic import SecretStr
 
 from relay.config import FlusherSettings, RetrySettings, UpstreamSettings
-from relay.flusher import Flusher
-from relay.outbox import Outbox
-from relay.samples import request
-from relay.schema import parse_request
-from relay.upstream import Upstream
+from relay.contract.schema import parse_request
+from relay.delivery.flusher import Flusher
+from relay.delivery.upstream import Upstream
+from relay.store.outbox import Outbox
+from relay.testing.samples import request
 from tests.fake_intake import FakeIntake
 from tests.helpers import API_KEY
 

@@ -19,15 +19,15 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from relay.admission import ParseBudget
 from relay.config import OutboxSettings
-from relay.connections import ConnectionGuard
-from relay.intake import PIPELINE_PATH
+from relay.contract.intake import PIPELINE_PATH
+from relay.contract.schema import parse_request
+from relay.ingest.admission import ParseBudget
+from relay.ingest.connections import ConnectionGuard
+from relay.ingest.server import app_runner, create_app
 from relay.keyfiles import KeyFile
-from relay.outbox import Outbox
-from relay.samples import event, request
-from relay.schema import parse_request
-from relay.server import app_runner, create_app
+from relay.store.outbox import Outbox
+from relay.testing.samples import event, request
 
 JSON = {"Content-Type": "application/json"}
 """The header every well-formed request to the relay carries."""

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import orjson
 
-from relay.admission import ParseBudget
 from relay.config import OutboxSettings
-from relay.samples import event, request
+from relay.ingest.admission import ParseBudget
+from relay.testing.samples import event, request
 from tests.helpers import JSON, RunningRelay, serving, wait_until
 
 BODY = orjson.dumps(request(event("pipeline")))

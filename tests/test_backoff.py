@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.backoff import Backoff
+from relay.delivery.backoff import Backoff
 
 POLICY = Backoff(initial_s=1.0, multiplier=2.0, max_s=60.0, max_wait_s=600.0)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from relay.config import OutboxSettings
-from relay.outbox import Outbox
-from relay.process import write_config
+from relay.store.outbox import Outbox
+from relay.testing.process import write_config
 from tests.helpers import tmpfs
 
 # A stand-in secret the tests look for where it must never appear.

@@ -16,9 +16,9 @@ import pytest
 from pydantic import BaseModel
 
 from relay.config import ConfigError, Settings, load_settings
-from relay.intake import Site
-from relay.process import RelayProcess, write_config
-from relay.samples import event, request
+from relay.contract.intake import Site
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import event, request
 from tests.fake_intake import FakeIntake, Status
 from tests.helpers import JSON, relay_command
 

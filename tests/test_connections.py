@@ -18,11 +18,11 @@ import trustme
 from structlog.testing import capture_logs
 
 from relay.config import OutboxSettings, ServerSettings
-from relay.connections import ConnectionGuard
+from relay.contract.intake import PIPELINE_PATH
 from relay.daemon import listener_tls
-from relay.intake import PIPELINE_PATH
-from relay.process import RelayProcess, write_config
-from relay.samples import event, request
+from relay.ingest.connections import ConnectionGuard
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import event, request
 from tests.helpers import JSON, RunningRelay, serving, wait_until
 
 SLOW_HEAD = f"POST {PIPELINE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".encode()

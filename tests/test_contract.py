@@ -25,7 +25,7 @@ import orjson
 from hypothesis import HealthCheck, example, given, settings
 
 from relay.config import OutboxSettings
-from relay.intake import PIPELINE_PATH
+from relay.contract.intake import PIPELINE_PATH
 from tests.contract_bodies import bodies, rule_examples
 from tests.contract_rules import MORE_PROBLEMS, RULES, explain
 from tests.datadog_models import client_accepts

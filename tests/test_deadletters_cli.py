@@ -19,12 +19,12 @@ import pytest
 from pydantic import SecretStr
 
 from relay.config import FlusherSettings, OutboxSettings, RetrySettings, UpstreamSettings
-from relay.flusher import Flusher
-from relay.outbox import Outbox
-from relay.process import RelayProcess, write_config
-from relay.samples import event, request
-from relay.schema import parse_request
-from relay.upstream import Upstream
+from relay.contract.schema import parse_request
+from relay.delivery.flusher import Flusher
+from relay.delivery.upstream import Upstream
+from relay.store.outbox import Outbox
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import event, request
 from tests.fake_intake import Accept, Answer, FakeIntake, RejectEvents, TooLarge
 from tests.helpers import Ran, ci_relay
 

@@ -16,8 +16,8 @@ import aiohttp
 import orjson
 import pytest
 
-from relay.process import RelayProcess, write_config
-from relay.samples import event, request
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import event, request
 from tests.fake_intake import (
     Accept,
     Answer,

@@ -20,9 +20,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from relay.config import FlusherSettings, RetrySettings
-from relay.delivery import StoreFailed
-from relay.flusher import FlushResult
-from relay.upstream import Misconfigured, Reject, Retry
+from relay.delivery.flusher import FlushResult
+from relay.delivery.step import StoreFailed
+from relay.delivery.upstream import Misconfigured, Reject, Retry
 from tests.delivery_rig import DeadLetter, Rig
 from tests.fake_intake import (
     PIPELINE_PATH,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from relay.config import FlusherSettings, RetrySettings
-from relay.delivery import StoreFailed
+from relay.delivery.step import StoreFailed
 from tests.delivery_rig import Rig
 from tests.fake_intake import Status
 from tests.helpers import jobs

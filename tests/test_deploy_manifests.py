@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from relay.config import FlusherSettings, Settings, load_settings
-from relay.intake import PIPELINE_PATH
-from relay.process import RelayProcess, write_config
-from relay.samples import request
+from relay.contract.intake import PIPELINE_PATH
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import request
 from tests.fake_intake import FakeIntake
 from tests.helpers import API_KEY, JSON, jobs, wait_until
 

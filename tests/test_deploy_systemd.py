@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 from relay.config import FlusherSettings
-from relay.process import write_config
-from relay.samples import request
+from relay.testing.process import write_config
+from relay.testing.samples import request
 from tests.fake_intake import FakeIntake
 from tests.helpers import API_KEY, JSON, closed_port, jobs, wait_until
 

@@ -13,8 +13,8 @@ import aiohttp
 import orjson
 import pytest
 
-from relay.process import RelayProcess, write_config
-from relay.samples import event, request
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import event, request
 
 JSON = {"Content-Type": "application/json"}
 KINDS = ("pipeline", "running_pipeline", "stage", "job", "running_job", "step")

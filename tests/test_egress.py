@@ -20,9 +20,9 @@ import trustme
 from pydantic import SecretStr
 
 from relay.config import ConfigError, UpstreamSettings
-from relay.process import RelayProcess, write_config
-from relay.samples import event, request
-from relay.upstream import Delivered, Outcome, Retry, Upstream
+from relay.delivery.upstream import Delivered, Outcome, Retry, Upstream
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import event, request
 from tests.fake_intake import FakeIntake
 from tests.helpers import API_KEY, JSON, relay_command, stored, wait_until
 

@@ -11,10 +11,10 @@ import pytest
 from pydantic import SecretStr
 
 from relay.config import OutboxSettings, ServerSettings
+from relay.contract.schema import parse_request
 from relay.keyfiles import KeyFile
 from relay.runner.post import DEFAULT_RELAY_URL
-from relay.samples import ago
-from relay.schema import parse_request
+from relay.testing.samples import ago
 from tests.helpers import RunningRelay, serving
 from tests.helpers import relay_command as ci_relay
 from tests.runner_cli import AUTHOR, clean_env, unused_url

@@ -18,11 +18,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from relay.config import FlusherSettings, OutboxSettings, RetrySettings
-from relay.delivery import StepFailed
-from relay.flusher import STEP_FAILED, STILL_FAILING, FlushResult
-from relay.outbox import Outbox
-from relay.samples import event
-from relay.upstream import Retry, Unauthorized
+from relay.delivery.flusher import STEP_FAILED, STILL_FAILING, FlushResult
+from relay.delivery.step import StepFailed
+from relay.delivery.upstream import Retry, Unauthorized
+from relay.store.outbox import Outbox
+from relay.testing.samples import event
 from tests.delivery_rig import DeadLetter, Rig, running
 from tests.fake_intake import (
     PIPELINE_PATH,

@@ -26,8 +26,8 @@ import aiohttp
 import orjson
 import pytest
 
-from relay.process import RelayProcess, write_config
-from relay.samples import event, request
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import event, request
 from tests.fake_intake import Accept, FakeIntake, Status
 from tests.helpers import API_KEY, JSON, MOUNT, UMOUNT, ci_relay, event_id, tmpfs
 

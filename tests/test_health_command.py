@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from relay.config import ServerSettings
-from relay.healthcheck import probe_url
-from relay.process import RelayProcess, write_config
+from relay.ops.healthcheck import probe_url
+from relay.testing.process import RelayProcess, write_config
 from tests.helpers import closed_port
 from tests.test_cli import ci_relay
 

@@ -22,8 +22,8 @@ from pydantic import SecretStr
 
 from relay.config import OutboxSettings
 from relay.keyfiles import KeyFile
-from relay.process import RelayProcess, write_config
-from relay.samples import event, request
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import event, request
 from tests.helpers import JSON, RunningRelay, ci_relay, closed_port, serving, wait_until
 from tests.test_status import ci_relay_status
 

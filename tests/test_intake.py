@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from relay.intake import ENVELOPE_BYTES, error_body, error_detail, request_body
+from relay.contract.intake import ENVELOPE_BYTES, error_body, error_detail, request_body
 
 
 def test_request_body_keeps_events_byte_for_byte() -> None:

@@ -17,8 +17,8 @@ from structlog.testing import capture_logs
 
 from relay.config import ConfigError
 from relay.keyfiles import MAX_SECRET_BYTES, KeyFile
-from relay.process import RelayProcess, write_config
-from relay.samples import event, request
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import event, request
 from tests.fake_intake import FakeIntake, RequireKey
 from tests.helpers import JSON, ci_relay, relay_command, wait_until
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from relay.samples import ago
+from relay.testing.samples import ago
 from tests.helpers import relay_command as ci_relay
 from tests.runner_cli import clean_env
 

@@ -13,9 +13,9 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.config import FlusherSettings
-from relay.metrics import RelayCollector
-from relay.process import RelayProcess, write_config
-from relay.samples import request
+from relay.ops.metrics import RelayCollector
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import request
 from tests.delivery_rig import Rig, running
 from tests.fake_intake import Accept, FakeIntake, RejectEvents, Status
 from tests.helpers import API_KEY, JSON, event_id, jobs, named

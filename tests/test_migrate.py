@@ -15,9 +15,9 @@ from types import SimpleNamespace
 import aiosqlite
 import pytest
 
-import relay.migrate
-from relay.migrate import SchemaTooNew, available, migrate
-from relay.process import write_config
+import relay.store.migrate
+from relay.store.migrate import SchemaTooNew, available, migrate
+from relay.testing.process import write_config
 
 EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int]]] = {
     "events": [
@@ -194,7 +194,7 @@ def test_migrations_are_found_through_importlib_resources_and_ordered_by_number(
         asked.append(package)
         return tmp_path
 
-    monkeypatch.setattr(relay.migrate, "resources", SimpleNamespace(files=files))
+    monkeypatch.setattr(relay.store.migrate, "resources", SimpleNamespace(files=files))
     found = [(m.version, m.name, m.sql) for m in available()]
     assert ["relay.migrations"] == asked
     assert [

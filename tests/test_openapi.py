@@ -18,11 +18,11 @@ from schemathesis.schemas import BaseSchema
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from relay.config import OutboxSettings
-from relay.intake import PIPELINE_PATH
+from relay.contract.intake import PIPELINE_PATH
+from relay.contract.schema import Event
 from relay.keyfiles import KeyFile
-from relay.openapi import OPENAPI_PATH, REF, document
-from relay.samples import event, request
-from relay.schema import Event
+from relay.ops.openapi import OPENAPI_PATH, REF, document
+from relay.testing.samples import event, request
 from tests.threaded_relay import relay_in_thread
 
 # Every operation with valid requests; those that take input with invalid ones too.

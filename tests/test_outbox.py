@@ -14,14 +14,14 @@ import aiosqlite
 import orjson
 import pytest
 
-from relay import deadletters, queries
 from relay.config import OutboxSettings
-from relay.intake import ENVELOPE_BYTES, request_body
-from relay.migrate import migrate
-from relay.outbox import Outbox, OutboxFull, StoredEvent
-from relay.outbox_file import APPLICATION_ID
-from relay.samples import event
-from relay.schema import AcceptedEvent
+from relay.contract.intake import ENVELOPE_BYTES, request_body
+from relay.contract.schema import AcceptedEvent
+from relay.store import deadletters, queries
+from relay.store.migrate import migrate
+from relay.store.outbox import Outbox, OutboxFull, StoredEvent
+from relay.store.outbox_file import APPLICATION_ID
+from relay.testing.samples import event
 
 _WAL_HEADER = 32
 _FRAME_HEADER = 24

@@ -16,9 +16,9 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from relay import queries
-from relay.process import RelayProcess, write_config
-from relay.samples import event, request
+from relay.store import queries
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import event, request
 from tests.helpers import ci_relay
 
 JSON = {"Content-Type": "application/json"}

@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from relay.process import RelayProcess, write_config
-from relay.samples import event, request
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import event, request
 from tests.fake_intake import FakeIntake
 from tests.helpers import API_KEY, JSON, ci_relay, event_id
 

@@ -20,10 +20,16 @@ from pathlib import Path
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from relay import deadletters
 from relay.config import OutboxSettings
-from relay.outbox import DEAD_LETTER_REASONS, DeadLetterReason, Outbox, OutboxFull, StoredEvent
-from relay.schema import AcceptedEvent
+from relay.contract.schema import AcceptedEvent
+from relay.store import deadletters
+from relay.store.outbox import (
+    DEAD_LETTER_REASONS,
+    DeadLetterReason,
+    Outbox,
+    OutboxFull,
+    StoredEvent,
+)
 
 MAX_EVENTS = 40
 MAX_BYTES = 4000

@@ -21,8 +21,8 @@ import aiohttp
 import orjson
 import pytest
 
-from relay.process import RelayProcess, write_config
-from relay.samples import event, request
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import event, request
 from tests.helpers import MOUNT, tmpfs
 
 SERVE_TIMEOUT_S = 20.0
@@ -91,8 +91,8 @@ def make_outbox(path: Path, events: int = 50) -> None:
 
     async def fill() -> None:
         from relay.config import OutboxSettings
-        from relay.outbox import Outbox
-        from relay.schema import parse_request
+        from relay.contract.schema import parse_request
+        from relay.store.outbox import Outbox
 
         outbox = await Outbox.open(OutboxSettings(path=path))
         try:

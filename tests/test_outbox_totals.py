@@ -9,12 +9,12 @@ from pathlib import Path
 import aiosqlite
 import orjson
 
-from relay import deadletters, queries
 from relay.config import OutboxSettings
-from relay.migrate import available
-from relay.outbox import Outbox
-from relay.samples import event
-from relay.schema import AcceptedEvent
+from relay.contract.schema import AcceptedEvent
+from relay.store import deadletters, queries
+from relay.store.migrate import available
+from relay.store.outbox import Outbox
+from relay.testing.samples import event
 
 
 def accepted(n: int) -> AcceptedEvent:

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.body import MAX_DEPTH
-from relay.samples import LEVELS, event, request
-from relay.schema import InvalidRequest, parse_request
+from relay.contract.body import MAX_DEPTH
+from relay.contract.schema import InvalidRequest, parse_request
+from relay.testing.samples import LEVELS, event, request
 
 # Each poison is a JSON text (or near-JSON) put into an unknown field of a valid event.
 POISONS = [

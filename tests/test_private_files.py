@@ -16,8 +16,8 @@ import aiohttp
 import orjson
 import pytest
 
-from relay.process import RelayProcess, write_config
-from relay.samples import event, request
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import event, request
 from tests.helpers import JSON
 
 # 000: nothing masked (everyone could read and write); 277: even the owner's write masked.

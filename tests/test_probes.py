@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from relay.config import OutboxSettings
-from relay.samples import event, request
+from relay.testing.samples import event, request
 from tests.helpers import JSON, RunningRelay, serving, tmpfs
 
 

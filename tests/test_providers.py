@@ -8,13 +8,13 @@ from typing import Any
 
 import orjson
 
+from relay.contract.schema import parse_request
 from relay.runner import providers
 from relay.runner.arguments import PROVIDER_NAMES
 from relay.runner.event import EventOptions, body
 from relay.runner.facts import derived_id
 from relay.runner.resolve import Overrides, resolve
-from relay.samples import ago
-from relay.schema import parse_request
+from relay.testing.samples import ago
 from tests.runner_cli import AUTHOR, COMMITTER, MESSAGE
 
 REPO_URL = "https://git.example.com/acme/engine.git"

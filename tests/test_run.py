@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from relay.errors import error_response
-from relay.samples import ago
+from relay.testing.samples import ago
 from tests.helpers import RunningRelay
 from tests.helpers import relay_command as ci_relay
 from tests.runner_cli import clean_env, unused_url

@@ -12,7 +12,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from relay.samples import ago
+from relay.testing.samples import ago
 from tests.helpers import relay_command as ci_relay
 from tests.test_emit import github
 

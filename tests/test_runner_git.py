@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 
 from relay.runner.gitinfo import Checkout
-from relay.samples import ago
+from relay.testing.samples import ago
 from tests.helpers import RunningRelay
 from tests.helpers import relay_command as ci_relay
 from tests.test_emit import github, stored

@@ -12,7 +12,7 @@ from typing import IO
 
 import pytest
 
-from relay.samples import ago
+from relay.testing.samples import ago
 from tests.runner_cli import clean_env, unused_url
 from tests.test_emit import github
 

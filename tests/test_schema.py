@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.samples import LEVELS, ago, event, request
-from relay.schema import (
+from relay.contract.schema import (
     Attributes,
     CIError,
     Event,
@@ -29,6 +28,7 @@ from relay.schema import (
     Step,
     parse_request,
 )
+from relay.testing.samples import LEVELS, ago, event, request
 
 RESOURCE = "data.attributes.resource"
 GIT = f"{RESOURCE}.git"

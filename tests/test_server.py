@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from relay.config import OutboxSettings
-from relay.intake import PIPELINE_PATH
-from relay.samples import LEVELS, event, request
+from relay.contract.intake import PIPELINE_PATH
+from relay.testing.samples import LEVELS, event, request
 from tests.helpers import JSON, RunningRelay, serving
 
 

@@ -11,9 +11,9 @@ import aiohttp
 import orjson
 import pytest
 
-from relay.intake import PIPELINE_PATH
-from relay.process import RelayProcess, write_config
-from relay.samples import request
+from relay.contract.intake import PIPELINE_PATH
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import request
 from tests.fake_intake import FakeIntake, RejectEvents, Slow
 from tests.helpers import API_KEY, JSON, jobs
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from relay.process import RelayProcess, write_config
+from relay.testing.process import RelayProcess, write_config
 
 
 async def _logged(relay: RelayProcess, name: str) -> None:

@@ -18,10 +18,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from relay.flusher import State
-from relay.process import RelayProcess, write_config
-from relay.samples import ago, event, request
-from relay.status import CONDITIONS
+from relay.delivery.flusher import State
+from relay.ops.status import CONDITIONS
+from relay.testing.process import RelayProcess, write_config
+from relay.testing.samples import ago, event, request
 from tests.fake_intake import Accept, Answer, FakeIntake, Status
 from tests.helpers import API_KEY, JSON, Ran, ci_relay, closed_port, jobs, relay_command
 

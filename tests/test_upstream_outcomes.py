@@ -7,7 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from relay.upstream import (
+from relay.delivery.upstream import (
     Delivered,
     Misconfigured,
     Outcome,

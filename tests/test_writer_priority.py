@@ -14,10 +14,10 @@ import orjson
 import pytest
 
 from relay.config import OutboxSettings
-from relay.outbox import Outbox
-from relay.process import RelayProcess
-from relay.samples import event
-from relay.schema import AcceptedEvent
+from relay.contract.schema import AcceptedEvent
+from relay.store.outbox import Outbox
+from relay.testing.process import RelayProcess
+from relay.testing.samples import event
 from tests.fake_intake import FakeIntake
 from tests.test_delivery_daemon import delivered_ids, post, relay_config, session, wait_for_ids
 

@@ -190,7 +190,7 @@ def body(options: EventOptions, facts: CIFacts) -> bytes:
 
 def problems(request_body: bytes) -> list[str]:
     """What the relay's schema finds wrong with ``request_body``, each with a hint where known."""
-    from relay.schema import InvalidRequest, parse_request
+    from relay.contract.schema import InvalidRequest, parse_request
 
     try:
         parse_request(request_body)

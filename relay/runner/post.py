@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, urlsplit
 
-from relay.intake import PIPELINE_PATH
+from relay.contract.intake import PIPELINE_PATH
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer

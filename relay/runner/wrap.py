@@ -170,7 +170,7 @@ def _prepare(args: argparse.Namespace, env: Mapping[str, str], prepared: _Prepar
         prepared.url = relay_url(args.relay_url, env)
         prepared.token = relay_token(env)
         prepared.facts = resolve(env, overrides(args), Path.cwd())
-        import relay.schema  # noqa: F401 - loaded now rather than after the command
+        import relay.contract.schema  # noqa: F401 - loaded now rather than after the command
     except _Interrupted:
         raise
     except Exception as exc:  # reporting never breaks the command

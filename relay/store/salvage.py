@@ -27,13 +27,13 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from relay import outbox_file, queries
-from relay.body import NotJSON, loads
 from relay.config import OutboxSettings
-from relay.deadletters import TARGET_HOLD_S
-from relay.outbox import connect
-from relay.outbox_file import OutboxError, OutboxMissing
-from relay.writer import Row
+from relay.contract.body import NotJSON, loads
+from relay.store import outbox_file, queries
+from relay.store.deadletters import TARGET_HOLD_S
+from relay.store.outbox import connect
+from relay.store.outbox_file import OutboxError, OutboxMissing
+from relay.store.writer import Row
 
 # Events per write transaction: a few milliseconds of the outbox's write lock.
 CHUNK_EVENTS = 500

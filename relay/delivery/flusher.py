@@ -1,10 +1,10 @@
 """The delivery loop: when to send, how long to wait, and the state the relay is in.
 
-``flush_once()`` is one deterministic step: ``relay.delivery`` sends (the held events that
+``flush_once()`` is one deterministic step: ``relay.delivery.step`` sends (the held events that
 are due, then the oldest batch) and acts on each answer; the flusher turns what stopped the
 step into a state, a wait and a log line. ``run()`` is a loop around it that decides when a
 batch is due. Only one request is in flight at a time, so delivery order is receive order,
-except for an event held aside as a suspected poison (``relay.isolation``).
+except for an event held aside as a suspected poison (``relay.delivery.isolation``).
 
 Nothing here ends the process: a failing store (disk full, a lock held elsewhere) is a
 condition like an unreachable upstream, waited out with backoff. Events sent but not yet
@@ -26,12 +26,12 @@ from typing import Literal
 
 import structlog
 
-from relay.backoff import Backoff
 from relay.config import FlusherSettings, RetrySettings
-from relay.delivery import Blocker, Delivery, StepFailed, StoreFailed
-from relay.delivery import FlushResult as FlushResult  # the step's result, for callers
-from relay.outbox import Outbox, OutboxUnavailable
-from relay.upstream import Misconfigured, Reject, Retry, Unauthorized, Upstream
+from relay.delivery.backoff import Backoff
+from relay.delivery.step import Blocker, Delivery, StepFailed, StoreFailed
+from relay.delivery.step import FlushResult as FlushResult  # the step's result, for callers
+from relay.delivery.upstream import Misconfigured, Reject, Retry, Unauthorized, Upstream
+from relay.store.outbox import Outbox, OutboxUnavailable
 
 logger = structlog.get_logger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Literal
 from typing_extensions import TypedDict
 
 from relay.config import OutboxSettings
-from relay.outbox import Outbox
+from relay.store.outbox import Outbox
 
 # Readiness wants room for at least this much more on the outbox's file system.
 _MIN_FREE_BYTES = 1024 * 1024

@@ -1,6 +1,6 @@
 """The SQLite outbox: accepted events stay here until the upstream answers 2xx for them.
 
-Writes go through the one writer task (``relay.writer``: group commit). Reads (the
+Writes go through the one writer task (``relay.store.writer``: group commit). Reads (the
 flusher's batches) use a second connection: in WAL mode they never block the writer.
 """
 
@@ -18,17 +18,17 @@ from typing import Literal, TypeVar, get_args
 import aiosqlite
 import structlog
 
-from relay import outbox_file, queries
 from relay.config import OutboxSettings
-from relay.intake import ENVELOPE, ENVELOPE_BYTES
-from relay.migrate import migrate, refuse_newer
-from relay.outbox_file import OutboxError, OutboxMissing, ServeLock
-from relay.schema import AcceptedEvent
-from relay.writer import OutboxClosed as OutboxClosed
-from relay.writer import OutboxCounts as OutboxCounts
-from relay.writer import OutboxFull as OutboxFull
-from relay.writer import OutboxUnavailable as OutboxUnavailable
-from relay.writer import Work, Writer, unavailable
+from relay.contract.intake import ENVELOPE, ENVELOPE_BYTES
+from relay.contract.schema import AcceptedEvent
+from relay.store import outbox_file, queries
+from relay.store.migrate import migrate, refuse_newer
+from relay.store.outbox_file import OutboxError, OutboxMissing, ServeLock
+from relay.store.writer import OutboxClosed as OutboxClosed
+from relay.store.writer import OutboxCounts as OutboxCounts
+from relay.store.writer import OutboxFull as OutboxFull
+from relay.store.writer import OutboxUnavailable as OutboxUnavailable
+from relay.store.writer import Work, Writer, unavailable
 
 logger = structlog.get_logger(__name__)
 

@@ -2,9 +2,9 @@
 
 ``Delivery.step()`` retries the held events that are due, sends the oldest batch and acts
 on the outcome: ack, dead-letter, bisect on 400 and 413, isolate a batch that keeps
-failing (``relay.isolation``), or stop at a condition that needs a wait. It returns a
-``FlushResult`` of what it did; the flusher (``relay.flusher``) decides what the condition means
-for its state and how long to wait.
+failing (``relay.delivery.isolation``), or stop at a condition that needs a wait. It returns
+a ``FlushResult`` of what it did; the flusher (``relay.delivery.flusher``) decides what the
+condition means for its state and how long to wait.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from relay.backoff import Backoff
 from relay.config import FlusherSettings, RetrySettings
-from relay.intake import WINDOW_REFUSAL, WINDOW_S, request_body
-from relay.isolation import HeadFailures, HeldEvent, IsolationPass, RejectStreak
-from relay.outbox import Batch, Outbox, OutboxUnavailable, StoredEvent
-from relay.upstream import (
+from relay.contract.intake import WINDOW_REFUSAL, WINDOW_S, request_body
+from relay.delivery.backoff import Backoff
+from relay.delivery.isolation import HeadFailures, HeldEvent, IsolationPass, RejectStreak
+from relay.delivery.upstream import (
     Delivered,
     Misconfigured,
     Outcome,
@@ -31,6 +30,7 @@ from relay.upstream import (
     Unauthorized,
     Upstream,
 )
+from relay.store.outbox import Batch, Outbox, OutboxUnavailable, StoredEvent
 
 logger = structlog.get_logger(__name__)
 

@@ -21,9 +21,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from relay import __version__
-from relay.flusher import Flusher, State
-from relay.intake import WINDOW_S
-from relay.outbox import DEAD_LETTER_REASONS, Outbox, Readings
+from relay.contract.intake import WINDOW_S
+from relay.delivery.flusher import Flusher, State
+from relay.store.outbox import DEAD_LETTER_REASONS, Outbox, Readings
 
 _SINCE_START = " Counted since this process started."
 

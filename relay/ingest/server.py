@@ -17,19 +17,19 @@ from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from relay import __version__
-from relay.admission import Busy, ParseBudget
 from relay.config import OutboxSettings, ServerSettings
-from relay.connections import ConnectionGuard, RelayRunner
+from relay.contract.intake import PIPELINE_PATH
+from relay.contract.schema import InvalidRequest, parse_request
+from relay.delivery.flusher import Flusher
 from relay.errors import error_response
-from relay.flusher import Flusher
-from relay.intake import PIPELINE_PATH
+from relay.ingest.admission import Busy, ParseBudget
+from relay.ingest.connections import ConnectionGuard, RelayRunner
 from relay.keyfiles import KeyFile
-from relay.metrics import RelayCollector, exposition
-from relay.openapi import OPENAPI_PATH, document
-from relay.outbox import Outbox, OutboxClosed, OutboxFull, OutboxUnavailable
-from relay.probes import Verdict, liveness, readiness
-from relay.schema import InvalidRequest, parse_request
-from relay.status import snapshot
+from relay.ops.metrics import RelayCollector, exposition
+from relay.ops.openapi import OPENAPI_PATH, document
+from relay.ops.probes import Verdict, liveness, readiness
+from relay.ops.status import snapshot
+from relay.store.outbox import Outbox, OutboxClosed, OutboxFull, OutboxUnavailable
 
 logger = structlog.get_logger(__name__)
 
@@ -123,12 +123,13 @@ async def post_pipeline(request: web.Request) -> web.Response:
 
 
 async def get_health(request: web.Request) -> web.Response:
-    """Liveness (``relay.probes``): 200 while the loop answers and the writer lives, else 503."""
+    """Liveness (``relay.ops.probes``): 200 while the loop answers and the writer lives,
+    else 503."""
     return _probe_response(liveness(request.app[OUTBOX]))
 
 
 async def get_ready(request: web.Request) -> web.Response:
-    """Readiness for runners (``relay.probes``): 200, or 503 saying which check fails."""
+    """Readiness for runners (``relay.ops.probes``): 200, or 503 saying which check fails."""
     return _probe_response(readiness(request.app[OUTBOX], request.app[OUTBOX_SETTINGS]))
 
 
@@ -261,7 +262,7 @@ async def method_not_allowed(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    """The relay's metrics in the Prometheus text format (``relay.metrics``)."""
+    """The relay's metrics in the Prometheus text format (``relay.ops.metrics``)."""
     if (denied := _denied(request)) is not None:
         return denied
     collector = request.app[METRICS]
@@ -270,7 +271,7 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 
 async def get_status(request: web.Request) -> web.Response:
-    """What the relay holds and does, and what needs an operator (``relay.status``)."""
+    """What the relay holds and does, and what needs an operator (``relay.ops.status``)."""
     app = request.app
     if (denied := _denied(request)) is not None:
         return denied
@@ -288,7 +289,7 @@ async def get_status(request: web.Request) -> web.Response:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    """The OpenAPI document of these endpoints (``relay.openapi``)."""
+    """The OpenAPI document of these endpoints (``relay.ops.openapi``)."""
     return web.json_response(document())
 
 

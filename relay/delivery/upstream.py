@@ -30,7 +30,7 @@ from relay.config import (
     proxy_variable,
     redact_url,
 )
-from relay.intake import PIPELINE_PATH, error_detail, request_body
+from relay.contract.intake import PIPELINE_PATH, error_detail, request_body
 from relay.keyfiles import KeyFile, check_pem_file
 
 logger = structlog.get_logger(__name__)

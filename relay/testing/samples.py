@@ -1,7 +1,7 @@
 """Valid sample events of every level, with fresh timestamps.
 
 For the relay's tests and benchmarks, and for anyone trying the relay by hand: each
-function returns plain dicts in the intake's shape, which ``relay.schema`` accepts.
+function returns plain dicts in the intake's shape, which ``relay.contract.schema`` accepts.
 """
 
 from __future__ import annotations

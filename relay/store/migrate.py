@@ -13,8 +13,8 @@ from importlib import resources
 
 import aiosqlite
 
-from relay import queries
-from relay.outbox_file import OutboxError
+from relay.store import queries
+from relay.store.outbox_file import OutboxError
 
 # The top-level migrations/ folder: pyproject.toml installs it as this package (package-dir
 # and package-data), so a non-editable install such as the Docker image finds the SQL files.

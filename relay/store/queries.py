@@ -2,7 +2,7 @@
 
 Ids travel as one JSON array parameter (``json_ids``), whatever their number. A result
 keeps its column names (``fetch``), and its rows become objects by those names, never by
-position. The schema itself is not here: it is the migrations' (``relay.migrate``).
+position. The schema itself is not here: it is the migrations' (``relay.store.migrate``).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ SET_TOTALS = "UPDATE outbox_totals SET events = ?, bytes = ?"
 CLEAR_CHANGES = "UPDATE outbox_changes SET events = 0, bytes = 0"
 BEGIN_WRITE = "BEGIN IMMEDIATE"
 
-# -- importing a moved-aside outbox (relay.salvage): its events, as far as the file reads
+# -- importing a moved-aside outbox (relay.store.salvage): its events, as far as the file reads
 
 SALVAGE_AFTER = "SELECT id, received_at, end_at, body FROM events WHERE id > ? ORDER BY id LIMIT ?"
 SALVAGE_ONE = "SELECT id, received_at, end_at, body FROM events WHERE id = ?"

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 # describes this document with pydantic's JSON Schema of these types.
 from typing_extensions import TypedDict
 
-from relay.intake import WINDOW_S
+from relay.contract.intake import WINDOW_S
 
 if TYPE_CHECKING:
     from relay.config import OutboxSettings
-    from relay.flusher import Flusher
-    from relay.metrics import IngestCounts
-    from relay.outbox import Outbox, OutboxCounts, Readings
+    from relay.delivery.flusher import Flusher
+    from relay.ops.metrics import IngestCounts
+    from relay.store.outbox import Outbox, OutboxCounts, Readings
 
 # A refusal for a full outbox this recent still counts as "full", though a delivery may
 # since have made room for one more request.

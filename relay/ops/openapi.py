@@ -1,9 +1,9 @@
 """``GET /openapi.json``: an OpenAPI 3.1 document of the relay's endpoints, built from code.
 
 The request schema is pydantic's JSON Schema of the very models that validate a body
-(``relay.schema``); the answers' schemas come from the types their handlers build them
-with: the error shape (``relay.errors``), the probes' verdict (``relay.probes``) and the
-status document (``relay.status``). Nothing in it is written out by hand but the list of
+(``relay.contract.schema``); the answers' schemas come from the types their handlers build them
+with: the error shape (``relay.errors``), the probes' verdict (``relay.ops.probes``) and the
+status document (``relay.ops.status``). Nothing in it is written out by hand but the list of
 paths, their answers and what each answer means.
 """
 
@@ -16,11 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from relay import __version__
+from relay.contract.intake import MAX_EVENTS_PER_REQUEST, PIPELINE_PATH
+from relay.contract.schema import Event
 from relay.errors import ErrorBody
-from relay.intake import MAX_EVENTS_PER_REQUEST, PIPELINE_PATH
-from relay.probes import ProbeBody
-from relay.schema import Event
-from relay.status import StatusDocument
+from relay.ops.probes import ProbeBody
+from relay.ops.status import StatusDocument
 
 OPENAPI_PATH = "/openapi.json"
 REF = "#/components/schemas/{model}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from relay.intake import PIPELINE_PATH
+from relay.contract.intake import PIPELINE_PATH
 
 START_TIMEOUT_S = 20.0
 

@@ -23,8 +23,8 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from relay import outbox_file, queries
-from relay.outbox import BUSY_TIMEOUT_S, DeadLetterReason, connect
+from relay.store import outbox_file, queries
+from relay.store.outbox import BUSY_TIMEOUT_S, DeadLetterReason, connect
 
 # A write transaction of replay or purge aims to hold the lock about this long, and the
 # command then pauses at least as long: the daemon's writer waits about 100 ms at most.

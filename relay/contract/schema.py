@@ -1,7 +1,7 @@
 """The intake's request model (the seed's Model tables), and validation of a request body.
 
 The models only validate: what the relay stores and forwards is each event's bytes exactly
-as the runner sent them (``relay.body``), never a dump of these models, which would drop
+as the runner sent them (``relay.contract.body``), never a dump of these models, which would drop
 unknown fields, reformat times or add defaults.
 """
 
@@ -31,9 +31,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from relay.body import NotJSON, event_bytes, loads
-from relay.intake import MAX_EVENTS_PER_REQUEST, WINDOW_REFUSAL, WINDOW_S
-from relay.problems import (
+from relay.contract.body import NotJSON, event_bytes, loads
+from relay.contract.intake import MAX_EVENTS_PER_REQUEST, WINDOW_REFUSAL, WINDOW_S
+from relay.contract.problems import (
     MAX_LISTED_PROBLEMS,
     Budget,
     Metrics,

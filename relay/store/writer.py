@@ -25,9 +25,10 @@ from typing import TypeVar
 import aiosqlite
 import structlog
 
-from relay import meters, queries
+from relay import meters
 from relay.config import OutboxSettings
-from relay.outbox_file import TRANSIENT_CODES
+from relay.store import queries
+from relay.store.outbox_file import TRANSIENT_CODES
 
 logger = structlog.get_logger(__name__)
 

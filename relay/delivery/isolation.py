@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from relay.outbox import StoredEvent
-from relay.upstream import Retry
+from relay.delivery.upstream import Retry
+from relay.store.outbox import StoredEvent
 
 
 @dataclass

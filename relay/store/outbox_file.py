@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from relay import queries
-from relay.disk_space import DiskSpace, needed_to_open, size_shown
 from relay.exits import UserError
+from relay.store import queries
+from relay.store.disk_space import DiskSpace, needed_to_open, size_shown
 
 # Stamped in the database header (PRAGMA application_id): "ciR1".
 APPLICATION_ID = 0x63695231

@@ -1,0 +1,1 @@
+"""What operators see: probes, metrics, the status document, the OpenAPI document."""

@@ -10,10 +10,10 @@ from hypothesis import Phase, settings
 
 from relay.config import OutboxSettings
 from relay.store.outbox import Outbox
-from tests.delivery_rig import Rig
+from tests.delivery.delivery_rig import Rig
 from tests.fake_intake import FakeIntake
 from tests.helpers import RunningRelay, serving
-from tests.runner_cli import make_repo
+from tests.runner.runner_cli import make_repo
 
 
 @pytest.fixture(scope="module")

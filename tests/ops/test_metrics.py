@@ -16,7 +16,7 @@ from relay.config import FlusherSettings
 from relay.ops.metrics import RelayCollector
 from relay.testing.process import RelayProcess, write_config
 from relay.testing.samples import request
-from tests.delivery_rig import Rig, running
+from tests.delivery.delivery_rig import Rig, running
 from tests.fake_intake import Accept, FakeIntake, RejectEvents, Status
 from tests.helpers import API_KEY, JSON, event_id, jobs, named
 
@@ -157,7 +157,7 @@ async def test_every_metric_served_is_documented_and_back(tmp_path: Path) -> Non
                 break
         assert 0 == await relay.terminate()
     served = {f.name for f in text_string_to_metric_families(text) if f.name.startswith("ci_")}
-    doc = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
     documented = {re.sub(r"_total$", "", name) for name in re.findall(r"`(ci_relay_\w+)`", doc)}
     assert documented == served | {"ci_relay_next_expiry_seconds"}  # no pending event: absent
 

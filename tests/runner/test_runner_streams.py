@@ -13,8 +13,8 @@ from typing import IO
 import pytest
 
 from relay.testing.samples import ago
-from tests.runner_cli import clean_env, unused_url
-from tests.test_emit import github
+from tests.runner.runner_cli import clean_env, unused_url
+from tests.runner.test_emit import github
 
 BROKEN = ["closed", "full", "epipe"]
 TIMEOUT_S = 60.0

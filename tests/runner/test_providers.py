@@ -15,7 +15,7 @@ from relay.runner.event import EventOptions, body
 from relay.runner.facts import derived_id
 from relay.runner.resolve import Overrides, resolve
 from relay.testing.samples import ago
-from tests.runner_cli import AUTHOR, COMMITTER, MESSAGE
+from tests.runner.runner_cli import AUTHOR, COMMITTER, MESSAGE
 
 REPO_URL = "https://git.example.com/acme/engine.git"
 

@@ -10,7 +10,7 @@ from relay.runner.gitinfo import Checkout
 from relay.testing.samples import ago
 from tests.helpers import RunningRelay
 from tests.helpers import relay_command as ci_relay
-from tests.test_emit import github, stored
+from tests.runner.test_emit import github, stored
 
 PRECIOUS = b"a file of the user's\n"
 

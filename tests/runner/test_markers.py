@@ -12,7 +12,7 @@ import pytest
 
 from relay.testing.samples import ago
 from tests.helpers import relay_command as ci_relay
-from tests.runner_cli import clean_env
+from tests.runner.runner_cli import clean_env
 
 START = ago(seconds=60)
 PLANTED = ago(seconds=3600)

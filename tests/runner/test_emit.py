@@ -17,7 +17,7 @@ from relay.runner.post import DEFAULT_RELAY_URL
 from relay.testing.samples import ago
 from tests.helpers import RunningRelay, serving
 from tests.helpers import relay_command as ci_relay
-from tests.runner_cli import AUTHOR, clean_env, unused_url
+from tests.runner.runner_cli import AUTHOR, clean_env, unused_url
 
 RELAY_TOKEN = "runners-ingest-token"  # noqa: S105
 

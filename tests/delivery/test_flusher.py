@@ -23,7 +23,7 @@ from relay.delivery.step import StepFailed
 from relay.delivery.upstream import Retry, Unauthorized
 from relay.store.outbox import Outbox
 from relay.testing.samples import event
-from tests.delivery_rig import DeadLetter, Rig, running
+from tests.delivery.delivery_rig import DeadLetter, Rig, running
 from tests.fake_intake import (
     PIPELINE_PATH,
     Accept,
@@ -240,7 +240,8 @@ async def test_retry_never_gives_up_and_backoff_is_capped(rig: Rig) -> None:
     originals = jobs(3)
     await rig.put(originals)
     rig.intake.default = Status(503)
-    # Isolation in halves is the subject of tests/test_delivery_faults.py; here, plain backoff.
+    # Isolation in halves is the subject of tests/delivery/test_delivery_faults.py; here, plain
+    # backoff.
     flusher = rig.flusher(
         retry=RetrySettings(
             initial_backoff_s=initial, multiplier=2.0, max_backoff_s=cap, isolate_after=1000

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from relay.testing.samples import ago
 from tests.helpers import relay_command as ci_relay
-from tests.test_emit import github
+from tests.runner.test_emit import github
 
 TRICKLE_INTERVAL_S = 0.25
 TRICKLE_BYTES = 240  # a minute of trickling: far past any deadline under test

@@ -26,13 +26,13 @@ from hypothesis import HealthCheck, example, given, settings
 
 from relay.config import OutboxSettings
 from relay.contract.intake import PIPELINE_PATH
-from tests.contract_bodies import bodies, rule_examples
-from tests.contract_rules import MORE_PROBLEMS, RULES, explain
-from tests.datadog_models import client_accepts
+from tests.contract.contract_bodies import bodies, rule_examples
+from tests.contract.contract_rules import MORE_PROBLEMS, RULES, explain
+from tests.contract.datadog_models import client_accepts
 from tests.threaded_relay import relay_in_thread
 
 EXAMPLES = int(os.environ.get("CONTRACT_EXAMPLES", "700"))
-DOC = Path(__file__).parent.parent / "docs" / "contract.md"
+DOC = Path(__file__).parents[2] / "docs" / "contract.md"
 
 
 class Relay:
@@ -140,5 +140,5 @@ def documented_rules() -> list[str]:
 
 
 def test_the_documented_rules_are_the_ones_the_contract_test_allows() -> None:
-    """docs/contract.md's table lists exactly the rules tests/contract_rules.py allows."""
+    """docs/contract.md's table lists exactly the rules tests/contract/contract_rules.py allows."""
     assert [rule.name for rule in RULES] == documented_rules()

@@ -25,7 +25,7 @@ from relay.keyfiles import KeyFile
 from relay.testing.process import RelayProcess, write_config
 from relay.testing.samples import event, request
 from tests.helpers import JSON, RunningRelay, ci_relay, closed_port, serving, wait_until
-from tests.test_status import ci_relay_status
+from tests.ops.test_status import ci_relay_status
 
 TOKEN = "ingest-token-4f1d2c9a7b"  # noqa: S105
 BODY = orjson.dumps(request(event("pipeline")))

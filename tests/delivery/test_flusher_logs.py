@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from relay.config import FlusherSettings, OutboxSettings, RetrySettings
 from relay.contract.intake import PIPELINE_PATH
 from relay.testing.samples import event, request
-from tests.delivery_rig import Rig
+from tests.delivery.delivery_rig import Rig
 from tests.fake_intake import Accept, Status
 from tests.helpers import JSON, Clock, jobs, serving
 

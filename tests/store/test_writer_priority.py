@@ -18,8 +18,14 @@ from relay.contract.schema import AcceptedEvent
 from relay.store.outbox import Outbox
 from relay.testing.process import RelayProcess
 from relay.testing.samples import event
+from tests.delivery.test_delivery_daemon import (
+    delivered_ids,
+    post,
+    relay_config,
+    session,
+    wait_for_ids,
+)
 from tests.fake_intake import FakeIntake
-from tests.test_delivery_daemon import delivered_ids, post, relay_config, session, wait_for_ids
 
 BACKLOG = 3_000
 WRITERS = 10

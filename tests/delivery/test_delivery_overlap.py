@@ -7,10 +7,10 @@ import asyncio
 
 from relay.config import FlusherSettings, RetrySettings
 from relay.delivery.step import StoreFailed
-from tests.delivery_rig import Rig
+from tests.delivery.delivery_rig import Rig
+from tests.delivery.test_delivery_faults import short_busy_timeout, store_locked
 from tests.fake_intake import Status
 from tests.helpers import jobs
-from tests.test_delivery_faults import short_busy_timeout, store_locked
 
 ONE_BY_ONE = FlusherSettings(batch_max_events=1, flush_interval_s=0)
 

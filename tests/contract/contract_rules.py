@@ -2,7 +2,7 @@
 
 Each rule names one check the relay makes and the client's models
 (``tests.datadog_models``) do not, and recognises the problem the relay lists for it.
-docs/contract.md has one row per rule, with the reason; tests/test_contract.py allows a
+docs/contract.md has one row per rule, with the reason; tests/contract/test_contract.py allows a
 disagreement only when every problem the relay lists is one of these, and checks that the
 table and this list name the same rules. The relay is never laxer than the client models,
 so there are no rules in that direction.

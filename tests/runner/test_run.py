@@ -17,8 +17,8 @@ from relay.errors import error_response
 from relay.testing.samples import ago
 from tests.helpers import RunningRelay
 from tests.helpers import relay_command as ci_relay
-from tests.runner_cli import clean_env, unused_url
-from tests.test_emit import github, stored
+from tests.runner.runner_cli import clean_env, unused_url
+from tests.runner.test_emit import github, stored
 
 
 async def test_output_input_and_success_pass_through(

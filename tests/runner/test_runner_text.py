@@ -10,7 +10,7 @@ import pytest
 from relay.testing.samples import ago
 from tests.helpers import RunningRelay
 from tests.helpers import relay_command as ci_relay
-from tests.test_emit import github, stored
+from tests.runner.test_emit import github, stored
 
 # How Python hands a child's environment the byte 0xff: a surrogate escape, which the
 # subprocess encodes back to the byte itself (os.fsencode); the child sees b"CI \xff nightly".

@@ -1,9 +1,9 @@
 """Delivery that cannot lose, stall or die: redirects, store failures, poison events,
 systemic refusals, capped waits, misconfiguration and bounded memory.
 
-Like tests/test_flusher.py, each test drives ``Flusher.flush_once()`` against a `FakeIntake`
-on loopback and a real outbox file; the clock is the flusher's injected one where a test
-needs minutes to pass.
+Like tests/delivery/test_flusher.py, each test drives ``Flusher.flush_once()`` against a
+`FakeIntake` on loopback and a real outbox file; the clock is the flusher's injected one where
+a test needs minutes to pass.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from relay.config import FlusherSettings, RetrySettings
 from relay.delivery.flusher import FlushResult
 from relay.delivery.step import StoreFailed
 from relay.delivery.upstream import Misconfigured, Reject, Retry
-from tests.delivery_rig import DeadLetter, Rig
+from tests.delivery.delivery_rig import DeadLetter, Rig
 from tests.fake_intake import (
     PIPELINE_PATH,
     Accept,

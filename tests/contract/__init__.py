@@ -1,0 +1,1 @@
+"""Datadog's intake contract: the request model and its rules."""

@@ -1,0 +1,1 @@
+"""Draining the outbox upstream."""

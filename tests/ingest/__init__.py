@@ -1,0 +1,1 @@
+"""The runner-facing HTTP edge."""

@@ -1,0 +1,1 @@
+"""The runner commands, emit and run."""

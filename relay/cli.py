@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from relay import __version__
-from relay.exits import EXIT_USAGE, UserError
+from relay.contract.exceptions import EXIT_USAGE, UserError
 
 if TYPE_CHECKING:
     import urllib.request

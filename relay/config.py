@@ -34,8 +34,8 @@ from pydantic_settings import (
 )
 from yarl import URL
 
+from relay.contract.exceptions import UserError
 from relay.contract.intake import MAX_EVENTS_PER_REQUEST, PIPELINE_PATH, SITES, Site
-from relay.exits import UserError
 
 DEFAULT_PORT = 8780
 

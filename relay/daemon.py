@@ -23,6 +23,7 @@ from aiohttp import web
 
 from relay import __version__, log
 from relay.config import ConfigError, ServerSettings, Settings, load_settings
+from relay.contract.exceptions import RelayError
 from relay.delivery.flusher import Flusher
 from relay.delivery.upstream import Upstream
 from relay.ingest.admission import ParseBudget
@@ -137,7 +138,7 @@ OPEN_LISTENER = "listening beyond loopback without an ingest token: anyone who r
 OPEN_LISTENER_HINT = "set server.ingest_token_file (runners send it as DD-API-KEY)"
 
 
-class _EncryptedKey(Exception):
+class _EncryptedKey(RelayError):
     """The private key asked for a pass phrase."""
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import msgspec
 import orjson
 
+from relay.contract.exceptions import RelayError
+
 MAX_DEPTH = 512
 
 # orjson refuses documents nested deeper than 1024 levels (a documented limit). Parsing the
@@ -29,7 +31,7 @@ _OPEN = b"[" * _PADDING
 _CLOSE = b"]" * _PADDING
 
 
-class NotJSON(ValueError):
+class NotJSON(RelayError, ValueError):
     """The body is not a JSON text the relay accepts; the message says why."""
 
 

@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from relay.contract.body import NotJSON, event_bytes, loads
+from relay.contract.exceptions import RelayError
 from relay.contract.intake import MAX_EVENTS_PER_REQUEST, WINDOW_REFUSAL, WINDOW_S
 from relay.contract.problems import (
     MAX_LISTED_PROBLEMS,
@@ -268,7 +269,7 @@ class AcceptedEvent:
     end_at: float | None
 
 
-class InvalidRequest(Exception):
+class InvalidRequest(RelayError):
     """The request cannot be accepted; ``problems`` lists each reason with its JSON path."""
 
     def __init__(self, problems: list[str]) -> None:

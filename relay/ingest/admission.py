@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from relay.contract.exceptions import RelayError
 
-class Busy(Exception):
+
+class Busy(RelayError):
     """No room in the budget within the wait: the runner should come back later."""
 
 

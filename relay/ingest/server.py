@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from relay import __version__
 from relay.config import OutboxSettings, ServerSettings
+from relay.contract.exceptions import RelayError
 from relay.contract.intake import PIPELINE_PATH
 from relay.contract.schema import InvalidRequest, parse_request
 from relay.delivery.flusher import Flusher
@@ -60,7 +61,7 @@ _REPORT_S = 10.0
 PARSE_INLINE_MAX_BYTES = 1024 * 1024
 
 
-class _Refused(Exception):
+class _Refused(RelayError):
     """The request is refused with ``status``; ``details`` say why."""
 
     def __init__(self, status: int, *details: str) -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import orjson
 
+from relay.contract.exceptions import UserError
 from relay.runner import event as events
 from relay.runner.facts import CIFacts
 from relay.runner.markers import StartMark, marker_dir
-from relay.runner.options import UsageError, event_options, overrides
+from relay.runner.options import event_options, overrides
 from relay.runner.post import NotSent, post, relay_token, relay_url
 from relay.runner.resolve import resolve
 from relay.runner.streams import warn, write_stdout
@@ -31,7 +32,7 @@ def emit(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> int:
     try:
         options = event_options(args, args.level, args.status)
         relay = _Relay(relay_url(args.relay_url, text), relay_token(text), args.timeout_s)
-    except (UsageError, ValueError) as exc:
+    except (UserError, ValueError) as exc:
         _not_utf8(flags, text)
         return _fail(str(exc), EXIT_INVALID)
     facts = resolve(text, overrides(args), Path.cwd())

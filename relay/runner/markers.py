@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from relay.contract.exceptions import RelayError
 from relay.runner.facts import derived_id
 from relay.runner.streams import write_all
 
@@ -31,7 +32,7 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO never blocks
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
 
-class MarksUnusable(Exception):
+class MarksUnusable(RelayError):
     """The marks directory, or a mark in it, cannot be trusted or used; the message says why."""
 
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from relay.contract.exceptions import UserError
 from relay.runner.event import EventOptions, Level
 from relay.runner.resolve import Overrides
 from relay.runner.times import time_flag
-
-
-class UsageError(Exception):
-    """A flag's value is malformed; the message names the flag."""
 
 
 def overrides(args: argparse.Namespace) -> Overrides:
@@ -30,7 +27,8 @@ def overrides(args: argparse.Namespace) -> Overrides:
 
 
 def event_options(args: argparse.Namespace, level: Level, status: str) -> EventOptions:
-    """The event-shaping flags, checked for form; the schema checks the rest."""
+    """The event-shaping flags, checked for form (UserError naming the flag); the schema
+    checks the rest."""
     start = getattr(args, "start", None)
     end = getattr(args, "end", None)
     return EventOptions(
@@ -56,6 +54,6 @@ def _parameters(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise UsageError(f"--parameter {pair!r} is not KEY=VALUE")
+            raise UserError(f"--parameter {pair!r} is not KEY=VALUE")
         parameters[key] = value
     return parameters

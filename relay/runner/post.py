@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, urlsplit
 
+from relay.contract.exceptions import RelayError
 from relay.contract.intake import PIPELINE_PATH
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ _MAX_ANSWER_BYTES = 64 * 1024
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 
 
-class NotSent(Exception):
+class NotSent(RelayError):
     """The relay was not reached, or did not take the event; the message says why."""
 
 

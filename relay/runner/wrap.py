@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from relay.contract.exceptions import RelayError
 from relay.runner import event as events
 from relay.runner.facts import CIFacts
 from relay.runner.options import event_options, overrides
@@ -56,7 +57,7 @@ class Outcome:
         return "error" if self.error_type else "success"
 
 
-class _Interrupted(Exception):
+class _Interrupted(RelayError):
     """A signal arrived while reporting: the job is being stopped, so stop reporting."""
 
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from relay.exits import UserError
+from relay.contract.exceptions import UserError
 from relay.store import queries
 from relay.store.disk_space import DiskSpace, needed_to_open, size_shown
 

@@ -27,6 +27,7 @@ import structlog
 
 from relay import meters
 from relay.config import OutboxSettings
+from relay.contract.exceptions import RelayError
 from relay.store import queries
 from relay.store.outbox_file import TRANSIENT_CODES
 
@@ -43,11 +44,11 @@ Counts = tuple[int, int]  # events, bytes
 Work = Callable[[sqlite3.Connection], Counts]
 
 
-class OutboxFull(Exception):
+class OutboxFull(RelayError):
     """Accepting the request would exceed outbox.max_events or outbox.max_bytes."""
 
 
-class OutboxUnavailable(Exception):
+class OutboxUnavailable(RelayError):
     """The file could not be read or written; nothing of the operation took effect.
 
     ``transient``: the cause can pass by itself (disk full, a lock held elsewhere, an I/O
@@ -60,11 +61,11 @@ class OutboxUnavailable(Exception):
         self.transient = transient
 
 
-class OutboxClosed(Exception):
+class OutboxClosed(RelayError):
     """The outbox is shutting down and takes no more writes."""
 
 
-class _SynchronousNotRestored(Exception):
+class _SynchronousNotRestored(RelayError):
     """The write connection could not be set back to the configured synchronous level
     after an ack: the writer stops rather than commit appends that skip the disk."""
 

@@ -51,12 +51,8 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         loop.add_signal_handler(signum, stop.set)
     # Read before anything opens: a key file or certificate that cannot be used stops the
     # relay with one line (ConfigError) rather than a relay that cannot do its work.
-    api_key = await KeyFile.load(
-        "upstream.api_key_file", settings.upstream.api_key, settings.upstream.api_key_file
-    )
-    token = await KeyFile.load(
-        "server.ingest_token_file", settings.server.ingest_token, settings.server.ingest_token_file
-    )
+    api_key = await KeyFile.load_api_key(settings.upstream)
+    token = await KeyFile.load_ingest_token(settings.server)
     tls = listener_tls(settings.server)
     # So is the proxy variable that applies to the upstream (looked up once, here).
     upstream = Upstream(settings.upstream, api_key)

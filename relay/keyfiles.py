@@ -32,7 +32,7 @@ from typing import TypeVar
 import structlog
 from pydantic import SecretStr
 
-from relay.config import ConfigError, clean_secret
+from relay.config import ConfigError, ServerSettings, UpstreamSettings, clean_secret
 
 logger = structlog.get_logger(__name__)
 
@@ -96,6 +96,29 @@ class KeyFile:
         key._start(read)
         return key
 
+    # One named constructor per secret: its setting's name, inline value and file in one place.
+
+    @classmethod
+    def api_key(cls, upstream: UpstreamSettings) -> KeyFile:
+        """``upstream.api_key``, or the file ``upstream.api_key_file`` names, read at once."""
+        return cls(*_api_key(upstream))
+
+    @classmethod
+    async def load_api_key(cls, upstream: UpstreamSettings) -> KeyFile:
+        """As ``api_key``, with the file read off the event loop (``load``)."""
+        return await cls.load(*_api_key(upstream))
+
+    @classmethod
+    def ingest_token(cls, server: ServerSettings) -> KeyFile:
+        """``server.ingest_token``, or the file ``server.ingest_token_file`` names, read at
+        once; its ``value`` is None when the listener takes requests without a token."""
+        return cls(*_ingest_token(server))
+
+    @classmethod
+    async def load_ingest_token(cls, server: ServerSettings) -> KeyFile:
+        """As ``ingest_token``, with the file read off the event loop (``load``)."""
+        return await cls.load(*_ingest_token(server))
+
     @property
     def value(self) -> str | None:
         """The secret in force, or None when there is none."""
@@ -147,6 +170,17 @@ class KeyFile:
 
     def _refused(self, error: str) -> ConfigError:
         return ConfigError(f"invalid config: {self.name}: {self.path}: {error}")
+
+
+_Source = tuple[str, SecretStr | None, Path | None]  # a setting's name, inline value, file
+
+
+def _api_key(upstream: UpstreamSettings) -> _Source:
+    return "upstream.api_key_file", upstream.api_key, upstream.api_key_file
+
+
+def _ingest_token(server: ServerSettings) -> _Source:
+    return "server.ingest_token_file", server.ingest_token, server.ingest_token_file
 
 
 def in_thread(call: Callable[[], T]) -> concurrent.futures.Future[T]:

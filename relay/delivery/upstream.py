@@ -296,9 +296,7 @@ class Upstream:
     def __init__(self, settings: UpstreamSettings, api_key: KeyFile | None = None) -> None:
         self._settings = settings
         # Read for every request, so that a key file re-read takes effect at the next one.
-        self.api_key = api_key or KeyFile(
-            "upstream.api_key_file", settings.api_key, settings.api_key_file
-        )
+        self.api_key = api_key or KeyFile.api_key(settings)
         self._url = settings.base_url + PIPELINE_PATH
         self._ssl = tls_context(settings.ca_file)
         # Looked up once, here at start, so that a proxy variable that cannot be used stops

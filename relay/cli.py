@@ -12,11 +12,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from relay import __version__
-from relay.contract.exceptions import EXIT_USAGE, UserError
+from relay.contract.exceptions import UserError
 
 if TYPE_CHECKING:
-    import urllib.request
-
     from relay.config import OutboxSettings, Settings
 
 # The relay's modules are imported where used: `emit` and `run` start once per job step
@@ -213,22 +211,13 @@ def _list(args: argparse.Namespace, outbox: OutboxSettings) -> int:
 
     letters = _run(list_dead_letters(outbox.path, args.reason))
     for letter in letters:
-        row = letter.as_dict()
         if args.json:
-            sys.stdout.buffer.write(orjson.dumps(row) + b"\n")
-            continue
-        print(
-            f"{row['id']:>6}  {row['reason']:<14}  {row['upstream_status'] or '-':>3}  "
-            f"{row['last_failure_at']}  attempts={row['attempts']}  level={_shown(row['level'])}  "
-            f"name={_shown(row['name'])}  pipeline={_shown(row['pipeline'])}  {row['detail']}"
-        )
+            sys.stdout.buffer.write(orjson.dumps(letter.as_dict()) + b"\n")
+        else:
+            print(letter.line())
     if not args.json:
         print(f"{len(letters)} dead letter(s) in {outbox.path}", file=sys.stderr)
     return 0
-
-
-def _shown(value: str | None) -> str:
-    return "-" if value is None else orjson.dumps(value).decode()
 
 
 def _act(args: argparse.Namespace, outbox: OutboxSettings) -> int:
@@ -236,30 +225,19 @@ def _act(args: argparse.Namespace, outbox: OutboxSettings) -> int:
     from relay.store import deadletters
 
     older_than = getattr(args, "older_than", None)
-    chosen = args.reason is not None or args.ids is not None or older_than is not None
-    if chosen == args.all:
-        which = "--reason, --id" + (" or --older-than" if args.verb == "purge" else "")
-        print(
-            f"ci-relay: dead-letters {args.verb}: choose dead letters with {which}, "
-            "or say --all for every one, not both",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    path = outbox.path
-    selection = deadletters.Selection(args.reason, args.ids, older_than)
+    given = deadletters.Selection(args.reason, args.ids, older_than)
+    selection = deadletters.chosen(args.verb, given, every=args.all)
     if args.dry_run:
-        count = _run(deadletters.count(path, selection))
+        count = _run(deadletters.count(outbox.path, selection))
         print(f"would {args.verb} {count} dead letter(s){args.into}; nothing changed (dry run)")
         return 0
-    missing = _run(deadletters.missing_ids(path, args.ids)) if args.ids else []
-    action = deadletters.replay if args.verb == "replay" else deadletters.purge
     progress = _Progress(args.past) if sys.stderr.isatty() else None
-    count = _run(action(path, selection, progress))
+    done = _run(deadletters.act(args.verb, outbox.path, selection, progress))
     if progress is not None:
         progress.end()
-    print(f"{args.past} {count} dead letter(s){args.into}")
-    if missing:
-        shown = " ".join(map(str, missing))
+    print(f"{args.past} {done.count} dead letter(s){args.into}")
+    if done.missing:
+        shown = " ".join(map(str, done.missing))
         print(f"ci-relay: no dead letter with id {shown}", file=sys.stderr)
         return 1
     return 0
@@ -341,123 +319,19 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     from relay.ops.healthcheck import probe, probe_url
 
     if settings.server.port == 0:
-        print("ci-relay: server.port is 0 (chosen at start): no address to ask", file=sys.stderr)
-        return EXIT_USAGE
+        raise UserError("server.port is 0 (chosen at start): no address to ask")
     result = probe(probe_url(settings.server, "/ready" if args.ready else "/health"))
     print(result.line, file=sys.stdout if result.passed else sys.stderr)
     return 0 if result.passed else 1
 
 
 def _check_config(args: argparse.Namespace, config: Path | None) -> int:
-    """Every setting with its origin, redacted; then the checks, one line per problem."""
-    from relay.config import ConfigError, load_settings, origins, writable_directory
-    from relay.daemon import OPEN_LISTENER, OPEN_LISTENER_HINT, listener_tls
-    from relay.delivery.upstream import tls_context, upstream_proxy
-    from relay.keyfiles import KeyFile
+    from relay.check import check_config
 
-    try:
-        settings = load_settings(config)
-        # The files the daemon reads at start: a key file, certificates (never shown).
-        server, upstream = settings.server, settings.upstream
-        token = KeyFile("server.ingest_token_file", server.ingest_token, server.ingest_token_file)
-        KeyFile("upstream.api_key_file", upstream.api_key, upstream.api_key_file)
-        listener_tls(server)
-        tls_context(upstream.ca_file)
-        proxy = upstream_proxy(upstream)  # the proxy variable that applies, checked
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"ci-relay: {problem}", file=sys.stderr)
-        return EXIT_USAGE
-    came_from = origins(config)
-    for group, values in settings.redacted().items():
-        print(f"[{group}]")
-        for key, value in values.items():
-            origin = came_from.get(f"{group}.{key}", "default")
-            shown = "(unset)" if value is None else orjson.dumps(value).decode()
-            print(f"  {f'{key} = {shown}':<56}  # {origin}")
-    print(f"# batches go to {settings.upstream.intake_url}")
-    print(f"# {proxy.shown}")
-    directory = settings.outbox.path.parent
-    if not writable_directory(directory):
-        problem = f"outbox directory {directory} cannot be created or written"
-        print(f"ci-relay: {problem}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"# the outbox directory {directory} is writable")
-    if token.value is None and not server.loopback_only:
-        print(f"# warning: {OPEN_LISTENER} ({OPEN_LISTENER_HINT})")
-    return 0
+    return check_config(config)
 
 
 def _status(args: argparse.Namespace, config: Path | None) -> int:
-    """GET /status of the running relay: a summary or the JSON, and the verdict's status."""
-    import urllib.error
-    import urllib.request
+    from relay.ops.status_client import status
 
-    from relay.config import load_settings
-    from relay.keyfiles import KeyFile
-    from relay.ops.status import EXIT_UNREACHABLE, exit_status, render
-
-    server = load_settings(config).server
-    if args.url:
-        url = _relay_url(args.url)
-    elif server.port == 0:
-        raise UserError("server.port is 0 (chosen at start): give the relay's --url")
-    else:
-        url = server.local_url
-    token = KeyFile("server.ingest_token_file", server.ingest_token, server.ingest_token_file)
-    headers = {} if token.value is None else {"Authorization": f"Bearer {token.value}"}
-    asking = urllib.request.Request(f"{url}/status", headers=headers)  # noqa: S310
-    try:
-        with _direct_opener().open(asking, timeout=args.timeout) as answer:
-            document = orjson.loads(answer.read())
-    except (OSError, ValueError) as exc:  # refused, timed out, an HTTP error, not JSON
-        if isinstance(exc, urllib.error.HTTPError) and exc.code == 403:
-            print(
-                f"ci-relay: the relay at {url} refuses the request: it requires its ingest "
-                "token, which this command reads from server.ingest_token(_file) of --config",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        if isinstance(exc, urllib.error.HTTPError):
-            reason: object = f"answered {exc.code} {exc.reason}"
-        else:
-            reason = getattr(exc, "reason", None) or exc
-        print(f"ci-relay: no relay answers at {url}: {reason}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    print(
-        orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
-        if args.json
-        else render(document, url)
-    )
-    return exit_status(document)
-
-
-def _direct_opener() -> urllib.request.OpenerDirector:
-    """A urllib opener that carries the token to the relay named and nowhere else: no proxy
-    (HTTP(S)_PROXY is for the internet, and a proxy would see the token of a plain-HTTP
-    request), and no redirect followed (urllib would resend the Authorization header to
-    whatever origin a 3xx names; the 3xx is reported instead)."""
-    import urllib.request  # here: the runner's commands share this module and need no urllib
-
-    class RefuseRedirects(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *_: object, **__: object) -> None:
-            return None  # urllib then raises the 3xx as an HTTPError
-
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}), RefuseRedirects())
-
-
-def _relay_url(given: str) -> str:
-    """``--url`` once checked: http(s), a host and a port a request can reach, and no login
-    (the relay takes its token as a header, read from --config); messages quote none of it."""
-    from relay.config import check_http_url
-
-    try:
-        parts = check_http_url(given.strip(), ("http", "https"), "http://127.0.0.1:8780")
-    except ValueError as exc:
-        raise UserError(f"--url {exc}") from None
-    if "@" in parts.netloc:
-        raise UserError(
-            "--url takes no login: the relay's token is read from "
-            "server.ingest_token(_file) of --config"
-        )
-    return given.strip().rstrip("/")
+    return status(config, args.url, args.json, args.timeout)

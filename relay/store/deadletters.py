@@ -18,11 +18,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiosqlite
 import orjson
 
+from relay.contract.exceptions import UserError
 from relay.store import outbox_file, queries
 from relay.store.outbox import BUSY_TIMEOUT_S, DeadLetterReason, connect
 
@@ -33,21 +34,41 @@ _FIRST_CHUNK_ROWS = 250
 _MAX_CHUNK_ROWS = 20_000
 
 Progress = Callable[[int, int], None]
+Verb = Literal["replay", "purge"]
 
 
 @dataclass(frozen=True)
 class Selection:
-    """Which dead letters a command acts on: those matching every filter given."""
+    """Which dead letters a command acts on: those matching every filter given (with none,
+    every dead letter)."""
 
     reason: DeadLetterReason | None = None
     ids: list[int] | None = None
     older_than_s: float | None = None
+
+    @property
+    def filtered(self) -> bool:
+        """True when a filter narrows it."""
+        return self.reason is not None or self.ids is not None or self.older_than_s is not None
 
     def params(self, now: float) -> tuple[Any, ...]:
         """The parameters of ``queries.SELECTED`` (?1 to ?3)."""
         ids = None if self.ids is None else queries.json_ids(self.ids)
         cutoff = None if self.older_than_s is None else now - self.older_than_s
         return self.reason, ids, cutoff
+
+
+def chosen(verb: Verb, selection: Selection, every: bool) -> Selection:
+    """``selection`` for a replay or purge, which names its dead letters by filters or, to
+    act on every one, says so (``every``, the command's --all), never both nor neither:
+    UserError otherwise."""
+    if selection.filtered == every:
+        which = "--reason, --id" + (" or --older-than" if verb == "purge" else "")
+        raise UserError(
+            f"dead-letters {verb}: choose dead letters with {which}, "
+            "or say --all for every one, not both"
+        )
+    return selection
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,15 @@ class DeadLetter:
             "pipeline": pipeline_name(resource),
             "event": orjson.Fragment(self.body),
         }
+
+    def line(self) -> str:
+        """One line of ``dead-letters list``: what failed, when, how often, and which event."""
+        row = self.as_dict()
+        return (
+            f"{row['id']:>6}  {row['reason']:<14}  {row['upstream_status'] or '-':>3}  "
+            f"{row['last_failure_at']}  attempts={row['attempts']}  level={_quoted(row['level'])}  "
+            f"name={_quoted(row['name'])}  pipeline={_quoted(row['pipeline'])}  {row['detail']}"
+        )
 
 
 def pipeline_name(resource: dict[str, Any]) -> str | None:
@@ -138,6 +168,25 @@ async def count(path: Path, selection: Selection) -> int:
         return await _count_selected(conn, selection.params(time.time()))
     finally:
         await conn.close()
+
+
+@dataclass(frozen=True)
+class Done:
+    """What a replay or purge did: how many dead letters it moved or deleted, and the ids
+    it was given that name no dead letter."""
+
+    count: int
+    missing: list[int]
+
+
+async def act(
+    verb: Verb, path: Path, selection: Selection, progress: Progress | None = None
+) -> Done:
+    """Replay or purge the selected dead letters (``replay``, ``purge``)."""
+    # Looked up first: afterwards every id acted on would be missing too.
+    missing = await missing_ids(path, selection.ids) if selection.ids else []
+    action = replay if verb == "replay" else purge
+    return Done(await action(path, selection, progress), missing)
 
 
 async def replay(path: Path, selection: Selection, progress: Progress | None = None) -> int:
@@ -212,6 +261,10 @@ def _next_chunk_rows(rows: int, held_s: float) -> int:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _quoted(value: str | None) -> str:
+    return "-" if value is None else orjson.dumps(value).decode()
 
 
 def _iso(epoch: float) -> str:

@@ -23,6 +23,8 @@ MAX_EVENTS_PER_REQUEST = 1000
 # The intake refuses an event whose end is older than this.
 WINDOW = timedelta(hours=18)
 WINDOW_S = WINDOW.total_seconds()
+# The window as messages name it: "18 hours".
+WINDOW_TEXT = f"{WINDOW // timedelta(hours=1)} hours"
 WINDOW_REFUSAL = "the Datadog intake refuses such events"
 
 # The Datadog sites, by the name DD_SITE takes; each serves the API at https://api.<site>.

@@ -33,7 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from relay.contract.body import NotJSON, event_bytes, loads
 from relay.contract.exceptions import RelayError
-from relay.contract.intake import MAX_EVENTS_PER_REQUEST, WINDOW_REFUSAL, WINDOW_S
+from relay.contract.intake import MAX_EVENTS_PER_REQUEST, WINDOW_REFUSAL, WINDOW_S, WINDOW_TEXT
 from relay.contract.problems import (
     MAX_LISTED_PROBLEMS,
     Budget,
@@ -147,7 +147,7 @@ class _Finished(_Model):
         if now - end_s > WINDOW_S:
             raise PydanticCustomError(
                 "expired",
-                f"is more than 18 hours in the past; {WINDOW_REFUSAL}",
+                f"is more than {WINDOW_TEXT} in the past; {WINDOW_REFUSAL}",
             )
         return end
 

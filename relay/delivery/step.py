@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from relay.config import FlusherSettings, RetrySettings
-from relay.contract.intake import WINDOW_REFUSAL, WINDOW_S, request_body
+from relay.contract.intake import WINDOW_REFUSAL, WINDOW_S, WINDOW_TEXT, request_body
 from relay.delivery.backoff import Backoff
 from relay.delivery.isolation import HeadFailures, HeldEvent, IsolationPass, RejectStreak
 from relay.delivery.upstream import (
@@ -226,7 +226,7 @@ class Delivery:
         for e in batch:
             (expired if e.end_at is not None and now - e.end_at > WINDOW_S else live).append(e)
         if expired:
-            detail = f"ended more than 18 hours ago; {WINDOW_REFUSAL}"
+            detail = f"ended more than {WINDOW_TEXT} ago; {WINDOW_REFUSAL}"
             await self._outbox.dead_letter(expired, "expired", None, detail, now)
             tally.dead_lettered += len(expired)
             for event in expired:

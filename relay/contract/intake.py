@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Literal, get_args
 
-# orjson and http are imported inside the two error-body functions: `ci-relay run` reads
-# the path from here once per job step, and must start quickly.
+# orjson and http are imported inside the error-body functions: `ci-relay run` reads the
+# path from here once per job step, and must start quickly.
 
 PIPELINE_PATH = "/api/v2/ci/pipeline"
 
@@ -62,19 +62,25 @@ def error_body(status: int, details: Iterable[str]) -> bytes:
     return orjson.dumps({"errors": errors})
 
 
-def error_detail(status: int, body: bytes, limit: int = 2000) -> str:
-    """The details of an error body, joined; the raw text when it is not that shape."""
+def error_details(body: bytes) -> list[str]:
+    """Each error's detail (else its title, else the error itself) of a body in the error
+    shape; none when the body is not that shape."""
     import orjson
 
     try:
         errors = orjson.loads(body)["errors"]
-        details = [
+        return [
             str(e.get("detail") or e.get("title") or e) if isinstance(e, dict) else str(e)
             for e in errors
         ]
-        if details:
-            return "; ".join(details)[:limit]
     except (orjson.JSONDecodeError, KeyError, TypeError):
-        pass
+        return []
+
+
+def error_detail(status: int, body: bytes, limit: int = 2000) -> str:
+    """The details of an error body, joined; the raw text when it is not that shape."""
+    details = error_details(body)
+    if details:
+        return "; ".join(details)[:limit]
     text = body.decode("utf-8", errors="replace").strip()
     return text[:limit] or f"HTTP {status}"

@@ -9,7 +9,6 @@ the relay's name up is the system resolver's, with its own time limits.)
 from __future__ import annotations
 
 import http.client
-import json
 import re
 import socket
 import ssl
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, urlsplit
 
 from relay.contract.exceptions import RelayError
-from relay.contract.intake import PIPELINE_PATH
+from relay.contract.intake import PIPELINE_PATH, error_details
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -176,8 +175,8 @@ def _details(answer: http.client.HTTPResponse) -> str:
     """The details of an answer in Datadog's error shape, as ``: a; b``; "" if it is not in
     that shape or cannot be read before the deadline."""
     try:
-        errors = json.loads(answer.read(_MAX_ANSWER_BYTES))["errors"]
-        details = [str(error["detail"]) for error in errors]
-    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
+        body = answer.read(_MAX_ANSWER_BYTES)
+    except (OSError, http.client.HTTPException):
         return ""
+    details = error_details(body)
     return ": " + "; ".join(details) if details else ""

@@ -206,7 +206,7 @@ def test_the_wrapper_starts_without_the_relay_modules() -> None:
     probe = (
         "import sys, relay.cli, relay.runner.wrap\n"
         "heavy = ('pydantic', 'pydantic_settings', 'structlog', 'aiosqlite', 'aiohttp',"
-        " 'relay.config', 'relay.outbox', 'relay.schema')\n"
+        " 'relay.config', 'relay.store.outbox', 'relay.contract.schema')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     done = subprocess.run(

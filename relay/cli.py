@@ -13,6 +13,7 @@ import orjson
 
 from relay import __version__
 from relay.contract.exceptions import UserError
+from relay.contract.local import DEFAULT_RELAY_URL
 
 if TYPE_CHECKING:
     from relay.config import OutboxSettings, Settings
@@ -101,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_argument(
-        "--url", metavar="URL", help="the relay's address, e.g. http://127.0.0.1:8780"
+        "--url", metavar="URL", help=f"the relay's address, e.g. {DEFAULT_RELAY_URL}"
     )
     status.add_argument("--json", action="store_true", help="print the /status document")
     status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default: 5")

@@ -36,8 +36,7 @@ from yarl import URL
 
 from relay.contract.exceptions import UserError
 from relay.contract.intake import MAX_EVENTS_PER_REQUEST, PIPELINE_PATH, SITES, Site
-
-DEFAULT_PORT = 8780
+from relay.contract.local import DEFAULT_HOST, DEFAULT_PORT
 
 
 def default_outbox_path() -> Path:
@@ -80,7 +79,7 @@ def _one_of(group: BaseModel, inline: str, file: str) -> None:
 
 
 class ServerSettings(_Group):
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     read_timeout_s: float = Field(default=30.0, gt=0)

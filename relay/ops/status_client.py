@@ -17,6 +17,7 @@ import orjson
 
 from relay.config import ServerSettings, check_http_url, load_settings
 from relay.contract.exceptions import RelayError, UserError
+from relay.contract.local import DEFAULT_RELAY_URL
 from relay.keyfiles import KeyFile
 from relay.ops.status import EXIT_UNREACHABLE, exit_status, render
 
@@ -92,7 +93,7 @@ def _checked_url(given: str) -> str:
     """``--url`` once checked: http(s), a host and a port a request can reach, and no login
     (the relay takes its token as a header, read from --config); messages quote none of it."""
     try:
-        parts = check_http_url(given.strip(), ("http", "https"), "http://127.0.0.1:8780")
+        parts = check_http_url(given.strip(), ("http", "https"), DEFAULT_RELAY_URL)
     except ValueError as exc:
         raise UserError(f"--url {exc}") from None
     if "@" in parts.netloc:

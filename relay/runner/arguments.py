@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from relay.contract.local import DEFAULT_RELAY_URL
+
 LEVELS = ("pipeline", "stage", "job", "step")
 STATUSES = ("running", "success", "error", "canceled", "skipped", "blocked")
 PROVIDER_NAMES = (
@@ -79,7 +81,7 @@ def _event_arguments(parser: argparse.ArgumentParser) -> None:
     send.add_argument(
         "--relay-url",
         metavar="URL",
-        help="default: $CI_RELAY_URL, else http://127.0.0.1:8780 (the local relay)",
+        help=f"default: $CI_RELAY_URL, else {DEFAULT_RELAY_URL} (the local relay)",
     )
     send.add_argument(
         "--timeout-s",

@@ -19,12 +19,11 @@ from urllib.parse import SplitResult, urlsplit
 
 from relay.contract.exceptions import RelayError
 from relay.contract.intake import PIPELINE_PATH, error_details
+from relay.contract.local import DEFAULT_RELAY_URL
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
-# The address `ci-relay serve` listens on by default (relay.config's server defaults).
-DEFAULT_RELAY_URL = "http://127.0.0.1:8780"
 RELAY_URL_VARIABLE = "CI_RELAY_URL"
 # The relay's ingest token (server.ingest_token), for a relay that listens beyond loopback.
 RELAY_TOKEN_VARIABLE = "CI_RELAY_TOKEN"  # noqa: S105 - the name of a variable

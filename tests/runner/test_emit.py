@@ -11,9 +11,9 @@ import pytest
 from pydantic import SecretStr
 
 from relay.config import OutboxSettings, ServerSettings
+from relay.contract.local import DEFAULT_RELAY_URL
 from relay.contract.schema import parse_request
 from relay.keyfiles import KeyFile
-from relay.runner.post import DEFAULT_RELAY_URL
 from relay.testing.samples import ago
 from tests.helpers import RunningRelay, serving
 from tests.helpers import relay_command as ci_relay

@@ -19,8 +19,8 @@ import aiosqlite
 import structlog
 
 from relay.config import OutboxSettings
+from relay.contract.accepted import AcceptedEvent
 from relay.contract.intake import ENVELOPE, ENVELOPE_BYTES
-from relay.contract.schema import AcceptedEvent
 from relay.store import outbox_file, queries
 from relay.store.migrate import migrate, refuse_newer
 from relay.store.outbox_file import OutboxError, OutboxMissing, ServeLock

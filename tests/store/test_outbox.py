@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from relay.config import OutboxSettings
+from relay.contract.accepted import AcceptedEvent
 from relay.contract.intake import ENVELOPE_BYTES, request_body
-from relay.contract.schema import AcceptedEvent
 from relay.store import deadletters, queries
 from relay.store.migrate import migrate
 from relay.store.outbox import Outbox, OutboxFull, StoredEvent

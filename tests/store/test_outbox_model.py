@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from relay.config import OutboxSettings
-from relay.contract.schema import AcceptedEvent
+from relay.contract.accepted import AcceptedEvent
 from relay.store import deadletters
 from relay.store.outbox import (
     DEAD_LETTER_REASONS,

@@ -10,7 +10,7 @@ import aiosqlite
 import orjson
 
 from relay.config import OutboxSettings
-from relay.contract.schema import AcceptedEvent
+from relay.contract.accepted import AcceptedEvent
 from relay.store import deadletters, queries
 from relay.store.migrate import available
 from relay.store.outbox import Outbox

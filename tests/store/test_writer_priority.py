@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from relay.config import OutboxSettings
-from relay.contract.schema import AcceptedEvent
+from relay.contract.accepted import AcceptedEvent
 from relay.store.outbox import Outbox
 from relay.testing.process import RelayProcess
 from relay.testing.samples import event

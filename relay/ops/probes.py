@@ -52,9 +52,10 @@ def readiness(outbox: Outbox, settings: OutboxSettings) -> Verdict:
     """Runners would get 202 now: writer alive, below the limits, the disk takes writes."""
     counts = outbox.counts
     limits = "ok"
-    if counts.events >= settings.max_events:
+    full = counts.full(settings)
+    if full == "max_events":
         limits = f"full: {counts.events} events pending, outbox.max_events is {settings.max_events}"
-    elif counts.bytes >= settings.max_bytes:
+    elif full == "max_bytes":
         limits = f"full: {counts.bytes} bytes pending, outbox.max_bytes is {settings.max_bytes}"
     return Verdict(
         {"outbox_writer": _writer(outbox), "outbox_limits": limits, "disk": _disk(settings)}

@@ -172,7 +172,7 @@ def _outbox(
 ) -> OutboxStatus:
     counts = outbox.counts
     recently_full = ingest.last_full_at is not None and now - ingest.last_full_at < _FULL_RECENTLY_S
-    full = counts.events >= settings.max_events or counts.bytes >= settings.max_bytes
+    full = counts.full(settings) is not None
     oldest, end = readings.oldest_received_at, readings.oldest_end_at
     return {
         "path": str(settings.path),

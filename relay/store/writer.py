@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import aiosqlite
 import structlog
@@ -78,6 +78,19 @@ def unavailable(exc: sqlite3.Error) -> OutboxUnavailable:
     return OutboxUnavailable(str(exc), transient=transient)
 
 
+Limit = Literal["max_events", "max_bytes"]
+
+
+def limit_passed(events: int, size: int, limits: OutboxSettings) -> Limit | None:
+    """The outbox limit that ``events`` events of ``size`` bytes in all would pass, if any
+    (events first): what a request must leave unpassed to be stored."""
+    if events > limits.max_events:
+        return "max_events"
+    if size > limits.max_bytes:
+        return "max_bytes"
+    return None
+
+
 @dataclass
 class OutboxCounts:
     """What the outbox holds, and the events that came and left since it was opened.
@@ -93,6 +106,11 @@ class OutboxCounts:
     accepted_total: int = 0
     delivered_total: int = 0  # deleted after the upstream answered 2xx
     dead_lettered_total: int = 0  # moved to the dead letters
+
+    def full(self, limits: OutboxSettings) -> Limit | None:
+        """The limit that even the smallest request (one event of one byte) would pass, if
+        any: while one does, every request is refused as OutboxFull (503)."""
+        return limit_passed(self.events + 1, self.bytes + 1, limits)
 
 
 @dataclass(slots=True)
@@ -220,10 +238,7 @@ class Writer:
         accepted: list[_Append] = []
         rows: list[Row] = []
         for op in ops:
-            if (
-                events + len(op.rows) > self._settings.max_events
-                or size + op.size > self._settings.max_bytes
-            ):
+            if limit_passed(events + len(op.rows), size + op.size, self._settings) is not None:
                 _settle(op.done, OutboxFull("the outbox is full"))
                 continue
             events += len(op.rows)

@@ -31,7 +31,8 @@ from relay.delivery.backoff import Backoff
 from relay.delivery.step import Blocker, Delivery, StepFailed, StoreFailed
 from relay.delivery.step import FlushResult as FlushResult  # the step's result, for callers
 from relay.delivery.upstream import Misconfigured, Reject, Retry, Unauthorized, Upstream
-from relay.store.outbox import Outbox, OutboxUnavailable
+from relay.store.outbox import Outbox
+from relay.store.writer import OutboxUnavailable
 
 logger = structlog.get_logger(__name__)
 

@@ -30,7 +30,8 @@ from relay.delivery.upstream import (
     Unauthorized,
     Upstream,
 )
-from relay.store.outbox import Batch, Outbox, OutboxUnavailable, StoredEvent
+from relay.store.outbox import Batch, Outbox, StoredEvent
+from relay.store.writer import OutboxUnavailable
 
 logger = structlog.get_logger(__name__)
 

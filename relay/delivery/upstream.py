@@ -10,7 +10,7 @@ import gzip
 import ssl
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -30,7 +30,7 @@ from relay.config import (
     proxy_variable,
     redact_url,
 )
-from relay.contract.intake import PIPELINE_PATH, error_detail, request_body
+from relay.contract.intake import PIPELINE_PATH, error_detail
 from relay.keyfiles import KeyFile, check_pem_file
 
 logger = structlog.get_logger(__name__)
@@ -316,12 +316,9 @@ class Upstream:
         """The URL batches go to, any password redacted: the one to put in a log line."""
         return self._settings.intake_url
 
-    async def send(self, events: Sequence[bytes]) -> Outcome:
-        """POST the events as one request; transport failures become ``Retry``."""
-        return await self.send_body(request_body(events))
-
     async def send_body(self, body: bytes) -> Outcome:
-        """POST a request body already in the intake's envelope (``request_body``)."""
+        """POST a request body already in the intake's envelope (``request_body``);
+        transport failures become ``Retry``."""
         started = time.perf_counter()
         outcome, status = await self._post(body)
         self.latency.observe(time.perf_counter() - started)

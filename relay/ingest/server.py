@@ -30,7 +30,8 @@ from relay.ops.metrics import RelayCollector, exposition
 from relay.ops.openapi import OPENAPI_PATH, document
 from relay.ops.probes import Verdict, liveness, readiness
 from relay.ops.status import snapshot
-from relay.store.outbox import Outbox, OutboxClosed, OutboxFull, OutboxUnavailable
+from relay.store.outbox import Outbox
+from relay.store.writer import OutboxClosed, OutboxFull, OutboxUnavailable
 
 logger = structlog.get_logger(__name__)
 

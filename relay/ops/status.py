@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from relay.config import OutboxSettings
     from relay.delivery.flusher import Flusher
     from relay.ops.metrics import IngestCounts
-    from relay.store.outbox import Outbox, OutboxCounts, Readings
+    from relay.store.outbox import Outbox, Readings
+    from relay.store.writer import OutboxCounts
 
 # A refusal for a full outbox this recent still counts as "full", though a delivery may
 # since have made room for one more request.

@@ -24,11 +24,7 @@ from relay.contract.intake import ENVELOPE, ENVELOPE_BYTES
 from relay.store import outbox_file, queries
 from relay.store.migrate import migrate, refuse_newer
 from relay.store.outbox_file import OutboxError, OutboxMissing, ServeLock
-from relay.store.writer import OutboxClosed as OutboxClosed
-from relay.store.writer import OutboxCounts as OutboxCounts
-from relay.store.writer import OutboxFull as OutboxFull
-from relay.store.writer import OutboxUnavailable as OutboxUnavailable
-from relay.store.writer import Work, Writer, unavailable
+from relay.store.writer import Writer, unavailable
 
 logger = structlog.get_logger(__name__)
 
@@ -254,18 +250,6 @@ class Outbox:
         now = time.time()
         await self._writer.append([(now, e.end_at, len(e.body), e.body) for e in events])
 
-    async def apply(
-        self, work: Work, *, durable: bool = True, delivered: int = 0, dead_lettered: int = 0
-    ) -> None:
-        """Run ``work`` in a write transaction of its own, serialised with the appends.
-
-        ``work`` returns how many events and bytes it removed from the outbox; ``durable``
-        (False for acks), ``delivered`` and ``dead_lettered`` as ``Writer.apply`` says.
-        """
-        await self._writer.apply(
-            work, durable=durable, delivered=delivered, dead_lettered=dead_lettered
-        )
-
     async def ack(self, events: Sequence[StoredEvent]) -> None:
         """Delete events the upstream answered 2xx for, in one transaction."""
         ids = _ids(events)
@@ -275,7 +259,7 @@ class Outbox:
             conn.execute(queries.DELETE_EVENTS, (ids,))
             return len(events) - added, sum(e.size for e in events) - added_bytes
 
-        await self.apply(work, durable=False, delivered=len(events))
+        await self._writer.apply(work, durable=False, delivered=len(events))
 
     async def record_failure(self, events: Sequence[StoredEvent], now: float) -> None:
         """Count one more failed attempt for ``events``."""
@@ -285,7 +269,7 @@ class Outbox:
             conn.execute(queries.RECORD_FAILURE, (now, ids))
             return 0, 0
 
-        await self.apply(work)
+        await self._writer.apply(work)
 
     async def dead_letter(
         self,
@@ -307,7 +291,7 @@ class Outbox:
             conn.execute(queries.DELETE_EVENTS, (ids,))
             return len(events) - added, sum(e.size for e in events) - added_bytes
 
-        await self.apply(work, dead_lettered=len(events))
+        await self._writer.apply(work, dead_lettered=len(events))
 
     async def next_batch(
         self, max_events: int, max_bytes: int, exclude: Collection[int] = ()
@@ -366,7 +350,7 @@ class Outbox:
             conn.execute(queries.DELETE_BETWEEN, (batch.first_id, batch.last_id, batch.excluded))
             return batch.events - added, batch.size - added_bytes
 
-        await self.apply(work, durable=False, delivered=batch.events)
+        await self._writer.apply(work, durable=False, delivered=batch.events)
 
     async def events(self, ids: Collection[int]) -> list[StoredEvent]:
         """The pending events of ``ids`` (those still in the outbox), by id."""
@@ -423,7 +407,7 @@ class Outbox:
             added, added_bytes = self._absorb_changes(conn)
             return -added, -added_bytes  # "removed" counts, negative: added
 
-        await self.apply(work)
+        await self._writer.apply(work)
 
     def _absorb_changes(self, conn: sqlite3.Connection) -> tuple[int, int]:
         """Take and zero what replays added since the last look (events, bytes), on the

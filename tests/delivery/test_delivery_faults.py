@@ -164,7 +164,7 @@ async def short_busy_timeout(rig: Rig) -> None:
         conn.execute("PRAGMA busy_timeout = 50")
         return 0, 0
 
-    await rig.outbox.apply(work)
+    await rig.outbox._writer.apply(work)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from relay.delivery.upstream import Delivered, Outcome, Retry, Upstream
 from relay.testing.process import RelayProcess, write_config
 from relay.testing.samples import event, request
 from tests.fake_intake import FakeIntake
-from tests.helpers import API_KEY, JSON, relay_command, stored, wait_until
+from tests.helpers import API_KEY, JSON, relay_command, wait_until, wire_body
 
 CERTIFICATE_ERROR = "CERTIFICATE_VERIFY_FAILED"
 
@@ -116,7 +116,7 @@ def proxy_env(monkeypatch: pytest.MonkeyPatch, proxy: str, no_proxy: str) -> Ite
 async def _send(url: str, ca_file: Path | None) -> Outcome:
     upstream = Upstream(UpstreamSettings(url=url, api_key=SecretStr(API_KEY), ca_file=ca_file))
     try:
-        return await upstream.send(stored([event("pipeline")]))
+        return await upstream.send_body(wire_body([event("pipeline")]))
     finally:
         await upstream.close()
 

@@ -19,8 +19,9 @@ from relay.contract.accepted import AcceptedEvent
 from relay.contract.intake import ENVELOPE_BYTES, request_body
 from relay.store import deadletters, queries
 from relay.store.migrate import migrate
-from relay.store.outbox import Outbox, OutboxFull, StoredEvent
+from relay.store.outbox import Outbox, StoredEvent
 from relay.store.outbox_file import APPLICATION_ID
+from relay.store.writer import OutboxFull
 from relay.testing.samples import event
 
 _WAL_HEADER = 32

@@ -23,13 +23,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from relay.config import OutboxSettings
 from relay.contract.accepted import AcceptedEvent
 from relay.store import deadletters
-from relay.store.outbox import (
-    DEAD_LETTER_REASONS,
-    DeadLetterReason,
-    Outbox,
-    OutboxFull,
-    StoredEvent,
-)
+from relay.store.outbox import DEAD_LETTER_REASONS, DeadLetterReason, Outbox, StoredEvent
+from relay.store.writer import OutboxFull
 
 MAX_EVENTS = 40
 MAX_BYTES = 4000

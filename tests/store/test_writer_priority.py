@@ -59,7 +59,7 @@ async def test_appends_queued_behind_a_maintenance_write_commit_before_it(
         return 0, 0
 
     # Both are queued before the writer wakes: the apply first, then the append.
-    await asyncio.gather(outbox.apply(work), outbox.append([accepted(), accepted()]))
+    await asyncio.gather(outbox._writer.apply(work), outbox.append([accepted(), accepted()]))
 
     assert [2] == seen
     assert 2 == outbox.counts.events
@@ -78,11 +78,11 @@ async def test_an_ack_commits_without_waiting_for_the_disk_and_appends_still_do(
         return 0, 0
 
     await outbox.append([accepted()])
-    await outbox.apply(level, durable=False)
-    await outbox.apply(level)
-    await outbox.apply(level, durable=False)
+    await outbox._writer.apply(level, durable=False)
+    await outbox._writer.apply(level)
+    await outbox._writer.apply(level, durable=False)
     await outbox.append([accepted()])
-    await outbox.apply(level)
+    await outbox._writer.apply(level)
 
     assert ["NORMAL", "FULL", "NORMAL", "FULL"] == levels
 

@@ -120,7 +120,7 @@ class Flusher:
         self.last_delivery: LastDelivery | None = None
         self.last_error: LastError | None = None
         self._oldest_received_at: float | None = None
-        self._delivery = Delivery(outbox, upstream, settings, retry, clock)
+        self._delivery = Delivery(outbox, upstream, settings, retry, self._backoff, clock)
         self._failing_since: float | None = None
         # Where the step failure last logged with its traceback was raised: a failure
         # raised elsewhere is logged with its own, the same one again is not.

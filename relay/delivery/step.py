@@ -86,13 +86,16 @@ class Delivery:
         upstream: Upstream,
         settings: FlusherSettings,
         retry: RetrySettings,
+        backoff: Backoff,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``backoff`` is the flusher's (one policy, made from ``retry``): here it spaces a
+        held event's retries."""
         self._outbox = outbox
         self._upstream = upstream
         self._settings = settings
         self._retry = retry
-        self._backoff = Backoff.from_settings(retry)
+        self._backoff = backoff
         self._clock = clock
         self._head = HeadFailures()
         self._held: dict[int, HeldEvent] = {}

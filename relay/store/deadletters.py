@@ -25,7 +25,8 @@ import orjson
 
 from relay.contract.exceptions import UserError
 from relay.store import outbox_file, queries
-from relay.store.outbox import BUSY_TIMEOUT_S, DeadLetterReason, connect
+from relay.store.opening import BUSY_TIMEOUT_S, connect
+from relay.store.outbox import DeadLetterReason
 
 # A write transaction of replay or purge aims to hold the lock about this long, and the
 # command then pauses at least as long: the daemon's writer waits about 100 ms at most.

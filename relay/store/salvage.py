@@ -31,7 +31,7 @@ from relay.config import OutboxSettings
 from relay.contract.body import NotJSON, loads
 from relay.store import outbox_file, queries
 from relay.store.deadletters import TARGET_HOLD_S
-from relay.store.outbox import connect
+from relay.store.opening import connect
 from relay.store.outbox_file import OutboxError, OutboxMissing
 from relay.store.writer import Row
 

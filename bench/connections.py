@@ -39,8 +39,8 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from relay.app import app_runner as guarded_runner  # noqa: E402
 from relay.contract.intake import PIPELINE_PATH  # noqa: E402
-from relay.ingest.server import app_runner as guarded_runner  # noqa: E402
 from relay.testing.samples import event, request  # noqa: E402
 
 WARMUP_S = 2

@@ -22,13 +22,13 @@ import structlog
 from aiohttp import web
 
 from relay import __version__, log
+from relay.app import app_runner, create_app
 from relay.config import ConfigError, ServerSettings, Settings, load_settings
 from relay.contract.exceptions import RelayError
 from relay.delivery.flusher import Flusher
 from relay.delivery.upstream import Upstream
 from relay.ingest.admission import ParseBudget
 from relay.ingest.connections import ConnectionGuard, connection_bound, raise_open_file_limit
-from relay.ingest.server import app_runner, create_app
 from relay.keyfiles import KeyFile, check_pem_file
 from relay.store.outbox import Outbox
 
@@ -82,7 +82,7 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
             settings.server.max_body_bytes,
             settings.outbox.retry_after_s,
             settings.outbox,
-            flusher,
+            flusher.snapshot,
             ParseBudget(settings.server.max_parsing_bytes, settings.server.parse_wait_s),
             token,
         )

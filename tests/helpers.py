@@ -19,12 +19,12 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from relay.app import app_runner, create_app
 from relay.config import OutboxSettings
 from relay.contract.intake import PIPELINE_PATH
 from relay.contract.schema import parse_request
 from relay.ingest.admission import ParseBudget
 from relay.ingest.connections import ConnectionGuard
-from relay.ingest.server import app_runner, create_app
 from relay.keyfiles import KeyFile
 from relay.store.outbox import Outbox
 from relay.testing.samples import event, request

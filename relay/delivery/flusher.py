@@ -22,12 +22,13 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from types import MappingProxyType
 
 import structlog
 
 from relay.config import FlusherSettings, RetrySettings
 from relay.delivery.backoff import Backoff
+from relay.delivery.snapshot import DeliverySnapshot, LastDelivery, LastError, State
 from relay.delivery.step import Blocker, Delivery, StepFailed, StoreFailed
 from relay.delivery.step import FlushResult as FlushResult  # the step's result, for callers
 from relay.delivery.upstream import Misconfigured, Reject, Retry, Unauthorized, Upstream
@@ -35,17 +36,6 @@ from relay.store.outbox import Outbox
 from relay.store.writer import OutboxUnavailable
 
 logger = structlog.get_logger(__name__)
-
-State = Literal[
-    "delivering",
-    "retrying",
-    "unauthorized",
-    "no_api_key",
-    "misconfigured",
-    "rejecting",
-    "store_unavailable",
-    "delivery_failing",
-]
 
 # What the error line says while delivery is paused and probing, by state.
 _PAUSED: dict[State, str] = {
@@ -75,23 +65,6 @@ class _Reminder:
         return True
 
 
-@dataclass(frozen=True)
-class LastDelivery:
-    """The latest request the upstream answered 2xx: when, and how many events it took."""
-
-    at: float
-    events: int
-
-
-@dataclass(frozen=True)
-class LastError:
-    """The latest failed step: when, the state it led to, and the upstream's answer."""
-
-    at: float
-    state: State
-    answer: str
-
-
 class Flusher:
     """Delivers the outbox's events upstream; see the module docstring."""
 
@@ -104,7 +77,7 @@ class Flusher:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._outbox = outbox
-        self.upstream = upstream  # also read by /metrics: its request counts and latency
+        self.upstream = upstream
         self._settings = settings
         self._retry = retry
         self._backoff = Backoff.from_settings(retry)
@@ -146,6 +119,23 @@ class Flusher:
     def backoff_s(self) -> float:
         """Seconds until delivery tries again after a failure; 0 when it is not waiting."""
         return max(0.0, self._resume_at - self._clock())
+
+    def snapshot(self) -> DeliverySnapshot:
+        """What operators see of delivery now (``/metrics``, ``/status``): values only, the
+        upstream's answer counts copied (a few entries), its latency histogram shared."""
+        upstream = self.upstream
+        return DeliverySnapshot(
+            state=self._state,
+            since=self.state_since,
+            upstream_url=upstream.display_url,
+            next_try_in_s=self.backoff_s,
+            retries=self.retries,
+            last_delivery=self.last_delivery,
+            last_error=self.last_error,
+            expiry_warning_s=self.expiry_warning_s,
+            upstream_answers=MappingProxyType(dict(upstream.answers)),
+            upstream_latency=upstream.latency,
+        )
 
     async def flush_once(self, *, overlap: bool = False) -> FlushResult:
         """One step of delivery (``Delivery.step``), then the state and wait it leads to.

@@ -1,19 +1,17 @@
 """Prometheus metrics for ``GET /metrics``, read from the relay's own state when scraped.
 
 The collector reads the outbox's counts, the store's readings (``Outbox.readings``), the
-flusher's totals and state, and the histograms observed where things happen
-(``relay.meters``) at scrape time, so the ingest path pays a few integer increments per
-request and one histogram observation per group commit. Counters start at 0 with the
-process (their HELP says so); depth, age and dead letters come from the store and are
-right after a restart. docs/metrics.md lists them all.
+ingest counts, delivery's snapshot (``relay.delivery.snapshot``), and the histograms
+observed where things happen (``relay.meters``) at scrape time, so the ingest path pays a
+few integer increments per request and one histogram observation per group commit.
+Counters start at 0 with the process (their HELP says so); depth, age and dead letters
+come from the store and are right after a restart. docs/metrics.md lists them all.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import get_args
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -22,30 +20,29 @@ from prometheus_client.registry import Collector
 
 from relay import __version__
 from relay.contract.intake import WINDOW_S
-from relay.delivery.flusher import Flusher, State
+from relay.delivery.snapshot import DeliverySnapshot, State
+from relay.ingest.counts import IngestCounts
 from relay.store.outbox import DEAD_LETTER_REASONS, Outbox, Readings
 
 _SINCE_START = " Counted since this process started."
 
 
-@dataclass
-class IngestCounts:
-    """What the runner-facing server saw: the server counts, the collector reads."""
-
-    requests: int = 0  # POSTs to the ingest path
-    events: int = 0  # events in those that passed validation
-    requests_accepted: int = 0
-    refused: Counter[str] = field(default_factory=Counter)  # runner requests, by reason
-    last_full_at: float | None = None  # the latest 503 for a full outbox (epoch seconds)
-
-
 class RelayCollector(Collector):
-    """The relay's metrics: outbox, ingest, the flusher and upstream (when delivering)."""
+    """The relay's metrics: outbox, ingest, delivery and upstream (when delivering).
 
-    def __init__(self, outbox: Outbox, flusher: Flusher | None) -> None:
+    ``delivery`` gives delivery's snapshot at each scrape (``Flusher.snapshot``); None when
+    the relay does not deliver. ``ingest`` is the counts the ingest routes keep.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        delivery: Callable[[], DeliverySnapshot] | None,
+        ingest: IngestCounts | None = None,
+    ) -> None:
         self._outbox = outbox
-        self.flusher = flusher
-        self.ingest = IngestCounts()
+        self.delivery = delivery
+        self.ingest = IngestCounts() if ingest is None else ingest
         self.started_at = time.time()
         self.readings = Readings(None, None, {})  # the handler reads the store before a scrape
 
@@ -64,9 +61,10 @@ class RelayCollector(Collector):
         )
         yield from self._store()
         yield from self._ingest()
-        if self.flusher is not None:
-            yield from self._delivery(self.flusher)
-            yield from self._upstream(self.flusher)
+        if self.delivery is not None:
+            delivery = self.delivery()  # one snapshot for both groups
+            yield from self._delivery(delivery)
+            yield from self._upstream(delivery)
 
     def _store(self) -> Iterator[Metric]:
         counts, readings, now = self._outbox.counts, self.readings, time.time()
@@ -126,7 +124,7 @@ class RelayCollector(Collector):
         yield from outbox.commit_seconds.collect()
         yield from outbox.group_events.collect()
 
-    def _delivery(self, flusher: Flusher) -> Iterator[Metric]:
+    def _delivery(self, delivery: DeliverySnapshot) -> Iterator[Metric]:
         counts = self._outbox.counts
         yield _counter(
             "ci_relay_events_delivered",
@@ -141,18 +139,18 @@ class RelayCollector(Collector):
         yield _counter(
             "ci_relay_upstream_retries",
             "Times delivery backed off after a failure before trying again.",
-            flusher.retries,
+            delivery.retries,
         )
         yield _gauge(
             "ci_relay_delivery_backoff_seconds",
             "Seconds until delivery tries again after a failure (0 when not waiting).",
-            flusher.backoff_s,
+            delivery.next_try_in_s,
         )
-        if flusher.last_delivery is not None:
+        if delivery.last_delivery is not None:
             yield _gauge(
                 "ci_relay_last_delivery_timestamp_seconds",
                 "When the upstream last answered 2xx (epoch seconds; absent until it has).",
-                flusher.last_delivery.at,
+                delivery.last_delivery.at,
             )
         state = GaugeMetricFamily(
             "ci_relay_delivery_state",
@@ -160,20 +158,20 @@ class RelayCollector(Collector):
             labels=["state"],
         )
         for name in get_args(State):
-            state.add_metric([name], 1.0 if flusher.state == name else 0.0)
+            state.add_metric([name], 1.0 if delivery.state == name else 0.0)
         yield state
 
-    def _upstream(self, flusher: Flusher) -> Iterator[Metric]:
+    def _upstream(self, delivery: DeliverySnapshot) -> Iterator[Metric]:
         requests = CounterMetricFamily(
             "ci_relay_upstream_requests",
             "Requests sent upstream, by outcome and the answer's status class "
             "(none: no answer)." + _SINCE_START,
             labels=["outcome", "status_class"],
         )
-        for (outcome, status_class), count in sorted(flusher.upstream.answers.items()):
+        for (outcome, status_class), count in sorted(delivery.upstream_answers.items()):
             requests.add_metric([outcome, status_class], count)
         yield requests
-        yield from flusher.upstream.latency.collect()
+        yield from delivery.upstream_latency.collect()
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -1,9 +1,10 @@
 """What ``GET /status`` answers, and what ``ci-relay status`` makes of it.
 
 The relay builds one JSON document (``snapshot``) from the outbox, the store's readings
-and the flusher, with the conditions that need an operator named in ``conditions``. The
-command fetches it, prints it for a person (``render``) or as JSON, and exits with the
-status of the most urgent condition (``exit_status``), so that a script can act on it.
+and what delivery publishes (``relay.delivery.snapshot``), with the conditions that need
+an operator named in ``conditions``. The command fetches it, prints it for a person
+(``render``) or as JSON, and exits with the status of the most urgent condition
+(``exit_status``), so that a script can act on it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from relay.contract.intake import WINDOW_S
 
 if TYPE_CHECKING:
     from relay.config import OutboxSettings
-    from relay.delivery.flusher import Flusher
-    from relay.ops.metrics import IngestCounts
+    from relay.delivery.snapshot import DeliverySnapshot
+    from relay.ingest.counts import IngestCounts
     from relay.store.outbox import Outbox, Readings
     from relay.store.writer import OutboxCounts
 
@@ -144,23 +145,23 @@ def snapshot(
     readings: Readings,
     ingest: IngestCounts,
     settings: OutboxSettings,
-    flusher: Flusher | None,
+    delivery: DeliverySnapshot | None,
     started_at: float,
     version: str,
 ) -> StatusDocument:
     """The ``/status`` document: what the relay holds, what delivery does, what needs care."""
     now = time.time()
     outbox_status = _outbox(outbox, readings, ingest, settings, now)
-    delivery = None if flusher is None else _delivery(flusher, outbox.counts, now)
-    warning_s = None if flusher is None else flusher.expiry_warning_s
+    delivery_status = None if delivery is None else _delivery(delivery, outbox.counts, now)
+    warning_s = None if delivery is None else delivery.expiry_warning_s
     return {
         "version": version,
         "started_at": _iso(started_at),
         "uptime_s": round(now - started_at, 1),
         "outbox": outbox_status,
         "dead_letters": readings.dead_letters,
-        "delivery": delivery,
-        "conditions": _conditions(outbox_status, delivery, readings, warning_s, now),
+        "delivery": delivery_status,
+        "conditions": _conditions(outbox_status, delivery_status, readings, warning_s, now),
     }
 
 
@@ -189,20 +190,20 @@ def _outbox(
     }
 
 
-def _delivery(flusher: Flusher, counts: OutboxCounts, now: float) -> DeliveryStatus:
-    delivery = flusher.last_delivery
-    error = flusher.last_error
+def _delivery(delivery: DeliverySnapshot, counts: OutboxCounts, now: float) -> DeliveryStatus:
+    last = delivery.last_delivery
+    error = delivery.last_error
     return {
-        "state": flusher.state,
-        "since": _moment(flusher.state_since, now),
-        "upstream": flusher.upstream.display_url,
-        "next_try_in_s": round(flusher.backoff_s, 1),
+        "state": delivery.state,
+        "since": _moment(delivery.since, now),
+        "upstream": delivery.upstream_url,
+        "next_try_in_s": round(delivery.next_try_in_s, 1),
         "delivered_since_start": counts.delivered_total,
         "dead_lettered_since_start": counts.dead_lettered_total,
-        "retries_since_start": flusher.retries,
+        "retries_since_start": delivery.retries,
         "last_delivery": None
-        if delivery is None
-        else LastDelivery(**_moment(delivery.at, now), events=delivery.events),
+        if last is None
+        else LastDelivery(**_moment(last.at, now), events=last.events),
         "last_error": None
         if error is None
         else LastError(**_moment(error.at, now), state=error.state, answer=error.answer),

@@ -170,7 +170,7 @@ async def test_events_gone_from_the_outbox_are_counted_where_they_went(rig: Rig)
     rig.intake.default = RejectEvents(named(event_id(bad)))
     await rig.put([*good[:17], bad, *good[17:]])
     flusher = rig.flusher(settings=FlusherSettings(batch_max_events=8, flush_interval_s=0))
-    collector = RelayCollector(rig.outbox, flusher)
+    collector = RelayCollector(rig.outbox, flusher.snapshot)
     seen: list[tuple[float, float, float, float]] = []
 
     def look() -> tuple[float, float, float, float]:

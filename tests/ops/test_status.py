@@ -18,7 +18,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from relay.delivery.flusher import State
+from relay.delivery.snapshot import State
 from relay.ops.status import CONDITIONS
 from relay.testing.process import RelayProcess, write_config
 from relay.testing.samples import ago, event, request

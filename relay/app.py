@@ -1,0 +1,84 @@
+"""The HTTP application: ingest and operator routes on one aiohttp app, with the token guard.
+
+Ingest (``relay.ingest.server``) and the operator routes (``relay.ops.routes``) each take
+what they read from the app; this module builds it and holds the one table of routes,
+with the answers for a path it does not serve (404) and a wrong method (405). Delivery
+is seen only through its snapshot (``relay.delivery.snapshot``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from relay.config import OutboxSettings
+from relay.contract.intake import PIPELINE_PATH
+from relay.delivery.snapshot import DeliverySnapshot
+from relay.ingest import server
+from relay.ingest.admission import ParseBudget
+from relay.ingest.connections import ConnectionGuard, RelayRunner
+from relay.ingest.counts import IngestCounts
+from relay.ingest.guard import INGEST_COUNTS, INGEST_TOKEN, refuse
+from relay.keyfiles import KeyFile
+from relay.ops import routes
+from relay.ops.metrics import RelayCollector
+from relay.store.outbox import Outbox
+
+
+async def not_found(request: web.Request) -> web.Response:
+    """404 in Datadog's shape for any path the relay does not serve."""
+    detail = f"no such path {request.path}; the relay serves POST {PIPELINE_PATH}"
+    return refuse(request, 404, detail)
+
+
+async def method_not_allowed(request: web.Request) -> web.Response:
+    """405 in Datadog's shape, with Allow, for a known path and a wrong method."""
+    allowed = "POST" if request.path == PIPELINE_PATH else "GET, HEAD"
+    detail = f"method {request.method} is not allowed on {request.path}; use {allowed}"
+    return refuse(request, 405, detail, headers={"Allow": allowed})
+
+
+def create_app(
+    outbox: Outbox,
+    max_body_bytes: int,
+    retry_after_s: int,
+    outbox_settings: OutboxSettings | None = None,
+    delivery: Callable[[], DeliverySnapshot] | None = None,
+    parse_budget: ParseBudget | None = None,
+    ingest_token: KeyFile | None = None,
+) -> web.Application:
+    """The aiohttp application; run it with ``app_runner()`` so bodies arrive undecoded.
+
+    ``delivery`` gives delivery's snapshot for ``/metrics`` and ``/status``
+    (``Flusher.snapshot``); without it they show no delivery. With an ``ingest_token``
+    holding a value, ingest, ``/metrics`` and ``/status`` require it; the probes stay open.
+
+    404 and 405 are routes of their own rather than a middleware: they answer in
+    Datadog's shape, and the ingest path does not pay for a middleware on every request.
+    """
+    app = web.Application(client_max_size=max_body_bytes)
+    counts = IngestCounts()
+    app[INGEST_COUNTS] = counts
+    app[INGEST_TOKEN] = ingest_token or KeyFile("server.ingest_token", None, None)
+    server.configure(app, outbox, max_body_bytes, retry_after_s, parse_budget)
+    collector = RelayCollector(outbox, delivery, counts)
+    routes.configure(app, outbox, outbox_settings or OutboxSettings(), collector)
+    app.router.add_post(PIPELINE_PATH, server.post_pipeline)
+    app.router.add_route("*", PIPELINE_PATH, method_not_allowed)
+    for path, handler in routes.ROUTES:
+        app.router.add_get(path, handler)  # and HEAD
+        app.router.add_route("*", path, method_not_allowed)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app
+
+
+def app_runner(
+    app: web.Application, guard: ConnectionGuard | None = None, drain_s: float = 60.0
+) -> RelayRunner:
+    """A runner that leaves decompression to ingest (``relay.ingest.server``), which bounds
+    its output, and whose connections ``guard`` watches (read timeout, connection bound,
+    protocol errors); its cleanup gives requests in progress ``drain_s`` to finish."""
+    return RelayRunner(
+        app, guard or ConnectionGuard(), drain_s, auto_decompress=False, access_log=None
+    )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import sqlite3
 import statistics
@@ -36,7 +35,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relay.testing.process import RelayProcess, write_config
+from relay.testing.process import RelayProcess, relay_free_env, write_config
 from relay.testing.samples import event, request
 
 JSON = {"Content-Type": "application/json"}
@@ -95,7 +94,7 @@ def one_transaction(db: Path) -> Callable[[], Awaitable[None]]:
 
 def chunked(config: Path) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))}
+        env = relay_free_env()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay", "dead-letters", "replay", "--all",
             "--config", str(config), stdout=asyncio.subprocess.DEVNULL, env=env,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
@@ -27,6 +26,7 @@ from relay.ingest.admission import ParseBudget
 from relay.ingest.connections import ConnectionGuard
 from relay.keyfiles import KeyFile
 from relay.store.outbox import Outbox
+from relay.testing.process import relay_free_env
 from relay.testing.samples import event, request
 
 JSON = {"Content-Type": "application/json"}
@@ -212,6 +212,6 @@ async def relay_command(
 async def ci_relay(*args: str, timeout_s: float = CLI_TIMEOUT_S) -> Ran:
     """``ci-relay ARGS`` as a user runs it, with none of the test machine's DD_ or
     CI_RELAY_ variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))}
+    env = relay_free_env()
     done = await relay_command(*args, env=env, timeout_s=timeout_s)
     return Ran(done.returncode, done.stdout.decode(), done.stderr.decode())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 
 from relay.config import OutboxSettings
 from relay.store.outbox import Outbox
-from relay.testing.process import write_config
+from relay.testing.process import relay_free_env, write_config
 from tests.helpers import tmpfs
 
 # A stand-in secret the tests look for where it must never appear.
@@ -20,7 +19,7 @@ SECRET = "check-config-secret"  # noqa: S105
 
 def ci_relay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``ci-relay ARGS`` as a subprocess, outside any CI_RELAY_*/DD_* environment but ``env``."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CI_RELAY_", "DD_"))}
+    clean = relay_free_env()
     return subprocess.run(
         [sys.executable, "-m", "relay", *args],
         capture_output=True,

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from relay.config import ConfigError, Settings, load_settings
 from relay.contract.intake import Site
-from relay.testing.process import RelayProcess, write_config
+from relay.testing.process import RELAY_VARIABLES, RelayProcess, relay_free_env, write_config
 from relay.testing.samples import event, request
 from tests.fake_intake import FakeIntake, Status
 from tests.helpers import JSON, relay_command
@@ -43,12 +43,12 @@ SITE_URLS = {
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No CI_RELAY_* or DD_* variable of the outer environment leaks into a test."""
     for name in list(os.environ):
-        if name.startswith(("CI_RELAY_", "DD_")):
+        if name.startswith(RELAY_VARIABLES):
             monkeypatch.delenv(name)
 
 
 def _subprocess_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("CI_RELAY_", "DD_"))}
+    return relay_free_env()
 
 
 def _groups() -> dict[str, type[BaseModel]]:

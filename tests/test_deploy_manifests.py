@@ -15,7 +15,7 @@ import yaml
 
 from relay.config import FlusherSettings, Settings, load_settings
 from relay.contract.intake import PIPELINE_PATH
-from relay.testing.process import RelayProcess, write_config
+from relay.testing.process import RELAY_VARIABLES, RelayProcess, write_config
 from relay.testing.samples import request
 from tests.fake_intake import FakeIntake
 from tests.helpers import API_KEY, JSON, jobs, wait_until
@@ -140,7 +140,7 @@ def _settings(relay: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Setting
     """The relay's settings from the container's environment alone, read as the relay reads
     them; every variable is a literal (none from a secretKeyRef)."""
     for name in os.environ:
-        if name.startswith(("DD_", "CI_RELAY_")):
+        if name.startswith(RELAY_VARIABLES):
             monkeypatch.delenv(name)
     assert "envFrom" not in relay
     for variable in relay["env"]:

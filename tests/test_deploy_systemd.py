@@ -4,7 +4,6 @@ relay that reads its key from its credential and sends it."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shlex
 import shutil
@@ -18,7 +17,7 @@ import orjson
 import pytest
 
 from relay.config import FlusherSettings
-from relay.testing.process import write_config
+from relay.testing.process import relay_free_env, write_config
 from relay.testing.samples import request
 from tests.fake_intake import FakeIntake
 from tests.helpers import API_KEY, JSON, closed_port, jobs, wait_until
@@ -136,7 +135,7 @@ async def test_the_units_command_line_sends_the_key_of_its_credential(tmp_path: 
         command = [_expand(word, specifiers) for word in shlex.split(exec_start)]
         command = [HERE if word == INSTALLED else word for word in command]
         command = [str(config) if word == "/etc/ci-relay/relay.toml" else word for word in command]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))}
+        env = relay_free_env()
         for line in service["Environment"]:
             name, _, value = line.partition("=")
             env[name] = _expand(value, specifiers)

@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,18 @@ import orjson
 from relay.contract.intake import PIPELINE_PATH
 
 START_TIMEOUT_S = 20.0
+# The relay's own variables: a relay started for a test or a benchmark reads its settings from
+# the file it is given, never from the machine's environment.
+RELAY_VARIABLES = ("DD_", "CI_RELAY_")
+
+
+def relay_free_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (the process's environment by default) without the relay's own variables."""
+    return {
+        k: v
+        for k, v in (os.environ if env is None else env).items()
+        if not k.startswith(RELAY_VARIABLES)
+    }
 
 
 def write_config(path: Path, **groups: dict[str, Any]) -> Path:
@@ -52,7 +64,7 @@ class RelayProcess:
     ) -> None:
         self.config = config
         self.preexec_fn = preexec_fn  # runs in the child before exec, e.g. to set rlimits
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))}
+        self.env = relay_free_env()
         self.env.update(env or {})
         self.logs: list[dict[str, Any]] = []
         self.port = 0

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from relay.config import ConfigError, UpstreamSettings
 from relay.delivery.upstream import Delivered, Outcome, Retry, Upstream
-from relay.testing.process import RelayProcess, write_config
+from relay.testing.process import RelayProcess, relay_free_env, write_config
 from relay.testing.samples import event, request
 from tests.fake_intake import FakeIntake
 from tests.helpers import API_KEY, JSON, relay_command, wait_until, wire_body
@@ -267,7 +267,7 @@ async def test_a_bad_proxy_port_stops_the_relay_at_start_with_one_line(
         upstream={"url": "http://127.0.0.1:9", "api_key": API_KEY},
     )
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env = {k: v for k, v in env.items() if not k.startswith(("DD_", "CI_RELAY_"))}
+    env = relay_free_env(env)
     env["HTTP_PROXY"] = f"http://relay:{PROXY_SECRET}@127.0.0.1:99999"
     ran = await relay_command(command, "--config", str(config), env=env, timeout_s=20)
     lines = ran.stderr.decode().splitlines()
@@ -283,7 +283,7 @@ def test_check_config_names_the_proxy_the_upstream_goes_through(tmp_path: Path) 
     """check-config says which proxy variable applies to the upstream, its secret hidden."""
     config = write_config(tmp_path / "relay.toml", outbox={"path": str(tmp_path / "o.db")})
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env = {k: v for k, v in env.items() if not k.startswith(("DD_", "CI_RELAY_"))}
+    env = relay_free_env(env)
     env["HTTPS_PROXY"] = f"http://relay:{PROXY_SECRET}@proxy.example:3128"
     ran = subprocess.run(
         [sys.executable, "-m", "relay", "check-config", "--config", str(config)],

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from relay.config import OutboxSettings
 from relay.keyfiles import KeyFile
-from relay.testing.process import RelayProcess, write_config
+from relay.testing.process import RelayProcess, relay_free_env, write_config
 from relay.testing.samples import event, request
 from tests.helpers import JSON, RunningRelay, ci_relay, closed_port, serving, wait_until
 from tests.ops.test_status import ci_relay_status
@@ -240,7 +240,7 @@ async def test_an_unusable_key_or_certificate_file_stops_the_start(
         str(config),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))},
+        env=relay_free_env(),
     )
     _, err = await asyncio.wait_for(process.communicate(), timeout=30)
     lines = err.decode().strip().splitlines()
@@ -301,7 +301,7 @@ async def _serve_on_a_terminal(config: Path) -> tuple[int | None, list[str], str
             stdin=terminal,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env={k: v for k, v in os.environ.items() if not k.startswith(("DD_", "CI_RELAY_"))},
+            env=relay_free_env(),
             start_new_session=True,
             preexec_fn=_take_terminal,
         )

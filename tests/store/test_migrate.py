@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 
 import relay.store.migrate
 from relay.store.migrate import SchemaTooNew, available, migrate
-from relay.testing.process import write_config
+from relay.testing.process import relay_free_env, write_config
 
 EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int]]] = {
     "events": [
@@ -154,7 +153,7 @@ def test_serve_on_newer_schema_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     _write_future_schema(path)
     config = write_config(tmp_path / "relay.toml", server={"port": 0}, outbox={"path": str(path)})
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CI_RELAY_", "DD_"))}
+    env = relay_free_env()
     try:
         result = subprocess.run(
             [sys.executable, "-m", "relay", "serve", "--config", str(config)],

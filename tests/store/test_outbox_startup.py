@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 import pytest
 
-from relay.testing.process import RelayProcess, write_config
+from relay.testing.process import RelayProcess, relay_free_env, write_config
 from relay.testing.samples import event, request
 from tests.helpers import MOUNT, tmpfs
 
@@ -43,7 +43,7 @@ def serve_once(tmp_path: Path, outbox: Path) -> Exit:
     config = write_config(
         tmp_path / "serve-once.toml", server={"port": 0}, outbox={"path": str(outbox)}
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CI_RELAY_", "DD_"))}
+    env = relay_free_env()
     try:
         result = subprocess.run(
             [sys.executable, "-m", "relay", "serve", "--config", str(config)],
@@ -238,7 +238,7 @@ async def test_start_up_line_says_created_then_opened_with_the_counts(tmp_path: 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``ci-relay ARGS --config CONFIG`` to its end."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CI_RELAY_", "DD_"))}
+    env = relay_free_env()
     return subprocess.run(
         [sys.executable, "-m", "relay", *args, "--config", str(config)],
         capture_output=True,

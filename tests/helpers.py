@@ -1,4 +1,5 @@
-"""Shared test helpers: constants, sample batches, predicates, clocks, waits, a served relay."""
+"""Shared test helpers: constants, sample batches, predicates, clocks, waits, a served relay,
+the relay's commands run to their end."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +140,52 @@ async def serving(
         await outbox.close()
 
 
+_THREAD_START_TIMEOUT_S = 20.0
+
+
+@contextmanager
+def serving_in_thread(
+    settings: OutboxSettings, ingest_token: KeyFile | None = None
+) -> Iterator[str]:
+    """``serving`` on an event loop of its own in a background thread, for blocking clients
+    (hypothesis's ``@given`` and schemathesis call their test function synchronously): the
+    base URL (``http://127.0.0.1:PORT``) of a relay served until the block ends."""
+    started = threading.Event()
+    base_url: list[str] = []
+    failure: list[BaseException] = []
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        async with serving(settings, ingest_token=ingest_token) as running:
+            base_url.append(running.base_url)
+            started.set()
+            await stop.wait()
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(serve())
+        except BaseException as exc:  # reported to the test below, not lost in the thread
+            failure.append(exc)
+        finally:
+            started.set()
+            loop.close()
+
+    thread = threading.Thread(target=run, name="relay", daemon=True)
+    thread.start()
+    started.wait(_THREAD_START_TIMEOUT_S)
+    if failure or not base_url:
+        thread.join(_THREAD_START_TIMEOUT_S)
+        raise RuntimeError(f"the relay did not start: {failure}")
+    try:
+        yield base_url[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(_THREAD_START_TIMEOUT_S)
+    if failure:
+        raise failure[0]
+
+
 class Clock:
     """A clock the test moves by hand, starting now."""
 
@@ -187,7 +235,7 @@ async def relay_command(
     timeout_s: float = CLI_TIMEOUT_S,
 ) -> subprocess.CompletedProcess[bytes]:
     """``python -m relay ARGS`` run to its end in ``env``, its output captured as bytes;
-    killed if it outlasts ``timeout_s``."""
+    killed if it outlasts ``timeout_s``, then a TimeoutError quoting what it wrote on stderr."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -199,19 +247,23 @@ async def relay_command(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    # Shielded: on a timeout the reads go on until the killed child's pipes close, so the
+    # error can show where a command that hangs got to.
+    talking = asyncio.ensure_future(process.communicate(stdin or b""))
     try:
-        out, err = await asyncio.wait_for(process.communicate(stdin or b""), timeout_s)
+        out, err = await asyncio.wait_for(asyncio.shield(talking), timeout_s)
     except TimeoutError:
         process.kill()
-        await process.wait()
-        raise
+        _, err = await talking
+        raise TimeoutError(f"{args} did not end within {timeout_s} s; stderr: {err!r}") from None
     assert process.returncode is not None
     return subprocess.CompletedProcess(args, process.returncode, out, err)
 
 
-async def ci_relay(*args: str, timeout_s: float = CLI_TIMEOUT_S) -> Ran:
+async def ci_relay(
+    *args: str, env: Mapping[str, str] | None = None, timeout_s: float = CLI_TIMEOUT_S
+) -> Ran:
     """``ci-relay ARGS`` as a user runs it, with none of the test machine's DD_ or
-    CI_RELAY_ variables."""
-    env = relay_free_env()
-    done = await relay_command(*args, env=env, timeout_s=timeout_s)
+    CI_RELAY_ variables but those of ``env``."""
+    done = await relay_command(*args, env=relay_free_env() | dict(env or {}), timeout_s=timeout_s)
     return Ran(done.returncode, done.stdout.decode(), done.stderr.decode())

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, get_args
 
@@ -20,7 +18,7 @@ from relay.contract.intake import Site
 from relay.testing.process import RELAY_VARIABLES, RelayProcess, relay_free_env, write_config
 from relay.testing.samples import event, request
 from tests.fake_intake import FakeIntake, Status
-from tests.helpers import JSON, relay_command
+from tests.helpers import JSON, ci_relay, relay_command
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"
@@ -266,20 +264,15 @@ def test_missing_config_file_is_refused(tmp_path: Path) -> None:
     [("[server]\nport = 70000\n", "server.port"), ("[server]\nprot = 8780\n", "server.prot")],
     ids=["port-out-of-range", "unknown-key"],
 )
-def test_cli_invalid_config_exits_2_with_one_line(text: str, named: str, tmp_path: Path) -> None:
+async def test_cli_invalid_config_exits_2_with_one_line(
+    text: str, named: str, tmp_path: Path
+) -> None:
     """`ci-relay serve` with an invalid config prints one line naming the key and exits 2."""
     config = tmp_path / "bad.toml"
     config.write_text(text, encoding="utf-8")
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=_subprocess_env(),
-        check=False,
-    )
+    result = await ci_relay("serve", "--config", str(config), timeout_s=30)
     lines = result.stderr.splitlines()
-    assert (2, 1, "") == (result.returncode, len(lines), result.stdout), result.stderr
+    assert (2, 1, "") == (result.status, len(lines), result.stdout), result.stderr
     assert named in lines[0]
 
 
@@ -432,23 +425,16 @@ def test_upstream_url_with_a_bad_host_or_port_is_refused(
         "no-scheme",
     ],
 )
-def test_upstream_url_refusal_never_echoes_the_userinfo(
+async def test_upstream_url_refusal_never_echoes_the_userinfo(
     url: str, parts: list[str], tmp_path: Path
 ) -> None:
     """A refused upstream.url is one line naming the key and quoting no part of the user or
     password, however the URL is broken."""
     config = write_config(tmp_path / "relay.toml", upstream={"url": url})
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=_subprocess_env(),
-        check=False,
-    )
+    result = await ci_relay("check-config", "--config", str(config), timeout_s=30)
     (line,) = result.stderr.splitlines()
     shown = line.removeprefix("ci-relay: invalid config: upstream.url: ")
-    assert (2, True) == (result.returncode, "upstream.url" in line), line
+    assert (2, True) == (result.status, "upstream.url" in line), line
     assert [] == [part for part in parts if part in shown], line
 
 
@@ -505,19 +491,13 @@ def test_api_key_with_control_or_non_ascii_characters_is_refused(raw: str, tmp_p
     assert (True, False) == ("upstream.api_key" in message, raw in message)
 
 
-def test_cli_refuses_a_key_with_a_newline_inside(tmp_path: Path) -> None:
+async def test_cli_refuses_a_key_with_a_newline_inside(tmp_path: Path) -> None:
     """`ci-relay serve` with a key holding a newline exits 2 with one line, key unechoed."""
     config = write_config(tmp_path / "relay.toml", outbox={"path": str(tmp_path / "o.db")})
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=_subprocess_env() | {"DD_API_KEY": f"{SECRET}\n{SECRET}"},
-        check=False,
-    )
+    key = {"DD_API_KEY": f"{SECRET}\n{SECRET}"}
+    result = await ci_relay("serve", "--config", str(config), env=key, timeout_s=30)
     lines = result.stderr.splitlines()
-    assert (2, 1) == (result.returncode, len(lines)), result.stderr
+    assert (2, 1) == (result.status, len(lines)), result.stderr
     assert (True, False) == ("upstream.api_key" in lines[0], SECRET in result.stderr)
 
 

@@ -28,7 +28,7 @@ import aiohttp
 import orjson
 import pytest
 
-from relay.testing.process import RelayProcess, write_config
+from relay.testing.process import RelayProcess, relay_free_env, write_config
 from relay.testing.samples import event, request
 from tests.fake_intake import Drop, FakeIntake, Received, RejectEvents, Reply, Slow, Status
 from tests.helpers import API_KEY, JSON, event_id
@@ -154,7 +154,11 @@ async def intake() -> AsyncIterator[FakeIntake]:
 
 
 async def replay_beside(config: Path) -> asyncio.subprocess.Process:
-    """``ci-relay dead-letters replay --all`` started beside the relay."""
+    """``ci-relay dead-letters replay --all`` started beside the relay, in the relay's
+    environment (none of the machine's DD_ or CI_RELAY_ variables)."""
+    # By hand: the test polls and may SIGKILL the command while it runs, which neither
+    # RelayProcess (a serve, waited for until it listens) nor relay_command (run to its end)
+    # allows.
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -166,6 +170,7 @@ async def replay_beside(config: Path) -> asyncio.subprocess.Process:
         str(config),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
+        env=relay_free_env(),
     )
 
 

@@ -29,7 +29,7 @@ from relay.contract.intake import PIPELINE_PATH
 from tests.contract.contract_bodies import bodies, rule_examples
 from tests.contract.contract_rules import MORE_PROBLEMS, RULES, explain
 from tests.contract.datadog_models import client_accepts
-from tests.threaded_relay import relay_in_thread
+from tests.helpers import serving_in_thread
 
 EXAMPLES = int(os.environ.get("CONTRACT_EXAMPLES", "700"))
 DOC = Path(__file__).parents[2] / "docs" / "contract.md"
@@ -107,7 +107,7 @@ def test_relay_verdicts_match_the_client_models_but_for_the_documented_rules(
     the documented stricter rules explain; each rule is met at least once."""
     tally = Tally()
     settings_ = OutboxSettings(path=tmp_path / "outbox.db", synchronous="NORMAL")
-    with relay_in_thread(settings_) as base_url:
+    with serving_in_thread(settings_) as base_url:
         relay = Relay(base_url)
 
         @settings(

@@ -7,8 +7,6 @@ import asyncio
 import contextlib
 import os
 import ssl
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Self
@@ -279,20 +277,14 @@ async def test_a_bad_proxy_port_stops_the_relay_at_start_with_one_line(
         assert b"" == ran.stdout
 
 
-def test_check_config_names_the_proxy_the_upstream_goes_through(tmp_path: Path) -> None:
+async def test_check_config_names_the_proxy_the_upstream_goes_through(tmp_path: Path) -> None:
     """check-config says which proxy variable applies to the upstream, its secret hidden."""
     config = write_config(tmp_path / "relay.toml", outbox={"path": str(tmp_path / "o.db")})
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env = relay_free_env(env)
     env["HTTPS_PROXY"] = f"http://relay:{PROXY_SECRET}@proxy.example:3128"
-    ran = subprocess.run(
-        [sys.executable, "-m", "relay", "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-        check=False,
-    )
-    assert (0, "") == (ran.returncode, ran.stderr), ran.stderr
-    assert "# through the proxy http://***@proxy.example:3128 (HTTPS_PROXY)" in ran.stdout
-    assert PROXY_SECRET not in ran.stdout
+    ran = await relay_command("check-config", "--config", str(config), env=env, timeout_s=30)
+    stdout, stderr = ran.stdout.decode(), ran.stderr.decode()
+    assert (0, "") == (ran.returncode, stderr), stderr
+    assert "# through the proxy http://***@proxy.example:3128 (HTTPS_PROXY)" in stdout
+    assert PROXY_SECRET not in stdout

@@ -231,20 +231,9 @@ async def test_an_unusable_key_or_certificate_file_stops_the_start(
     }
     groups[group] = groups.get(group, {}) | {k: str(tmp_path / v) for k, v in settings.items()}
     config = write_config(tmp_path / "relay.toml", **groups)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=relay_free_env(),
-    )
-    _, err = await asyncio.wait_for(process.communicate(), timeout=30)
-    lines = err.decode().strip().splitlines()
-    assert (2, 1) == (process.returncode, len(lines)), lines
+    ran = await ci_relay("serve", "--config", str(config), timeout_s=30)
+    lines = ran.stderr.strip().splitlines()
+    assert (2, 1) == (ran.status, len(lines)), lines
     assert named in lines[0]
 
 
@@ -289,6 +278,9 @@ def _read_terminal(main: int) -> str:
 async def _serve_on_a_terminal(config: Path) -> tuple[int | None, list[str], str]:
     """``ci-relay serve`` on a terminal: its exit status (None when it was still running after
     30 s, and killed), its stderr lines, and what it wrote to the terminal."""
+    # Not tests.helpers.relay_command: the child's stdin is a terminal it takes as its
+    # controlling one in a session of its own, and a child that hangs (on a pass phrase
+    # prompt) must still report what it showed on that terminal rather than only time out.
     main, terminal = pty.openpty()
     try:
         process = await asyncio.create_subprocess_exec(

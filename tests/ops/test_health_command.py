@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -10,8 +9,7 @@ import pytest
 from relay.config import ServerSettings
 from relay.ops.healthcheck import probe_url
 from relay.testing.process import RelayProcess, write_config
-from tests.helpers import closed_port
-from tests.test_cli import ci_relay
+from tests.helpers import ci_relay, closed_port
 
 
 def _config(tmp_path: Path, port: int) -> Path:
@@ -26,10 +24,10 @@ async def test_health_and_ready_pass_against_the_relay_the_config_names(tmp_path
     """With the config serve runs with, health and health --ready exit 0 with the probe's body."""
     config = _config(tmp_path, closed_port())
     async with RelayProcess(config) as relay:
-        health = await asyncio.to_thread(ci_relay, "health", "--config", str(config))
-        ready = await asyncio.to_thread(ci_relay, "health", "--ready", "--config", str(config))
+        health = await ci_relay("health", "--config", str(config))
+        ready = await ci_relay("health", "--ready", "--config", str(config))
         assert 0 == await relay.terminate()
-    assert (0, 0) == (health.returncode, ready.returncode), health.stderr + ready.stderr
+    assert (0, 0) == (health.status, ready.status), health.stderr + ready.stderr
     assert f"http://127.0.0.1:{relay.port}/health: 200 " in health.stdout
     assert f"http://127.0.0.1:{relay.port}/ready: 200 " in ready.stdout
     assert '"outbox_limits": "ok"' in ready.stdout
@@ -41,17 +39,17 @@ async def test_health_follows_the_port_set_in_the_environment(tmp_path: Path) ->
     config = _config(tmp_path, nothing_there)
     moved = {"CI_RELAY_SERVER__PORT": str(closed_port())}
     async with RelayProcess(config, env=moved) as relay:
-        followed = await asyncio.to_thread(ci_relay, "health", "--config", str(config), env=moved)
-        file_only = await asyncio.to_thread(ci_relay, "health", "--config", str(config))
+        followed = await ci_relay("health", "--config", str(config), env=moved)
+        file_only = await ci_relay("health", "--config", str(config))
         assert 0 == await relay.terminate()
-    assert (0, 1) == (followed.returncode, file_only.returncode), followed.stderr
+    assert (0, 1) == (followed.status, file_only.status), followed.stderr
     assert f"http://127.0.0.1:{nothing_there}/health: no answer: " in file_only.stderr
 
 
-def test_health_with_a_port_chosen_at_start_is_a_usage_error(tmp_path: Path) -> None:
+async def test_health_with_a_port_chosen_at_start_is_a_usage_error(tmp_path: Path) -> None:
     """Port 0 names no address to ask: exit 2 with one line."""
-    result = ci_relay("health", "--config", str(_config(tmp_path, 0)))
-    assert (2, 1) == (result.returncode, len(result.stderr.splitlines())), result.stderr
+    result = await ci_relay("health", "--config", str(_config(tmp_path, 0)))
+    assert (2, 1) == (result.status, len(result.stderr.splitlines())), result.stderr
     assert "server.port is 0" in result.stderr
 
 

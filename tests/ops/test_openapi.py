@@ -23,7 +23,7 @@ from relay.contract.schema import Event
 from relay.keyfiles import KeyFile
 from relay.ops.openapi import OPENAPI_PATH, REF, document
 from relay.testing.samples import event, request
-from tests.threaded_relay import relay_in_thread
+from tests.helpers import serving_in_thread
 
 # Every operation with valid requests; those that take input with invalid ones too.
 CASES = [
@@ -51,7 +51,7 @@ class Live:
 def live(tmp_path: Path) -> Iterator[Live]:
     """A relay running until the test ends, and its document aimed at it."""
     settings_ = OutboxSettings(path=tmp_path / "outbox.db", synchronous="NORMAL")
-    with relay_in_thread(settings_) as base_url:
+    with serving_in_thread(settings_) as base_url:
         yield Live(base_url, schemathesis.openapi.from_url(base_url + OPENAPI_PATH, timeout=10))
 
 
@@ -89,7 +89,7 @@ def test_the_document_is_served_and_its_request_schema_is_the_validating_models(
 
 def test_the_relay_serves_the_document(tmp_path: Path) -> None:
     """GET /openapi.json on a running relay answers 200 with the document as JSON."""
-    with relay_in_thread(OutboxSettings(path=tmp_path / "outbox.db")) as base_url:
+    with serving_in_thread(OutboxSettings(path=tmp_path / "outbox.db")) as base_url:
         answer = requests.get(base_url + OPENAPI_PATH, timeout=10)
     assert (200, "application/json") == (answer.status_code, answer.headers["Content-Type"][:16])
     assert document() == answer.json()
@@ -130,7 +130,7 @@ def test_a_full_outbox_answer_matches_the_document(tmp_path: Path) -> None:
     """503 for a full outbox is listed in the document, with its error body and the
     Retry-After header the document requires."""
     settings_ = OutboxSettings(path=tmp_path / "outbox.db", max_events=1)
-    with relay_in_thread(settings_) as base_url:
+    with serving_in_thread(settings_) as base_url:
         schema = schemathesis.openapi.from_url(base_url + OPENAPI_PATH, timeout=10)
         operation = schema[PIPELINE_PATH]["POST"]
         answers = [
@@ -148,7 +148,7 @@ def test_a_missing_ingest_token_answer_matches_the_document(tmp_path: Path, path
     """With an ingest token set, a request without it gets the 403 the document lists."""
     settings_ = OutboxSettings(path=tmp_path / "outbox.db")
     token = KeyFile("server.ingest_token", SecretStr("a-token-of-the-test"), None)
-    with relay_in_thread(settings_, ingest_token=token) as base_url:
+    with serving_in_thread(settings_, ingest_token=token) as base_url:
         schema = schemathesis.openapi.from_url(base_url + OPENAPI_PATH, timeout=10)
         method = "POST" if path == PIPELINE_PATH else "GET"
         answer = requests.request(method, base_url + path, json=request(event("job")), timeout=30)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -16,7 +14,8 @@ import pytest
 
 import relay.store.migrate
 from relay.store.migrate import SchemaTooNew, available, migrate
-from relay.testing.process import relay_free_env, write_config
+from relay.testing.process import write_config
+from tests.helpers import ci_relay
 
 EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int]]] = {
     "events": [
@@ -148,26 +147,17 @@ async def test_newer_schema_raises_schema_too_new(tmp_path: Path) -> None:
     assert ["schema_migrations"] == [row[0] for row in tables]
 
 
-def test_serve_on_newer_schema_exits_2(tmp_path: Path) -> None:
+async def test_serve_on_newer_schema_exits_2(tmp_path: Path) -> None:
     """`ci-relay serve` on an outbox with a newer schema exits 2 with SchemaTooNew on stderr."""
     path = tmp_path / "outbox.db"
     _write_future_schema(path)
     config = write_config(tmp_path / "relay.toml", server={"port": 0}, outbox={"path": str(path)})
-    env = relay_free_env()
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "relay", "serve", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            env=env,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        stderr = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr
-        pytest.fail(f"ci-relay serve did not exit within 10 s; stderr so far: {stderr!r}")
+        result = await ci_relay("serve", "--config", str(config), timeout_s=10)
+    except TimeoutError as exc:
+        pytest.fail(f"ci-relay serve did not exit within 10 s; {exc}")
     lines = result.stderr.splitlines()
-    assert (2, 1) == (result.returncode, len(lines)), result.stderr
+    assert (2, 1) == (result.status, len(lines)), result.stderr
     assert "newer ci-relay" in lines[0]
     assert str(path) in lines[0]
 

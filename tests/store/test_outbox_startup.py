@@ -21,9 +21,9 @@ import aiohttp
 import orjson
 import pytest
 
-from relay.testing.process import RelayProcess, relay_free_env, write_config
+from relay.testing.process import RelayProcess, write_config
 from relay.testing.samples import event, request
-from tests.helpers import MOUNT, tmpfs
+from tests.helpers import MOUNT, Ran, ci_relay, tmpfs
 
 SERVE_TIMEOUT_S = 20.0
 JSON = {"Content-Type": "application/json"}
@@ -43,19 +43,13 @@ def serve_once(tmp_path: Path, outbox: Path) -> Exit:
     config = write_config(
         tmp_path / "serve-once.toml", server={"port": 0}, outbox={"path": str(outbox)}
     )
-    env = relay_free_env()
+    json_log = {"CI_RELAY_LOG__FORMAT": "json"}
+    serve = ci_relay("serve", "--config", str(config), env=json_log, timeout_s=SERVE_TIMEOUT_S)
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "relay", "serve", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=SERVE_TIMEOUT_S,
-            env=env | {"CI_RELAY_LOG__FORMAT": "json"},
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"serve did not exit within {SERVE_TIMEOUT_S} s: {exc.stderr!r}")
-    return Exit(result.returncode, result.stdout.splitlines(), result.stderr.splitlines())
+        result = asyncio.run(serve)
+    except TimeoutError as exc:
+        pytest.fail(f"serve did not exit within {SERVE_TIMEOUT_S} s: {exc}")
+    return Exit(result.status, result.stdout.splitlines(), result.stderr.splitlines())
 
 
 def assert_refused(result: Exit, outbox: Path, *cause: str) -> None:
@@ -236,17 +230,10 @@ async def test_start_up_line_says_created_then_opened_with_the_counts(tmp_path: 
     assert (str(outbox), 3, 1) == (opened["path"], opened["pending_events"], opened["dead_letters"])
 
 
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``ci-relay ARGS --config CONFIG`` to its end."""
-    env = relay_free_env()
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=SERVE_TIMEOUT_S,
-        env=env,
-        check=False,
-    )
+def cli(config: Path, *args: str) -> Ran:
+    """Run ``ci-relay ARGS --config CONFIG`` to its end (blocking, as ``serve_once``: async
+    tests call both through ``asyncio.to_thread``)."""
+    return asyncio.run(ci_relay(*args, "--config", str(config), timeout_s=SERVE_TIMEOUT_S))
 
 
 async def test_second_serve_on_one_outbox_refuses_naming_the_holder(tmp_path: Path) -> None:
@@ -259,7 +246,7 @@ async def test_second_serve_on_one_outbox_refuses_naming_the_holder(tmp_path: Pa
         assert -9 == await first.kill()
     assert_refused(second, outbox, "in use", f"pid {first.pid}")
     assert (0, "", f"0 dead letter(s) in {outbox}\n") == (
-        listing.returncode,
+        listing.status,
         listing.stdout,
         listing.stderr,
     )
@@ -282,12 +269,12 @@ async def test_move_aside_refuses_while_served_then_keeps_the_file_for_salvage(
             assert 202 == resp.status
         refused = await asyncio.to_thread(cli, config, "outbox", "move-aside")
         assert -9 == await relay.kill()  # leaves the events in the -wal
-    assert (2, f"pid {relay.pid}") == (refused.returncode, refused.stderr.split("(")[-1][:-2])
+    assert (2, f"pid {relay.pid}") == (refused.status, refused.stderr.split("(")[-1][:-2])
     assert outbox.with_name("outbox.db-wal").stat().st_size > 0
 
-    moved = cli(config, "outbox", "move-aside")
+    moved = await asyncio.to_thread(cli, config, "outbox", "move-aside")
 
-    assert 0 == moved.returncode, moved.stderr
+    assert 0 == moved.status, moved.stderr
     moved_names = [name for name in names(tmp_path) if ".damaged-" in name]
     aside = tmp_path / moved_names[0]
     assert [aside.name, aside.name + "-shm", aside.name + "-wal"] == moved_names
@@ -314,11 +301,11 @@ def test_outbox_check_reports_a_sound_file_and_a_damaged_one(tmp_path: Path) -> 
     broken = cli(config, "outbox", "check")
 
     assert (0, f"outbox {outbox} is sound: 200 pending event(s), 0 dead letter(s)\n") == (
-        sound.returncode,
+        sound.status,
         sound.stdout,
     )
     assert (1, f"outbox {outbox} is damaged:") == (
-        broken.returncode,
+        broken.status,
         broken.stdout.splitlines()[0],
     )
     assert before == digest(outbox)

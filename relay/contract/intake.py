@@ -24,7 +24,8 @@ MAX_EVENTS_PER_REQUEST = 1000
 WINDOW = timedelta(hours=18)
 WINDOW_S = WINDOW.total_seconds()
 # The window as messages name it: "18 hours".
-WINDOW_TEXT = f"{WINDOW // timedelta(hours=1)} hours"
+WINDOW_HOURS = WINDOW // timedelta(hours=1)
+WINDOW_TEXT = f"{WINDOW_HOURS} hours"
 WINDOW_REFUSAL = "the Datadog intake refuses such events"
 
 # The Datadog sites, by the name DD_SITE takes; each serves the API at https://api.<site>.

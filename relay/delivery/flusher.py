@@ -27,6 +27,7 @@ from types import MappingProxyType
 import structlog
 
 from relay.config import FlusherSettings, RetrySettings
+from relay.contract.intake import WINDOW_HOURS
 from relay.delivery.backoff import Backoff
 from relay.delivery.snapshot import DeliverySnapshot, LastDelivery, LastError, State
 from relay.delivery.step import Blocker, Delivery, StepFailed, StoreFailed
@@ -290,7 +291,7 @@ class Flusher:
         age = now - oldest_end
         if age > self._settings.expiry_warning_s:
             logger.warning(
-                "pending events are close to the upstream's 18-hour window",
+                f"pending events are close to the upstream's {WINDOW_HOURS}-hour window",
                 oldest_end_age_h=round(age / 3600, 2),
                 pending=self._outbox.counts.events,
             )

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from relay import __version__
-from relay.contract.intake import WINDOW_S
+from relay.contract.intake import WINDOW_S, WINDOW_TEXT
 from relay.delivery.snapshot import DeliverySnapshot, State
 from relay.ingest.counts import IngestCounts
 from relay.store.outbox import DEAD_LETTER_REASONS, Outbox, Readings
@@ -82,7 +82,7 @@ class RelayCollector(Collector):
         if readings.oldest_end_at is not None and counts.events:
             yield _gauge(
                 "ci_relay_next_expiry_seconds",
-                "Seconds until the earliest-ending waiting event is 18 hours past its end, "
+                f"Seconds until the earliest-ending waiting event is {WINDOW_TEXT} past its end, "
                 "when the intake would refuse it (absent when no waiting event has ended).",
                 readings.oldest_end_at + WINDOW_S - now,
             )

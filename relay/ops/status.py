@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 # describes this document with pydantic's JSON Schema of these types.
 from typing_extensions import TypedDict
 
-from relay.contract.intake import WINDOW_S
+from relay.contract.intake import WINDOW_HOURS, WINDOW_S
 
 if TYPE_CHECKING:
     from relay.config import OutboxSettings
@@ -47,7 +47,7 @@ class Condition:
 # In order of urgency: when several hold, the command exits with the first one's status.
 CONDITIONS = (
     Condition("unreachable", 3, "no relay answers at the URL (not running, wrong port)"),
-    Condition("expiring", 4, "pending events are near the intake's 18-hour window"),
+    Condition("expiring", 4, f"pending events are near the intake's {WINDOW_HOURS}-hour window"),
     Condition("outbox_full", 5, "the outbox is at its limits: runners get 503"),
     Condition("unauthorized", 6, "the upstream refuses the API key; delivery paused"),
     Condition("no_api_key", 7, "no API key is set; events are kept, none delivered"),

@@ -53,3 +53,46 @@ def test_every_package_is_installed() -> None:
         for init in (ROOT / "relay").rglob("__init__.py")
     }
     assert found == listed
+
+
+def test_import_rules_between_packages_hold() -> None:
+    """import-linter finds every contract of pyproject's [tool.importlinter] kept (the
+    arrows docs/architecture.md draws between the packages)."""
+    result = _run(_tool("lint-imports"), "--no-cache")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _top_level_modules() -> set[str]:
+    """Every module and package directly under relay/, as ``relay.NAME``."""
+    found = {f"relay.{p.stem}" for p in (ROOT / "relay").glob("*.py")}
+    found |= {f"relay.{p.parent.name}" for p in (ROOT / "relay").glob("*/__init__.py")}
+    return found - {"relay.__init__", "relay.__main__"}
+
+
+@pytest.mark.parametrize(
+    ("contract", "allowed"),
+    [
+        ("contract imports nothing of the relay outside itself", {"relay.contract"}),
+        (
+            "the runner imports only the contract, and stays light",
+            {"relay.contract", "relay.runner"},
+        ),
+    ],
+)
+def test_closed_import_rules_name_every_module(contract: str, allowed: set[str]) -> None:
+    """A rule of the form "imports nothing else" forbids every other module of relay/, so a
+    module added later is covered the day it is added."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    [rule] = [c for c in config["tool"]["importlinter"]["contracts"] if c["name"] == contract]
+    assert _top_level_modules() - allowed <= set(rule["forbidden_modules"])
+
+
+def test_the_product_never_imports_test_support_names_every_product_module() -> None:
+    """The test-support rule covers every module of the product, i.e. all but relay.testing."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    [rule] = [
+        c
+        for c in config["tool"]["importlinter"]["contracts"]
+        if c["name"] == "the product never imports test support"
+    ]
+    assert _top_level_modules() - {"relay.testing"} == set(rule["source_modules"])

@@ -1,0 +1,42 @@
+"""What one webhook delivery becomes: events with their deduplication keys, or why none."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+# Every derived id is a UUID of this namespace and the object's identity at its source, so
+# the same pipeline announced by two hooks (or redelivered) gets the same unique_id.
+ID_NAMESPACE = uuid.UUID("6f1d8a54-3c1e-4b7a-9f7e-2f5d0c9b8e21")
+
+
+def derived_id(*identity: object) -> str:
+    """A stable UUID for an object known at its source by ``identity`` (e.g. instance, kind, id)."""
+    return str(uuid.uuid5(ID_NAMESPACE, "\x1f".join(str(part) for part in identity)))
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """The events one delivery makes (``data`` items, as a runner would post them), each with
+    the key that names the object in that status: a key seen before means the event was made
+    already (GitLab announces every status change; GitHub's manual redelivery has a new id).
+    ``ignored`` says why a delivery makes nothing (a kind or status the relay does not use)."""
+
+    events: tuple[dict[str, Any], ...] = ()
+    keys: tuple[str, ...] = ()
+    ignored: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.events) != len(self.keys):
+            raise ValueError("one deduplication key per event")
+
+
+def ignored(reason: str) -> Mapped:
+    """A delivery the relay answers 2xx and makes nothing of."""
+    return Mapped(ignored=reason)
+
+
+def event(resource: dict[str, Any]) -> dict[str, Any]:
+    """A ``data`` item of the intake's request holding ``resource``."""
+    return {"attributes": {"resource": resource}, "type": "cipipeline_resource_request"}

@@ -1,0 +1,1 @@
+"""CI servers' webhooks mapped to pipeline events."""

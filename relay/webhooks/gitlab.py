@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from relay.webhooks._gitlab_fields import (
@@ -262,7 +263,7 @@ def _allowed_failure(build: Build) -> bool:
     return build.status == "failed" and build.allow_failure
 
 
-def _latest_end(builds: list[Build]) -> Any:
+def _latest_end(builds: list[Build]) -> datetime | None:
     ends = [build.end for build in builds if build.end]
     return max(ends) if ends else None
 

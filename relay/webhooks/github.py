@@ -41,6 +41,9 @@ STEP_STATUS: dict[str, tuple[str, str | None]] = {
 }
 
 
+MAX_ERROR_MESSAGE = 5000
+
+
 class _Unusable(Exception):
     """The payload lacks what an event needs; the delivery is ignored with this reason."""
 
@@ -206,8 +209,12 @@ def _job_resource(job: Mapping[str, Any], status: str, conclusion: str) -> dict[
         resource["node"] = node
     if status == "error":
         failed = [step["name"] for step in _steps(job) if step["conclusion"] != "success"]
-        detail = f"; failed steps: {', '.join(failed)}" if failed else ""
-        resource["error"] = {"message": f"job concluded {conclusion}{detail}"}
+        detail = f"; failed or cancelled steps: {', '.join(failed)}" if failed else ""
+        message = f"job concluded {conclusion}{detail}"
+        # The intake refuses an error message over MAX_ERROR_MESSAGE characters.
+        if len(message) > MAX_ERROR_MESSAGE:
+            message = message[: MAX_ERROR_MESSAGE - 3] + "..."
+        resource["error"] = {"message": message}
     return resource
 
 

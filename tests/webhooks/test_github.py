@@ -224,7 +224,10 @@ def test_failed_step_is_an_error_and_skipped_steps_are_not_sent() -> None:
         by_name["Run yarn run format-check"]["error"],
     )
     assert "success" == by_name["Complete job"]["status"]
-    assert ("error", "job concluded failure; failed steps: Run yarn run format-check") == (
+    assert (
+        "error",
+        "job concluded failure; failed or cancelled steps: Run yarn run format-check",
+    ) == (
         job["status"],
         job["error"]["message"],
     )
@@ -242,6 +245,17 @@ def test_cancelled_step_is_an_error_saying_it_was_cancelled() -> None:
         cancelled["status"],
         cancelled["error"]["message"],
     )
+
+
+def test_long_job_error_message_is_cut_to_the_intake_limit() -> None:
+    """A job whose failed steps have very long names (edited copy) keeps its error message within
+    the intake's 5000 characters, so the event stays valid."""
+    payload = named_job()
+    for step in payload["workflow_job"]["steps"]:
+        step["name"] = "x" * 1000 + step["name"]
+        step["conclusion"] = "failure"
+    job, *_ = resources(map_github("workflow_job", payload))
+    assert 5000 == len(job["error"]["message"])
 
 
 def test_job_queue_time_is_milliseconds_from_creation_to_start() -> None:

@@ -225,33 +225,28 @@ class Build:
 
 def build_from_pipeline(item: Mapping[str, Any]) -> Build:
     """A ``builds[]`` item of a Pipeline Hook."""
-    return Build(
-        id=item.get("id"),
-        name=str(item.get("name") or ""),
-        stage=str(item.get("stage") or ""),
-        status=str(item.get("status") or ""),
-        created=parse_time(item.get("created_at")),
-        started=parse_time(item.get("started_at")),
-        finished=parse_time(item.get("finished_at")),
-        queued_s=item.get("queued_duration"),
-        runner=item.get("runner"),
-        failure_reason=item.get("failure_reason"),
-        allow_failure=item.get("allow_failure") is True,
-    )
+    return _build(item, "")
 
 
 def build_from_job_hook(payload: Mapping[str, Any]) -> Build:
-    """The build a Job Hook announces (its fields are prefixed ``build_``)."""
+    """The build a Job Hook announces (its fields are prefixed ``build_``, its runner not)."""
+    return _build(payload, "build_")
+
+
+def _build(fields: Mapping[str, Any], prefix: str) -> Build:
+    def field(name: str) -> Any:
+        return fields.get(prefix + name)
+
     return Build(
-        id=payload.get("build_id"),
-        name=str(payload.get("build_name") or ""),
-        stage=str(payload.get("build_stage") or ""),
-        status=str(payload.get("build_status") or ""),
-        created=parse_time(payload.get("build_created_at")),
-        started=parse_time(payload.get("build_started_at")),
-        finished=parse_time(payload.get("build_finished_at")),
-        queued_s=payload.get("build_queued_duration"),
-        runner=payload.get("runner"),
-        failure_reason=payload.get("build_failure_reason"),
-        allow_failure=payload.get("build_allow_failure") is True,
+        id=field("id"),
+        name=str(field("name") or ""),
+        stage=str(field("stage") or ""),
+        status=str(field("status") or ""),
+        created=parse_time(field("created_at")),
+        started=parse_time(field("started_at")),
+        finished=parse_time(field("finished_at")),
+        queued_s=field("queued_duration"),
+        runner=fields.get("runner"),
+        failure_reason=field("failure_reason"),
+        allow_failure=field("allow_failure") is True,
     )

@@ -245,23 +245,16 @@ def _read(path: Path) -> _Read:
         return _Read(stamp, error=str(exc))
 
 
-def read_regular_file(path: Path, max_bytes: int) -> bytes:
-    """The bytes of the regular file at ``path``, of at most ``max_bytes``; never waits on a
-    FIFO. ValueError saying why not (not a regular file, too large, cannot be read): the
-    rule for every file the relay is given that is not its outbox (certificates, keys)."""
-    try:
-        with _opened(path) as (fd, info):
-            return _contents(fd, info, max_bytes)
-    except OSError as exc:
-        raise ValueError(exc.strerror or type(exc).__name__) from None
-
-
 def check_pem_file(setting: str, path: Path) -> None:
     """ConfigError naming ``setting`` unless ``path`` is a regular file of at most
-    ``MAX_PEM_BYTES``: checked before OpenSSL opens it by name, which would wait without end
-    on a FIFO (and prompt on a terminal)."""
+    ``MAX_PEM_BYTES``: checked (by what it is, not read) before OpenSSL opens it by name,
+    which would wait without end on a FIFO (and prompt on a terminal)."""
     try:
-        read_regular_file(path, MAX_PEM_BYTES)
+        with _opened(path) as (_, info):
+            _check_regular(info, MAX_PEM_BYTES)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"invalid config: {setting}: {path}: {reason}") from None
     except ValueError as exc:
         raise ConfigError(f"invalid config: {setting}: {path}: {exc}") from None
 
@@ -276,14 +269,22 @@ def _opened(path: Path) -> Iterator[tuple[int, os.stat_result]]:
         os.close(fd)
 
 
-def _contents(fd: int, info: os.stat_result, max_bytes: int) -> bytes:
-    """All of an open regular file; ValueError if it is not one, or holds over ``max_bytes``."""
+def _check_regular(info: os.stat_result, max_bytes: int) -> None:
+    """ValueError unless ``info`` is of a regular file of at most ``max_bytes``: the rule for
+    every file the relay is given that is not its outbox (secrets, certificates, keys)."""
     if not stat.S_ISREG(info.st_mode):
         kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a file")
         raise ValueError(f"is not a regular file ({kind})")
+    if info.st_size > max_bytes:
+        raise ValueError(f"is larger than {max_bytes} bytes ({info.st_size})")
+
+
+def _contents(fd: int, info: os.stat_result, max_bytes: int) -> bytes:
+    """All of an open regular file; ValueError if it is not one, or holds over ``max_bytes``."""
+    _check_regular(info, max_bytes)
     data = _read_at_most(fd, max_bytes + 1)  # the file may have grown since fstat
-    if info.st_size > max_bytes or len(data) > max_bytes:
-        raise ValueError(f"is larger than {max_bytes} bytes ({max(info.st_size, len(data))})")
+    if len(data) > max_bytes:
+        raise ValueError(f"is larger than {max_bytes} bytes ({len(data)})")
     return data
 
 

@@ -15,10 +15,10 @@ from pydantic import BaseModel
 
 from relay.config import ConfigError, Settings, load_settings
 from relay.contract.intake import Site
-from relay.testing.process import RELAY_VARIABLES, RelayProcess, relay_free_env, write_config
+from relay.testing.process import RELAY_VARIABLES, RelayProcess, write_config
 from relay.testing.samples import event, request
 from tests.fake_intake import FakeIntake, Status
-from tests.helpers import JSON, ci_relay, relay_command
+from tests.helpers import JSON, ci_relay
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"
@@ -43,10 +43,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(RELAY_VARIABLES):
             monkeypatch.delenv(name)
-
-
-def _subprocess_env() -> dict[str, str]:
-    return relay_free_env()
 
 
 def _groups() -> dict[str, type[BaseModel]]:
@@ -449,9 +445,9 @@ async def test_a_bad_upstream_port_is_refused_at_start_not_after_accepting_event
         outbox={"path": str(tmp_path / "outbox.db")},
         upstream={"url": "http://127.0.0.1:99999", "api_key": SECRET},
     )
-    ran = await relay_command("serve", "--config", str(config), env=_subprocess_env(), timeout_s=20)
-    lines = ran.stderr.decode().splitlines()
-    assert (2, 1, b"") == (ran.returncode, len(lines), ran.stdout), ran.stderr
+    ran = await ci_relay("serve", "--config", str(config), timeout_s=20)
+    lines = ran.stderr.splitlines()
+    assert (2, 1, "") == (ran.status, len(lines), ran.stdout), ran.stderr
     assert "upstream.url" in lines[0]
     assert "port" in lines[0]
     assert not (tmp_path / "outbox.db").exists()

@@ -17,10 +17,10 @@ from structlog.testing import capture_logs
 
 from relay.config import ConfigError
 from relay.keyfiles import MAX_SECRET_BYTES, KeyFile
-from relay.testing.process import RelayProcess, relay_free_env, write_config
+from relay.testing.process import RelayProcess, write_config
 from relay.testing.samples import event, request
 from tests.fake_intake import FakeIntake, RequireKey
-from tests.helpers import JSON, ci_relay, relay_command, wait_until
+from tests.helpers import JSON, ci_relay, wait_until
 
 TOKEN = "ingest-token-4f1d2c9a7b"  # noqa: S105
 KEY = "good0123456789abcdef0123456789ab"
@@ -302,10 +302,9 @@ async def test_a_relay_with_an_unusable_secret_file_refuses_to_start(
     }
     groups.setdefault(group, {})[key] = str(secret)
     config = write_config(tmp_path / "relay.toml", **groups)
-    env = relay_free_env()
-    ran = await relay_command("serve", "--config", str(config), env=env, timeout_s=15)
-    lines = ran.stderr.decode().strip().splitlines()
-    assert (2, 1) == (ran.returncode, len(lines)), lines
+    ran = await ci_relay("serve", "--config", str(config), timeout_s=15)
+    lines = ran.stderr.strip().splitlines()
+    assert (2, 1) == (ran.status, len(lines)), lines
     assert (True, True) == (setting in lines[0], str(secret) in lines[0]), lines
 
 

@@ -20,6 +20,10 @@ PIPELINE_PATH = "/api/v2/ci/pipeline"
 # The intake takes at most this many events in one request.
 MAX_EVENTS_PER_REQUEST = 1000
 
+# The longest error message and error type an event may carry.
+MAX_ERROR_MESSAGE = 5000
+MAX_ERROR_TYPE = 100
+
 # The intake refuses an event whose end is older than this.
 WINDOW = timedelta(hours=18)
 WINDOW_S = WINDOW.total_seconds()

@@ -33,7 +33,14 @@ from pydantic_core import PydanticCustomError
 from relay.contract.accepted import AcceptedEvent
 from relay.contract.body import NotJSON, event_bytes, loads
 from relay.contract.exceptions import RelayError
-from relay.contract.intake import MAX_EVENTS_PER_REQUEST, WINDOW_REFUSAL, WINDOW_S, WINDOW_TEXT
+from relay.contract.intake import (
+    MAX_ERROR_MESSAGE,
+    MAX_ERROR_TYPE,
+    MAX_EVENTS_PER_REQUEST,
+    WINDOW_REFUSAL,
+    WINDOW_S,
+    WINDOW_TEXT,
+)
 from relay.contract.problems import (
     MAX_LISTED_PROBLEMS,
     Budget,
@@ -101,9 +108,9 @@ class Node(_Model):
 
 class CIError(_Model):
     domain: Literal["provider", "user", "unknown"] | None = None
-    message: Annotated[str, Field(max_length=5000)] | None = None
+    message: Annotated[str, Field(max_length=MAX_ERROR_MESSAGE)] | None = None
     stack: str | None = None
-    type: Annotated[str, Field(max_length=100)] | None = None
+    type: Annotated[str, Field(max_length=MAX_ERROR_TYPE)] | None = None
 
 
 class PipelineRef(_Model):

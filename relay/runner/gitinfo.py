@@ -6,8 +6,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from relay.contract.urls import strip_credentials
 from relay.runner.facts import GitFacts
-from relay.runner.refs import is_sha, strip_credentials
+from relay.runner.refs import is_sha
 
 GIT_TIMEOUT_S = 5.0
 # One field per line would break on multi-line messages: NUL-separated, message last.

@@ -1,28 +1,11 @@
-"""Repository URLs without credentials, and git refs split into a branch or a tag."""
+"""Git refs split into a branch or a tag, and the commit shas given to git."""
 
 from __future__ import annotations
 
 import re
 
-# scheme://authority rest: the authority ends at the first "/", "?" or "#".
-_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)(.*)", re.DOTALL)
 # A SHA-1 (40) or SHA-256 (64) object name, the only revisions given to git from outside.
 _HEX_SHA = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
-
-
-def strip_credentials(url: str) -> str:
-    """``url`` without user, password, query and fragment; an scp-like ``git@host:p`` as is.
-
-    The user part ends at the authority's last ``@``, so an ``@`` in the path survives, and a
-    URL that does not parse keeps no credentials either: nothing here needs it to parse.
-    """
-    match = _URL.fullmatch(url)
-    if match is None:
-        return url
-    scheme, authority, rest = match.groups()
-    host = authority.rpartition("@")[2]
-    path = re.split(r"[?#]", rest, maxsplit=1)[0]
-    return scheme + host + ("" if path == "/" else path)
 
 
 def branch_or_tag(branch: str | None, tag: str | None) -> tuple[str | None, str | None]:

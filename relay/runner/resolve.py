@@ -18,11 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from relay.contract.urls import strip_credentials
 from relay.runner import providers
 from relay.runner.facts import CIFacts, GitFacts
 from relay.runner.gitinfo import Checkout
 from relay.runner.providers.common import Env, first
-from relay.runner.refs import branch_or_tag, is_sha, strip_credentials
+from relay.runner.refs import branch_or_tag, is_sha
 
 # DD_GIT_* variable -> GitFacts field, as Datadog's own tools read them.
 DD_GIT = {

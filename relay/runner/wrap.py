@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from relay.contract.exceptions import RelayError
+from relay.contract.exceptions import EXIT_USAGE, RelayError
 from relay.runner import event as events
 from relay.runner.facts import CIFacts
 from relay.runner.options import event_options, overrides
@@ -28,7 +28,6 @@ from relay.runner.streams import warn
 from relay.runner.text import TextEnv, not_utf8, repair_arguments, repaired
 from relay.runner.times import rfc3339
 
-EXIT_USAGE = 2
 EXIT_NOT_FOUND = 127
 EXIT_NOT_EXECUTABLE = 126
 FORWARDED = (

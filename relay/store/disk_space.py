@@ -36,10 +36,15 @@ class DiskSpace:
         inodes = found.f_ffree if os.geteuid() == 0 else found.f_favail
         return cls(_mount_point(directory), blocks * found.f_frsize, inodes)
 
-    def described(self) -> str:
-        """E.g. ``the file system at /var/lib is full (12 KiB free, no free inode)``."""
+    def described(self, opening_needs: int | None = None) -> str:
+        """E.g. ``the file system at /var/lib is full (12 KiB free, no free inode)``, with
+        ``; opening the outbox needs at least 36 KiB`` inside the brackets when given."""
         inodes = ", no free inode" if self.free_inodes == 0 else ""
-        return f"the file system at {self.mount} is full ({size_shown(self.free)} free{inodes})"
+        needs = ""
+        if opening_needs is not None:
+            needs = f"; opening the outbox needs at least {size_shown(opening_needs)}"
+        free = size_shown(self.free)
+        return f"the file system at {self.mount} is full ({free} free{inodes}{needs})"
 
 
 def _mount_point(directory: Path) -> Path:

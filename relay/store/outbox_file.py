@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from relay.contract.exceptions import UserError
 from relay.store import queries
-from relay.store.disk_space import DiskSpace, needed_to_open, size_shown
+from relay.store.disk_space import DiskSpace, needed_to_open
 
 # Stamped in the database header (PRAGMA application_id): "ciR1".
 APPLICATION_ID = 0x63695231
@@ -87,10 +87,9 @@ def disk_full(path: Path, exc: sqlite3.Error, doing: str = "opened") -> OutboxDi
     needed = needed_to_open(path)
     if code & 0xFF != sqlite3.SQLITE_FULL and space.free >= needed and space.free_inodes > 0:
         return None
-    free, at_least = size_shown(space.free), size_shown(needed)
     return OutboxDiskFull(
-        f"outbox {path} cannot be {doing}: the file system at {space.mount} is full "
-        f"({free} free; opening the outbox needs at least {at_least}); "
+        f"outbox {path} cannot be {doing}: "
+        f"{space.described(needed if doing == 'opened' else None)}; "
         "free space there, then try again (the outbox is not damaged: keep it where it is)"
     )
 

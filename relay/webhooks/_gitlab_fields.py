@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from relay.contract.intake import MAX_ERROR_TYPE
+from relay.contract.urls import strip_credentials
 from relay.webhooks.mapped import derived_id
 
 # GitLab's real hooks write times as "2025-04-01 18:31:49 UTC"; its test hooks and *_iso
@@ -73,17 +75,9 @@ def queue_ms(seconds: Any) -> int | None:
     return round(seconds * 1000)
 
 
-def without_credentials(url: str) -> str:
-    """``url`` without a user or password in it (a clone URL may carry a token)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
 def host_of(web_url: str) -> str:
     """The GitLab instance's host (and port) from a project's web URL, lower case."""
-    return urlsplit(web_url).netloc.rpartition("@")[2].lower()
+    return urlsplit(strip_credentials(web_url)).netloc.lower()
 
 
 def text(value: Any) -> str | None:
@@ -130,7 +124,7 @@ def project(project_id: Any, web_url: Any, path_with_namespace: Any) -> Project 
     url = text(web_url)
     if project_id is None or isinstance(project_id, bool) or url is None:
         return None
-    url = without_credentials(url.rstrip("/"))
+    url = strip_credentials(url.rstrip("/"))
     path = text(path_with_namespace) or urlsplit(url).path.strip("/")
     return Project(host=host_of(url), project_id=str(project_id), web_url=url, path=path)
 
@@ -153,7 +147,7 @@ def git(
         return None
     result: dict[str, Any] = {
         "sha": sha,
-        "repository_url": without_credentials(repository_url),
+        "repository_url": strip_credentials(repository_url),
         "author_email": author_email,
     }
     if text(ref):
@@ -193,7 +187,7 @@ def job_error(failure_reason: Any) -> dict[str, Any]:
         if reason in _USER_FAILURES
         else "unknown"
     )
-    return {"type": reason[:100], "message": reason, "domain": domain}
+    return {"type": reason[:MAX_ERROR_TYPE], "message": reason, "domain": domain}
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from relay.contract.exceptions import RelayError
+from relay.contract.intake import MAX_ERROR_MESSAGE
+from relay.contract.urls import strip_credentials
 from relay.webhooks.mapped import Mapped, derived_id, event, ignored
 
 PIPELINE_STATUS = {
@@ -41,10 +43,7 @@ STEP_STATUS: dict[str, tuple[str, str | None]] = {
 }
 
 
-MAX_ERROR_MESSAGE = 5000
-
-
-class _Unusable(Exception):
+class _Unusable(RelayError):
     """The payload lacks what an event needs; the delivery is ignored with this reason."""
 
 
@@ -128,7 +127,7 @@ def _git(payload: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any] |
         return None
     repository = _object(payload, "repository")
     git: dict[str, Any] = {
-        "repository_url": _without_credentials(_field(repository, "clone_url")),
+        "repository_url": strip_credentials(_field(repository, "clone_url")),
         "sha": _field(run, "head_sha"),
         "author_email": author["email"],
         "author_name": author.get("name"),
@@ -142,16 +141,6 @@ def _git(payload: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any] |
         git |= {"committer_name": committer.get("name"), "committer_email": committer.get("email")}
     # The intake's optional fields are strings: absent rather than null.
     return {name: value for name, value in git.items() if value is not None}
-
-
-def _without_credentials(url: str) -> str:
-    """``url`` without a user or token in its authority (never forwarded to Datadog)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port is not None else host
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _workflow_job(payload: Mapping[str, Any]) -> Mapped:

@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
+from relay.delivery.flusher import STEP_FAILED
 from relay.testing.process import RelayProcess, write_config
 from relay.testing.samples import event, request
 from tests.fake_intake import (
@@ -421,9 +422,6 @@ async def test_a_store_locked_past_the_busy_timeout_never_stops_the_daemon(
     assert ("error", "database is locked") == (line["level"], line["error"])
     assert [] == relay.events("task died")
     assert {"locked-00000", "locked-00001"} == set(delivered_ids(intake))
-
-
-STEP_FAILED = "a delivery step failed; its events are kept and it is retried with backoff"
 
 
 def store_end(db: Path, event_id: int, end_at: object) -> None:

@@ -4,7 +4,6 @@ from the state it names."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +19,7 @@ from aiohttp import web
 
 from relay.delivery.snapshot import State
 from relay.ops.status import CONDITIONS
-from relay.testing.process import RelayProcess, write_config
+from relay.testing.process import RelayProcess, relay_free_env, write_config
 from relay.testing.samples import ago, event, request
 from tests.fake_intake import Accept, Answer, FakeIntake, Status
 from tests.helpers import API_KEY, JSON, Ran, ci_relay, closed_port, jobs, relay_command
@@ -323,7 +322,7 @@ async def test_status_never_sends_the_token_through_a_proxy(tmp_path: Path) -> N
         _Listener(lambda: web.json_response({}, status=502)) as proxy,
         relay_with(tmp_path, None, server={"ingest_token": STATUS_TOKEN}) as (_, _, path, _),
     ):
-        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        env = {k: v for k, v in relay_free_env().items() if "proxy" not in k.lower()}
         env |= {"HTTP_PROXY": proxy.url, "HTTPS_PROXY": proxy.url}
         done = await relay_command("status", "--config", str(path), "--json", env=env)
     assert [] == proxy.heard

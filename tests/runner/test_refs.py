@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay.runner.refs import branch_or_tag, is_sha, strip_credentials
+from relay.contract.urls import strip_credentials
+from relay.runner.refs import branch_or_tag, is_sha
 
 
 @pytest.mark.parametrize(

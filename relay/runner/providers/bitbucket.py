@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from relay.contract.urls import strip_credentials
 from relay.runner.facts import CIFacts, GitFacts
 from relay.runner.providers.common import Env, Provider, first
-from relay.runner.refs import strip_credentials
 
 
 def read(env: Env) -> CIFacts:

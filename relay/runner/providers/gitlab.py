@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
+from relay.contract.urls import strip_credentials
 from relay.runner.facts import CIFacts, GitFacts
 from relay.runner.providers.common import Env, Provider, first, label_list
-from relay.runner.refs import strip_credentials
 
 # CI_COMMIT_AUTHOR is "Name <email>".
 _AUTHOR = re.compile(r"\s*(.*?)\s*<([^<>]+)>\s*")

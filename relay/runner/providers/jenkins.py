@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from relay.contract.urls import strip_credentials
 from relay.runner.facts import CIFacts, GitFacts
 from relay.runner.providers.common import Env, Provider, first
-from relay.runner.refs import branch_or_tag, strip_credentials
+from relay.runner.refs import branch_or_tag
 
 
 def read(env: Env) -> CIFacts:

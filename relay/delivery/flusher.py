@@ -111,16 +111,6 @@ class Flusher:
         if state != self._state:
             self._state, self.state_since = state, self._clock()
 
-    @property
-    def expiry_warning_s(self) -> float:
-        """Age of a pending event's end past which it counts as close to expiring."""
-        return self._settings.expiry_warning_s
-
-    @property
-    def backoff_s(self) -> float:
-        """Seconds until delivery tries again after a failure; 0 when it is not waiting."""
-        return max(0.0, self._resume_at - self._clock())
-
     def snapshot(self) -> DeliverySnapshot:
         """What operators see of delivery now (``/metrics``, ``/status``): values only, the
         upstream's answer counts copied (a few entries), its latency histogram shared."""
@@ -129,11 +119,11 @@ class Flusher:
             state=self._state,
             since=self.state_since,
             upstream_url=upstream.display_url,
-            next_try_in_s=self.backoff_s,
+            next_try_in_s=max(0.0, self._resume_at - self._clock()),
             retries=self.retries,
             last_delivery=self.last_delivery,
             last_error=self.last_error,
-            expiry_warning_s=self.expiry_warning_s,
+            expiry_warning_s=self._settings.expiry_warning_s,
             upstream_answers=MappingProxyType(dict(upstream.answers)),
             upstream_latency=upstream.latency,
         )

@@ -18,7 +18,7 @@ from relay.runner.options import event_options, overrides
 from relay.runner.post import NotSent, post, relay_token, relay_url
 from relay.runner.resolve import resolve
 from relay.runner.streams import warn, write_stdout
-from relay.runner.text import TextEnv, not_utf8, repair_arguments
+from relay.runner.text import TextEnv, repair_arguments, warn_not_utf8
 from relay.runner.times import now
 
 EXIT_NOT_SENT = 1
@@ -33,10 +33,10 @@ def emit(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> int:
         options = event_options(args, args.level, args.status)
         relay = _Relay(relay_url(args.relay_url, text), relay_token(text), args.timeout_s)
     except (UserError, ValueError) as exc:
-        _not_utf8(flags, text)
+        warn_not_utf8("emit", flags, text)
         return _fail(str(exc), EXIT_INVALID)
     facts = resolve(text, overrides(args), Path.cwd())
-    _not_utf8(flags, text)
+    warn_not_utf8("emit", flags, text)
     for warning in facts.warnings:
         warn(f"ci-relay: emit: {warning}")
     # A path is bytes: the raw environment's, not its text.
@@ -116,11 +116,6 @@ def _identity(options: events.EventOptions, facts: CIFacts) -> tuple[str, ...]:
 
 def _provider_start(options: events.EventOptions, facts: CIFacts) -> str | None:
     return {"pipeline": facts.pipeline_start, "job": facts.job_start}.get(options.level)
-
-
-def _not_utf8(flags: list[str], env: TextEnv) -> None:
-    for source in (*flags, *env.repaired):
-        warn(f"ci-relay: emit: {not_utf8(source)}")
 
 
 def _marks_not_used(reason: str) -> None:

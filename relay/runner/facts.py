@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from relay.contract.ids import stable_id
+
 # uuid5 namespace of the ids derived from provider run identifiers; fixed for good, since
 # changing it would split a running event from its finished one across an upgrade.
 ID_NAMESPACE = uuid.UUID("5b0f6f3e-8d1c-4a4e-9a51-7c2f7e0c3a10")
@@ -12,7 +14,7 @@ ID_NAMESPACE = uuid.UUID("5b0f6f3e-8d1c-4a4e-9a51-7c2f7e0c3a10")
 
 def derived_id(*parts: str) -> str:
     """A UUID that is a function of ``parts``: the same run identifiers give the same id."""
-    return str(uuid.uuid5(ID_NAMESPACE, "\x1f".join(parts)))
+    return stable_id(ID_NAMESPACE, *parts)
 
 
 @dataclass

@@ -12,6 +12,8 @@ import argparse
 import re
 from collections.abc import Iterator, Mapping
 
+from relay.runner.streams import warn
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Flags whose name is not their destination's.
 _FLAG_NAMES = {"stage_name": "--stage"}
@@ -66,3 +68,9 @@ def repair_arguments(args: argparse.Namespace, keep: tuple[str, ...] = ()) -> li
             setattr(args, dest, text)
             flags.append(_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")))
     return flags
+
+
+def warn_not_utf8(command: str, flags: list[str], env: TextEnv) -> None:
+    """One warning for each flag and variable of ``command`` that held bytes not UTF-8."""
+    for source in (*flags, *env.repaired):
+        warn(f"ci-relay: {command}: {not_utf8(source)}")

@@ -25,7 +25,7 @@ from relay.runner.options import event_options, overrides
 from relay.runner.post import post, relay_token, relay_url
 from relay.runner.resolve import resolve
 from relay.runner.streams import warn
-from relay.runner.text import TextEnv, not_utf8, repair_arguments, repaired
+from relay.runner.text import TextEnv, not_utf8, repair_arguments, repaired, warn_not_utf8
 from relay.runner.times import rfc3339
 
 EXIT_NOT_FOUND = 127
@@ -89,8 +89,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> int:
     with contextlib.suppress(_Interrupted):
         if not prepared.done:  # the command never started
             _prepare(args, text, prepared)
-        for source in (*flags, *text.repaired):
-            warn(f"ci-relay: run: {not_utf8(source)}")
+        warn_not_utf8("run", flags, text)
         _report(args, command, outcome, (start_s, end_s), prepared)
     return outcome.exit_status
 

@@ -33,7 +33,7 @@ from relay.store import outbox_file, queries
 from relay.store.deadletters import TARGET_HOLD_S
 from relay.store.opening import connect
 from relay.store.outbox_file import OutboxError, OutboxMissing
-from relay.store.writer import Row
+from relay.store.writer import Row, transaction
 
 # Events per write transaction: a few milliseconds of the outbox's write lock.
 CHUNK_EVENTS = 500
@@ -296,16 +296,11 @@ async def _append(live: aiosqlite.Connection, rows: list[Row], outbox: Path) -> 
 
     def work(conn: sqlite3.Connection) -> None:
         conn.execute(queries.BEGIN_WRITE)
-        try:
-            conn.executemany(queries.APPEND, rows)
-            conn.execute(queries.RECORD_ADDED, (len(rows), sum(row[2] for row in rows)))
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
+        conn.executemany(queries.APPEND, rows)
+        conn.execute(queries.RECORD_ADDED, (len(rows), sum(row[2] for row in rows)))
 
     try:
-        await queries.on_thread(live, work)
+        await queries.on_thread(live, transaction(work))
     except sqlite3.Error as exc:
         full = outbox_file.disk_full(outbox, exc, "written")
         raise full or OutboxError(f"cannot write outbox {outbox}: {exc}") from None

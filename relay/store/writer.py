@@ -254,7 +254,7 @@ class Writer:
             conn.execute(queries.SET_TOTALS, (events, size))
 
         try:
-            await queries.on_thread(self._conn, _transaction(append))
+            await queries.on_thread(self._conn, transaction(append))
         except sqlite3.Error as exc:
             logger.error("outbox commit failed", error=str(exc), requests=len(accepted))
             for op in accepted:
@@ -271,7 +271,7 @@ class Writer:
     async def _run_apply(self, op: _Apply) -> None:
         relaxed = not op.durable and self._settings.synchronous != "NORMAL"
         counts = self.counts.events, self.counts.bytes
-        apply = _transaction(_with_totals(op.work, counts))
+        apply = transaction(_with_totals(op.work, counts))
         if relaxed:
             apply = _relaxed(apply, self._settings.synchronous)
         try:
@@ -294,7 +294,7 @@ class Writer:
 _T = TypeVar("_T")
 
 
-def _transaction(work: Callable[[sqlite3.Connection], _T]) -> Callable[[sqlite3.Connection], _T]:
+def transaction(work: Callable[[sqlite3.Connection], _T]) -> Callable[[sqlite3.Connection], _T]:
     """``work`` then commit, on the connection's thread; rolled back if anything fails."""
 
     def run(conn: sqlite3.Connection) -> _T:

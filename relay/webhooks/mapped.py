@@ -6,6 +6,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from relay.contract.ids import stable_id
+
 # Every derived id is a UUID of this namespace and the object's identity at its source, so
 # the same pipeline announced by two hooks (or redelivered) gets the same unique_id.
 ID_NAMESPACE = uuid.UUID("6f1d8a54-3c1e-4b7a-9f7e-2f5d0c9b8e21")
@@ -13,7 +15,7 @@ ID_NAMESPACE = uuid.UUID("6f1d8a54-3c1e-4b7a-9f7e-2f5d0c9b8e21")
 
 def derived_id(*identity: object) -> str:
     """A stable UUID for an object known at its source by ``identity`` (e.g. instance, kind, id)."""
-    return str(uuid.uuid5(ID_NAMESPACE, "\x1f".join(str(part) for part in identity)))
+    return stable_id(ID_NAMESPACE, *identity)
 
 
 @dataclass(frozen=True)

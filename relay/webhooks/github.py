@@ -22,7 +22,7 @@ from typing import Any
 from relay.contract.exceptions import RelayError
 from relay.contract.intake import MAX_ERROR_MESSAGE
 from relay.contract.urls import strip_credentials
-from relay.webhooks.mapped import Mapped, derived_id, event, ignored
+from relay.webhooks.mapped import Mapped, WrongKind, derived_id, event, ignored, unusable
 
 PIPELINE_STATUS = {
     "success": "success",
@@ -44,7 +44,7 @@ STEP_STATUS: dict[str, tuple[str, str | None]] = {
 
 
 class _Unusable(RelayError):
-    """The payload lacks what an event needs; the delivery is ignored with this reason."""
+    """The payload lacks what an event needs; the delivery is kept as a dead letter."""
 
 
 def map_github(kind: str, payload: Mapping[str, Any]) -> Mapped:
@@ -55,7 +55,7 @@ def map_github(kind: str, payload: Mapping[str, Any]) -> Mapped:
         if kind == "workflow_job":
             return _workflow_job(payload)
     except _Unusable as exc:
-        return ignored(f"GitHub {kind}: {exc}")
+        return unusable(f"GitHub {kind}: {exc}")
     return ignored(f"GitHub event {kind!r} makes no pipeline event")
 
 
@@ -68,7 +68,7 @@ def _workflow_run(payload: Mapping[str, Any]) -> Mapped:
     action = payload.get("action")
     if action not in ("completed", "in_progress"):
         return ignored(f"GitHub workflow_run action {action!r} makes no pipeline event")
-    run = _object(payload, "workflow_run")
+    run = _kind_object(payload, "workflow_run")
     repository_id = _field(_object(payload, "repository"), "id")
     run_id, attempt = _field(run, "id"), _attempt(run)
     resource: dict[str, Any] = {
@@ -147,14 +147,14 @@ def _workflow_job(payload: Mapping[str, Any]) -> Mapped:
     action = payload.get("action")
     if action != "completed":
         return ignored(f"GitHub workflow_job action {action!r} makes no job event")
-    job = _object(payload, "workflow_job")
+    job = _kind_object(payload, "workflow_job")
     conclusion = job.get("conclusion")
     if conclusion not in JOB_STATUS:
         return ignored(f"GitHub workflow_job conclusion {conclusion!r} has no intake status")
     pipeline_name = job.get("workflow_name")
     if not isinstance(pipeline_name, str) or not pipeline_name:
         # Older GitHub versions (and GHES) omit it; the run's name cannot be guessed here.
-        return ignored("GitHub workflow_job has no workflow_name to name its pipeline")
+        return unusable("GitHub workflow_job has no workflow_name to name its pipeline")
     repository_id = _field(_object(payload, "repository"), "id")
     job_id, attempt = _field(job, "id"), _attempt(job)
     parent = {
@@ -264,6 +264,14 @@ def _attempt(source: Mapping[str, Any]) -> int:
     if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
         raise _Unusable(f"run_attempt is not a positive integer (got {attempt!r})")
     return attempt
+
+
+def _kind_object(payload: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """The object a kind is about (``workflow_run`` of a workflow_run hook); WrongKind without."""
+    value = payload.get(name)
+    if not isinstance(value, Mapping):
+        raise WrongKind(f"a GitHub {name} hook has a {name} object; this payload has none")
+    return value
 
 
 def _object(source: Mapping[str, Any], name: str) -> Mapping[str, Any]:

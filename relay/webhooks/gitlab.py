@@ -30,7 +30,7 @@ from relay.webhooks._gitlab_fields import (
     rfc3339,
     text,
 )
-from relay.webhooks.mapped import Mapped, event, ignored
+from relay.webhooks.mapped import Mapped, WrongKind, event, ignored, unusable
 
 PIPELINE_HOOK = "Pipeline Hook"
 JOB_HOOK = "Job Hook"
@@ -69,7 +69,9 @@ def map_gitlab(kind: str, payload: Mapping[str, Any]) -> Mapped:
 
 
 def _pipeline_hook(payload: Mapping[str, Any]) -> Mapped:
-    attributes = _mapping(payload.get("object_attributes"))
+    attributes = payload.get("object_attributes")
+    if not isinstance(attributes, Mapping) or payload.get("object_kind") not in (None, "pipeline"):
+        raise WrongKind("a GitLab Pipeline Hook has object_kind pipeline and object_attributes")
     status = attributes.get("status")
     if status != "running" and status not in _PIPELINE_STATUS:
         return ignored(f"GitLab pipeline status {status!r} is neither running nor finished")
@@ -77,7 +79,7 @@ def _pipeline_hook(payload: Mapping[str, Any]) -> Mapped:
     where = project(proj.get("id"), proj.get("web_url"), proj.get("path_with_namespace"))
     start = parse_time(attributes.get("created_at"))
     if where is None or attributes.get("id") is None or start is None:
-        return ignored("GitLab pipeline hook without project web URL, pipeline id or created_at")
+        return unusable("GitLab pipeline hook without project web URL, pipeline id or created_at")
     commit = _mapping(payload.get("commit"))
     author = _mapping(commit.get("author"))
     pipeline = _Pipeline(
@@ -154,6 +156,8 @@ def _pipeline_extras(
 
 
 def _job_hook(payload: Mapping[str, Any]) -> Mapped:
+    if payload.get("object_kind") not in (None, "build") or "build_status" not in payload:
+        raise WrongKind("a GitLab Job Hook has object_kind build and build_status")
     build = build_from_job_hook(payload)
     if build.status not in JOB_STATUS:
         return ignored(f"GitLab job status {build.status!r} is not finished")
@@ -167,7 +171,7 @@ def _job_hook(payload: Mapping[str, Any]) -> Mapped:
         proj.get("path_with_namespace"),
     )
     if where is None or payload.get("pipeline_id") is None or build.id is None or not build.start:
-        return ignored("GitLab job hook without project web URL, pipeline id, build id or times")
+        return unusable("GitLab job hook without project web URL, pipeline id, build id or times")
     commit = _mapping(payload.get("commit"))  # its id and name are the pipeline's
     pipeline = _Pipeline(
         project=where,

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from relay.contract.exceptions import RelayError
 from relay.contract.ids import stable_id
 
 # Every derived id is a UUID of this namespace and the object's identity at its source, so
@@ -23,20 +24,33 @@ class Mapped:
     """The events one delivery makes (``data`` items, as a runner would post them), each with
     the key that names the object in that status: a key seen before means the event was made
     already (GitLab announces every status change; GitHub's manual redelivery has a new id).
-    ``ignored`` says why a delivery makes nothing (a kind or status the relay does not use)."""
+    ``ignored`` says why a delivery makes nothing (a kind or status the relay does not use);
+    ``unusable`` why a delivery the relay uses cannot make its event (a field it needs is
+    missing): the edge keeps such a delivery as a dead letter for an operator to see."""
 
     events: tuple[dict[str, Any], ...] = ()
     keys: tuple[str, ...] = ()
     ignored: str | None = None
+    unusable: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.events) != len(self.keys):
             raise ValueError("one deduplication key per event")
 
 
+class WrongKind(RelayError):
+    """The payload is not what its kind header says (a job hook without its build): the
+    sender's mistake, answered 400 with this reason."""
+
+
 def ignored(reason: str) -> Mapped:
     """A delivery the relay answers 2xx and makes nothing of."""
     return Mapped(ignored=reason)
+
+
+def unusable(reason: str) -> Mapped:
+    """A delivery of a kind the relay uses that cannot become an event, and why."""
+    return Mapped(unusable=reason)
 
 
 def event(resource: dict[str, Any]) -> dict[str, Any]:

@@ -7,50 +7,24 @@ shifted to just before now; cases the example set lacks are edited copies, as ea
 from __future__ import annotations
 
 import copy
-import json
-import re
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from relay.contract.schema import validate_events
 from relay.webhooks.github import map_github, run_unique_id
-from relay.webhooks.mapped import Mapped, derived_id, ignored
-
-PAYLOADS = Path(__file__).parent / "payloads" / "github"
-_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?Z")
-
-
-def _parse(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
-def _times(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        return [time for value in node.values() for time in _times(value)]
-    if isinstance(node, list):
-        return [time for value in node for time in _times(value)]
-    return [node] if isinstance(node, str) and _TIME.fullmatch(node) else []
-
-
-def _shift(node: Any, delta: timedelta) -> Any:
-    if isinstance(node, dict):
-        return {key: _shift(value, delta) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_shift(value, delta) for value in node]
-    if isinstance(node, str) and _TIME.fullmatch(node):
-        return (_parse(node) + delta).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return node
+from relay.webhooks.mapped import Mapped, WrongKind, derived_id, unusable
+from tests.webhooks.recorded import github
 
 
 def recorded(name: str) -> dict[str, Any]:
     """A recorded payload whose latest time is a minute ago (its time differences kept)."""
-    payload = json.loads((PAYLOADS / f"{name}.json").read_text())
-    latest = max(_parse(time) for time in _times(payload))
-    shifted: dict[str, Any] = _shift(payload, datetime.now(UTC) - timedelta(minutes=1) - latest)
-    return shifted
+    return github(name)
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text)
 
 
 def resources(mapped: Mapped) -> list[dict[str, Any]]:
@@ -269,11 +243,11 @@ def test_job_queue_time_is_milliseconds_from_creation_to_start() -> None:
     assert 12_500 == job["queue_time"]
 
 
-def test_job_without_workflow_name_is_ignored() -> None:
+def test_job_without_workflow_name_is_unusable() -> None:
     """The recorded failed job has no workflow_name: its pipeline cannot be named, so it is
-    ignored with that reason rather than sent under a guessed name."""
+    unusable with that reason (a dead letter) rather than sent under a guessed name."""
     mapped = map_github("workflow_job", recorded("workflow_job.completed.failure"))
-    expected = ignored("GitHub workflow_job has no workflow_name to name its pipeline")
+    expected = unusable("GitHub workflow_job has no workflow_name to name its pipeline")
     assert expected == mapped
 
 
@@ -311,10 +285,19 @@ def test_other_kinds_are_ignored(kind: str) -> None:
     assert f"GitHub event {kind!r} makes no pipeline event" == map_github(kind, {}).ignored
 
 
-def test_payload_without_its_object_is_ignored_with_the_reason() -> None:
-    """A workflow_run hook without its run object is ignored, saying what is missing."""
-    mapped = map_github("workflow_run", {"action": "completed"})
-    assert "GitHub workflow_run: the payload has no workflow_run object" == mapped.ignored
+@pytest.mark.parametrize("kind", ["workflow_run", "workflow_job"])
+def test_payload_without_its_object_is_the_wrong_kind(kind: str) -> None:
+    """A hook without the object its kind is about is not that kind (the edge answers 400)."""
+    with pytest.raises(WrongKind, match=f"has a {kind} object; this payload has none"):
+        map_github(kind, {"action": "completed"})
+
+
+def test_run_without_repository_is_unusable_saying_what_is_missing() -> None:
+    """A run of the kind that lacks a field its event needs is unusable, with the reason."""
+    payload = recorded("workflow_run.completed")
+    del payload["repository"]
+    mapped = map_github("workflow_run", payload)
+    assert "GitHub workflow_run: the payload has no repository object" == mapped.unusable
 
 
 def test_the_recorded_payload_is_left_unchanged() -> None:

@@ -3,65 +3,27 @@
 from __future__ import annotations
 
 import copy
-import json
 import re
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from relay.contract.schema import validate_events
-from relay.webhooks.gitlab import map_gitlab
-from relay.webhooks.mapped import Mapped
+from relay.webhooks.gitlab import JOB_HOOK, PIPELINE_HOOK, map_gitlab
+from relay.webhooks.mapped import Mapped, WrongKind
+from tests.webhooks.recorded import gitlab, read_time, walk_times
 
-PAYLOADS = Path(__file__).parent / "payloads" / "gitlab"
 _GITLAB_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC")
-_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}")
-
-
-def _read(value: str) -> datetime:
-    if _GITLAB_TIME.fullmatch(value):
-        return datetime.strptime(value, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC)
-    return datetime.fromisoformat(value)
-
-
-def _walk(value: Any, change: Any) -> Any:
-    """``value`` with every time string replaced by ``change(text)``."""
-    if isinstance(value, dict):
-        return {key: _walk(item, change) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_walk(item, change) for item in value]
-    if isinstance(value, str) and (_GITLAB_TIME.fullmatch(value) or _ISO_TIME.fullmatch(value)):
-        return change(value)
-    return value
 
 
 def load(name: str) -> dict[str, Any]:
     """A recorded payload, its times shifted (same format) so the latest is a minute ago."""
-    payload = json.loads((PAYLOADS / name).read_text())
-    times: list[datetime] = []
-
-    def note(value: str) -> str:
-        times.append(_read(value))
-        return value
-
-    _walk(payload, note)
-    delta = datetime.now(UTC) - timedelta(minutes=1) - max(times)
-
-    def shift(value: str) -> str:
-        moved = _read(value) + delta
-        if _GITLAB_TIME.fullmatch(value):
-            return moved.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        return moved.isoformat()
-
-    result: dict[str, Any] = _walk(payload, shift)
-    return result
+    return gitlab(name)
 
 
 def as_rfc3339(payload: dict[str, Any]) -> dict[str, Any]:
     """``payload`` with GitLab's "2025-04-01 18:31:49 UTC" times written as RFC3339."""
-    result: dict[str, Any] = _walk(payload, lambda value: _read(value).isoformat())
+    result: dict[str, Any] = walk_times(payload, lambda value: read_time(value).isoformat())
     return result
 
 
@@ -92,7 +54,7 @@ def test_finished_pipeline_maps_to_pipeline_stage_and_job_events() -> None:
         "partial_retry": False,
         "queue_time": 12_000,
     }.items() <= pipeline.items()
-    assert _read(pipeline["start"].replace("Z", "+00:00")) == _read(
+    assert read_time(pipeline["start"].replace("Z", "+00:00")) == read_time(
         payload["object_attributes"]["created_at"]
     )
     assert pipeline["git"] == {
@@ -199,8 +161,12 @@ def test_stage_spans_its_builds_and_takes_status_from_them() -> None:
     builds = {b["name"]: b for b in payload["builds"]}
     stages = {s["name"]: s for s in by_level(map_gitlab("Pipeline Hook", payload), "stage")}
     test = stages["test"]
-    assert _read(test["start"].replace("Z", "+00:00")) == _read(builds["test-build"]["started_at"])
-    assert _read(test["end"].replace("Z", "+00:00")) == _read(builds["test-build"]["finished_at"])
+    assert read_time(test["start"].replace("Z", "+00:00")) == read_time(
+        builds["test-build"]["started_at"]
+    )
+    assert read_time(test["end"].replace("Z", "+00:00")) == read_time(
+        builds["test-build"]["finished_at"]
+    )
     assert test["status"] == "error"
     assert stages["build"]["status"] == "success"
     assert stages["deploy"]["status"] == "skipped"
@@ -327,3 +293,36 @@ def test_other_kinds_are_ignored(kind: str) -> None:
     mapped = map_gitlab(kind, load("pipeline.json"))
     assert mapped.events == ()
     assert mapped.ignored is not None
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload"),
+    [
+        (PIPELINE_HOOK, {"object_kind": "pipeline"}),
+        (PIPELINE_HOOK, {"object_kind": "build", "object_attributes": {}}),
+        (JOB_HOOK, {"object_kind": "build"}),
+        (JOB_HOOK, {"object_kind": "pipeline", "build_status": "success"}),
+    ],
+)
+def test_payload_that_is_not_its_kind_is_the_wrong_kind(kind: str, payload: dict[str, Any]) -> None:
+    """A hook whose body is not what its X-Gitlab-Event says is refused (the edge answers 400)."""
+    with pytest.raises(WrongKind, match=f"a GitLab {kind} has object_kind"):
+        map_gitlab(kind, payload)
+
+
+def test_pipeline_without_project_url_is_unusable() -> None:
+    """A Pipeline Hook that lacks what its ids derive from is unusable (a dead letter)."""
+    payload = load("pipeline.json")
+    del payload["project"]["web_url"]
+    mapped = map_gitlab(PIPELINE_HOOK, payload)
+    assert ((), None) == (mapped.events, mapped.ignored)
+    assert "GitLab pipeline hook without project web URL" in (mapped.unusable or "")
+
+
+def test_job_without_times_is_unusable() -> None:
+    """A finished Job Hook with no start time at all cannot become a job event."""
+    payload = load("job.json")
+    for field in ("build_started_at", "build_created_at", "build_finished_at"):
+        payload[field] = None
+    mapped = map_gitlab(JOB_HOOK, payload)
+    assert "GitLab job hook without" in (mapped.unusable or "")

@@ -20,13 +20,14 @@ from relay.config import OutboxSettings
 from relay.contract.accepted import AcceptedEvent
 from relay.contract.intake import ENVELOPE, ENVELOPE_BYTES
 from relay.store import outbox_file, queries
+from relay.store.once import Keyed, Once, Stored
 from relay.store.opening import open_file
 from relay.store.outbox_file import ServeLock
 from relay.store.writer import Writer, unavailable
 
 logger = structlog.get_logger(__name__)
 
-DeadLetterReason = Literal["rejected", "too_large", "expired", "upstream_error"]
+DeadLetterReason = Literal["rejected", "too_large", "expired", "upstream_error", "invalid"]
 DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = get_args(DeadLetterReason)
 
 # SQLite's quick check at start stops after this long; a larger file is opened unchecked.
@@ -53,6 +54,15 @@ class Readings:
     oldest_received_at: float | None
     oldest_end_at: float | None
     dead_letters: dict[str, int]  # by reason
+
+
+@dataclass(frozen=True)
+class KeysPruned:
+    """What a prune of the webhook keys deleted; ``bound_age_s``: when the key bound was
+    reached, the age of the newest key it deleted (the deduplication window it left)."""
+
+    deleted: int
+    bound_age_s: float | None
 
 
 _R = TypeVar("_R")
@@ -151,6 +161,34 @@ class Outbox:
         """Store ``events`` durably, all or none; returns once they are committed."""
         now = time.time()
         await self._writer.append([(now, e.end_at, len(e.body), e.body) for e in events])
+
+    async def append_once(self, delivery: str, items: Sequence[Keyed]) -> Stored:
+        """Store a webhook delivery's ``items`` durably: those whose keys are new, none if
+        the ``delivery`` key was stored before (``relay.store.once``); refused items become
+        dead letters. Returns once committed, saying what was stored."""
+        once = Once.of(delivery, items)
+        now = time.time()
+        rows = [(now, i.end_at, len(i.body), i.body) for i in items if i.refused is None]
+        return await self._writer.append(rows, once)
+
+    async def prune_webhook_keys(self, keep_s: float, max_keys: int, now: float) -> KeysPruned:
+        """Delete the webhook keys older than ``keep_s`` and, past ``max_keys``, the oldest.
+
+        The bound is read on the reader connection (an index walk of ``max_keys`` entries),
+        so the writer holds its transaction only for the delete.
+        """
+        past = await self._read(queries.KEYS_PAST_BOUND, (max_keys,))
+        bounded_at: float | None = past.first("seen_at")
+        cutoff = now - keep_s if bounded_at is None else max(now - keep_s, bounded_at)
+        deleted = 0
+
+        def work(conn: sqlite3.Connection) -> tuple[int, int]:
+            nonlocal deleted
+            deleted = conn.execute(queries.PRUNE_KEYS, (cutoff,)).rowcount
+            return 0, 0
+
+        await self._writer.apply(work, durable=False)
+        return KeysPruned(deleted, None if bounded_at is None else now - bounded_at)
 
     async def ack(self, events: Sequence[StoredEvent]) -> None:
         """Delete events the upstream answered 2xx for, in one transaction."""

@@ -25,6 +25,8 @@ _IN_IDS = "IN (SELECT value FROM json_each(?))"
 
 _INTO_EVENTS = "INSERT INTO events (received_at, end_at, size, body)"
 APPEND = f"{_INTO_EVENTS} VALUES (?, ?, ?, ?)"
+# received_at, end_at, size, body: the parameters of APPEND.
+Row = tuple[float, float | None, int, bytes]
 
 _EVENT = "id, received_at, end_at, size, attempts, first_failure_at, body"
 # A batch is read in two steps, so that it never loads more than its byte cap however large
@@ -75,6 +77,13 @@ TO_DEAD_LETTERS = (
     "SELECT id, received_at, ?, ?, ?, attempts + ?, coalesce(first_failure_at, ?), ?, end_at, body "
     f"FROM events WHERE id {_IN_IDS} ORDER BY id"
 )
+# -- webhook keys (relay.store.once): what deduplicates webhooks, stored with their events
+
+ADD_KEY = "INSERT OR IGNORE INTO webhook_keys (key, seen_at) VALUES (?, ?)"
+# The seen_at of the key that is the given number of places from the newest: keys at or
+# before it are past the bound (an index read of that many entries, on the reader).
+KEYS_PAST_BOUND = "SELECT seen_at FROM webhook_keys ORDER BY seen_at DESC LIMIT 1 OFFSET ?"
+PRUNE_KEYS = "DELETE FROM webhook_keys WHERE seen_at <= ?"
 COUNT_DEAD_LETTERS = "SELECT count(*) AS dead_letters FROM dead_letters"
 # Dead letters by reason, from the index dead_letters_by_reason.
 DEAD_LETTERS_BY_REASON = "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason"

@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 import structlog
@@ -29,6 +29,7 @@ from relay import meters
 from relay.config import OutboxSettings
 from relay.contract.exceptions import RelayError
 from relay.store import queries
+from relay.store.once import Once, Stored
 from relay.store.outbox_file import TRANSIENT_CODES
 
 logger = structlog.get_logger(__name__)
@@ -36,8 +37,7 @@ logger = structlog.get_logger(__name__)
 # A group commit stops growing at this many rows, so one transaction stays short.
 _MAX_GROUP_ROWS = 20_000
 
-# received_at, end_at, size, body: the parameters of queries.APPEND.
-Row = tuple[float, float | None, int, bytes]
+Row = queries.Row
 Counts = tuple[int, int]  # events, bytes
 # A maintenance write, run on the write connection's thread inside the transaction the
 # writer opens and commits; returns how many events and bytes it removed from the outbox.
@@ -115,9 +115,12 @@ class OutboxCounts:
 
 @dataclass(slots=True)
 class _Append:
+    """Rows to append; with ``once`` (a webhook), those of its items not stored before."""
+
     rows: list[Row]
     size: int
-    done: asyncio.Future[None]
+    done: asyncio.Future[Stored]
+    once: Once | None = None
 
 
 @dataclass(slots=True)
@@ -157,12 +160,18 @@ class Writer:
         assert self._task is not None
         return self._task
 
-    async def append(self, rows: list[Row]) -> None:
-        """Commit ``rows``, all or none, in the next group; returns once they are committed."""
+    async def append(self, rows: list[Row], once: Once | None = None) -> Stored:
+        """Commit ``rows``, all or none, in the next group; returns once they are committed.
+
+        With ``once`` (a webhook delivery; ``rows`` are its events' rows), only what its
+        keys say is new is stored, in the same transaction as the keys. The outbox limits
+        are checked against all of ``rows``: a delivery that would pass them is refused
+        even if some of its events turn out to be stored already.
+        """
         self._check_open()
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Append(rows, sum(r[2] for r in rows), done))
-        await done
+        done: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Append(rows, sum(r[2] for r in rows), done, once))
+        return await done
 
     async def apply(
         self, work: Work, *, durable: bool = True, delivered: int = 0, dead_lettered: int = 0
@@ -208,7 +217,7 @@ class Writer:
             self._closing = True
             failure = OutboxClosed(f"outbox writer stopped: {exc!r}")
             for op in group:
-                _settle(op.done, failure)
+                _fail(op.done, failure)
             self._fail_pending(failure)
             raise
 
@@ -236,37 +245,40 @@ class Writer:
             return
         events, size = self.counts.events, self.counts.bytes
         accepted: list[_Append] = []
-        rows: list[Row] = []
         for op in ops:
             if limit_passed(events + len(op.rows), size + op.size, self._settings) is not None:
                 _settle(op.done, OutboxFull("the outbox is full"))
                 continue
             events += len(op.rows)
             size += op.size
-            rows.extend(op.rows)
             accepted.append(op)
         if not accepted:
             return
         started = time.perf_counter()
+        before = self.counts.events, self.counts.bytes
 
-        def append(conn: sqlite3.Connection) -> None:
-            conn.executemany(queries.APPEND, rows)
-            conn.execute(queries.SET_TOTALS, (events, size))
+        def append(conn: sqlite3.Connection) -> _Appended:
+            appended = _rows_to_store(conn, accepted, before)
+            conn.executemany(queries.APPEND, appended.rows)
+            conn.execute(queries.SET_TOTALS, appended.totals)
+            return appended
 
         try:
-            await queries.on_thread(self._conn, transaction(append))
+            appended = await queries.on_thread(self._conn, transaction(append))
         except sqlite3.Error as exc:
             logger.error("outbox commit failed", error=str(exc), requests=len(accepted))
             for op in accepted:
                 _settle(op.done, unavailable(exc))
             return
         self.commit_seconds.observe(time.perf_counter() - started)
-        self.group_events.observe(len(rows))
-        self.counts.events, self.counts.bytes = events, size
-        self.counts.accepted_total += len(rows)
-        for op in accepted:
-            _settle(op.done, None)
-        self.appended.set()
+        self.group_events.observe(len(appended.rows))
+        self.counts.events, self.counts.bytes = appended.totals
+        self.counts.accepted_total += len(appended.rows)
+        self.counts.dead_lettered_total += sum(stored.dead_letters for stored in appended.stored)
+        for op, stored in zip(accepted, appended.stored, strict=True):
+            _settle(op.done, stored)
+        if appended.rows:
+            self.appended.set()
 
     async def _run_apply(self, op: _Apply) -> None:
         relaxed = not op.durable and self._settings.synchronous != "NORMAL"
@@ -288,7 +300,7 @@ class Writer:
         while not self._queue.empty():
             op = self._queue.get_nowait()
             if op is not None:
-                _settle(op.done, failure)
+                _fail(op.done, failure)
 
 
 _T = TypeVar("_T")
@@ -344,11 +356,49 @@ def _relaxed(
     return run
 
 
-def _settle(future: asyncio.Future[None], outcome: BaseException | None) -> None:
+@dataclass(slots=True)
+class _Appended:
+    """What a group's transaction appended: the rows, each append's outcome, the totals."""
+
+    rows: list[Row]
+    stored: list[Stored]
+    totals: Counts
+
+
+def _rows_to_store(conn: sqlite3.Connection, ops: list[_Append], before: Counts) -> _Appended:
+    """The rows of ``ops`` to append (a webhook's, less those stored before), inside the
+    group's transaction."""
+    rows: list[Row] = []
+    stored: list[Stored] = []
+    events, size = before
+    now = time.time()
+    for op in ops:
+        if op.once is None:
+            kept, outcome, kept_size = op.rows, Stored(len(op.rows)), op.size
+        else:
+            kept, outcome = op.once.store(conn, now)
+            kept_size = sum(row[2] for row in kept)
+        rows.extend(kept)
+        stored.append(outcome)
+        events += len(kept)
+        size += kept_size
+    return _Appended(rows, stored, (events, size))
+
+
+_Outcome = TypeVar("_Outcome")
+
+
+def _settle(future: asyncio.Future[_Outcome], outcome: BaseException | _Outcome) -> None:
     # A handler whose client went away may have stopped waiting; its rows are still committed.
     if future.done():
         return
-    if outcome is None:
-        future.set_result(None)
-    else:
+    if isinstance(outcome, BaseException):
         future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _fail(future: asyncio.Future[Any], failure: BaseException) -> None:
+    """``_settle`` with a failure, for a future of any outcome."""
+    if not future.done():
+        future.set_exception(failure)

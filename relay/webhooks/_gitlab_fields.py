@@ -6,6 +6,7 @@ same pipeline or build read from either hook gives the same ids, keys and fields
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,9 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from relay.contract.intake import MAX_ERROR_TYPE
+from relay.contract.intake import MAX_ERROR_MESSAGE, MAX_ERROR_TYPE
 from relay.contract.urls import strip_credentials
-from relay.webhooks.mapped import derived_id
+from relay.webhooks.mapped import cut, derived_id
+
+# The intake's integers (queue_time) are 64-bit.
+_MAX_INT64 = 2**63 - 1
 
 # GitLab's real hooks write times as "2025-04-01 18:31:49 UTC"; its test hooks and *_iso
 # fields write RFC3339. Both occur in one installation.
@@ -69,10 +73,14 @@ def rfc3339(moment: datetime) -> str:
 
 
 def queue_ms(seconds: Any) -> int | None:
-    """GitLab's queued_duration (seconds, maybe fractional) as the intake's milliseconds."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+    """GitLab's queued_duration (seconds, maybe fractional) as the intake's milliseconds;
+    None for a value that is no duration or that the intake's 64-bit integer cannot hold."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         return None
-    return round(seconds * 1000)
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    milliseconds = round(seconds * 1000)
+    return milliseconds if milliseconds <= _MAX_INT64 else None
 
 
 def host_of(web_url: str) -> str:
@@ -187,7 +195,11 @@ def job_error(failure_reason: Any) -> dict[str, Any]:
         if reason in _USER_FAILURES
         else "unknown"
     )
-    return {"type": reason[:MAX_ERROR_TYPE], "message": reason, "domain": domain}
+    return {
+        "type": cut(reason, MAX_ERROR_TYPE),
+        "message": cut(reason, MAX_ERROR_MESSAGE),
+        "domain": domain,
+    }
 
 
 @dataclass(frozen=True)

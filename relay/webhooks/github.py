@@ -22,7 +22,15 @@ from typing import Any
 from relay.contract.exceptions import RelayError
 from relay.contract.intake import MAX_ERROR_MESSAGE
 from relay.contract.urls import strip_credentials
-from relay.webhooks.mapped import Mapped, WrongKind, derived_id, event, ignored, unusable
+from relay.webhooks.mapped import (
+    Mapped,
+    WrongKind,
+    cut,
+    derived_id,
+    event,
+    ignored,
+    unusable,
+)
 
 PIPELINE_STATUS = {
     "success": "success",
@@ -199,10 +207,8 @@ def _job_resource(job: Mapping[str, Any], status: str, conclusion: str) -> dict[
     if status == "error":
         failed = [step["name"] for step in _steps(job) if step["conclusion"] != "success"]
         detail = f"; failed or cancelled steps: {', '.join(failed)}" if failed else ""
-        message = f"job concluded {conclusion}{detail}"
         # The intake refuses an error message over MAX_ERROR_MESSAGE characters.
-        if len(message) > MAX_ERROR_MESSAGE:
-            message = message[: MAX_ERROR_MESSAGE - 3] + "..."
+        message = cut(f"job concluded {conclusion}{detail}", MAX_ERROR_MESSAGE)
         resource["error"] = {"message": message}
     return resource
 

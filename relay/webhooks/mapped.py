@@ -56,3 +56,8 @@ def unusable(reason: str) -> Mapped:
 def event(resource: dict[str, Any]) -> dict[str, Any]:
     """A ``data`` item of the intake's request holding ``resource``."""
     return {"attributes": {"resource": resource}, "type": "cipipeline_resource_request"}
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters (an intake limit), marked ``...`` where cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -400,12 +400,8 @@ def test_a_mapped_event_broken_in_one_field_is_refused_by_both() -> None:
         validate_events([item, broken])
 
 
-# KNOWN MAPPER DEFECTS: these fail until the GitLab mapper keeps sender-supplied values
-# within the intake's limits (relay.webhooks._gitlab_fields): job_error cuts error.type
-# to MAX_ERROR_TYPE but not error.message to MAX_ERROR_MESSAGE, so a failure_reason over
-# 5000 characters makes a job both judges refuse; queue_ms has no upper bound, so a
-# queued_duration over INT64_MAX milliseconds (~9.2e15 s) makes a queue_time the relay's
-# validation refuses (an int64 at the intake). Do not loosen them: the mapper is to be fixed.
+# Sender values past the intake's limits: the mapper cuts an error message to
+# MAX_ERROR_MESSAGE and drops a queue_time that a 64-bit integer cannot hold.
 @pytest.mark.parametrize(
     "fields",
     [

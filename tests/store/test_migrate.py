@@ -13,6 +13,7 @@ import aiosqlite
 import pytest
 
 import relay.store.migrate
+from relay.store import queries
 from relay.store.migrate import SchemaTooNew, available, migrate
 from relay.testing.process import write_config
 from tests.helpers import ci_relay
@@ -49,6 +50,10 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int]]] = {
         ("id", "INTEGER", 0),
         ("events", "INTEGER", 1),
         ("bytes", "INTEGER", 1),
+    ],
+    "webhook_keys": [
+        ("key", "BLOB", 1),
+        ("seen_at", "REAL", 1),
     ],
     "schema_migrations": [
         ("version", "INTEGER", 0),
@@ -224,3 +229,33 @@ async def test_dead_letters_keep_their_rows_and_never_reuse_an_id(tmp_path: Path
         ids = await connection.execute_fetchall("SELECT id, reason FROM dead_letters")
     assert [(1, "rejected", "bad")] == [tuple(r) for r in kept]
     assert [(2, "upstream_error")] == [tuple(r) for r in ids]
+
+
+async def test_webhook_migration_keeps_dead_letters_and_their_id_sequence(tmp_path: Path) -> None:
+    """Migration 8 rebuilds dead_letters to take 'invalid': rows kept, and an id freed by a
+    purge before it is not given again after it."""
+    path = tmp_path / "outbox.db"
+    columns = (
+        "event_id, received_at, reason, upstream_status, detail, attempts, "
+        "first_failure_at, last_failure_at, end_at, body"
+    )
+    async with aiosqlite.connect(path) as connection:
+        await connection.execute(queries.CREATE_LEDGER)
+        for migration in available()[:7]:
+            await connection.executescript(
+                queries.migration_script(migration.sql, migration.version, migration.name, "")
+            )
+        for detail in ("kept", "purged"):
+            await connection.execute(
+                f"INSERT INTO dead_letters ({columns}) "
+                f"VALUES (1, 0, 'expired', NULL, '{detail}', 0, 0, 0, NULL, x'7b7d')"
+            )
+        await connection.execute("DELETE FROM dead_letters WHERE detail = 'purged'")
+        await connection.commit()
+        await migrate(connection, str(path))
+        await connection.execute(
+            f"INSERT INTO dead_letters ({columns}) "
+            "VALUES (3, 0, 'invalid', NULL, 'webhook', 0, 0, 0, NULL, x'7b7d')"
+        )
+        rows = await connection.execute_fetchall("SELECT id, reason, detail FROM dead_letters")
+    assert [(1, "expired", "kept"), (3, "invalid", "webhook")] == [tuple(r) for r in rows]

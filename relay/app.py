@@ -15,11 +15,12 @@ from aiohttp import web
 from relay.config import OutboxSettings
 from relay.contract.intake import PIPELINE_PATH
 from relay.delivery.snapshot import DeliverySnapshot
-from relay.ingest import server
+from relay.ingest import server, webhooks
 from relay.ingest.admission import ParseBudget
 from relay.ingest.connections import ConnectionGuard, RelayRunner
 from relay.ingest.counts import IngestCounts
 from relay.ingest.guard import INGEST_COUNTS, INGEST_TOKEN, refuse
+from relay.ingest.webhook_sources import SOURCES
 from relay.keyfiles import KeyFile
 from relay.ops import routes
 from relay.ops.metrics import RelayCollector
@@ -34,9 +35,12 @@ async def not_found(request: web.Request) -> web.Response:
 
 async def method_not_allowed(request: web.Request) -> web.Response:
     """405 in Datadog's shape, with Allow, for a known path and a wrong method."""
-    allowed = "POST" if request.path == PIPELINE_PATH else "GET, HEAD"
+    allowed = "POST" if request.path in _POST_PATHS else "GET, HEAD"
     detail = f"method {request.method} is not allowed on {request.path}; use {allowed}"
     return refuse(request, 405, detail, headers={"Allow": allowed})
+
+
+_POST_PATHS = frozenset({PIPELINE_PATH, *(source.path for source in SOURCES)})
 
 
 def create_app(
@@ -47,12 +51,15 @@ def create_app(
     delivery: Callable[[], DeliverySnapshot] | None = None,
     parse_budget: ParseBudget | None = None,
     ingest_token: KeyFile | None = None,
+    webhook_secrets: dict[str, KeyFile] | None = None,
 ) -> web.Application:
     """The aiohttp application; run it with ``app_runner()`` so bodies arrive undecoded.
 
     ``delivery`` gives delivery's snapshot for ``/metrics`` and ``/status``
     (``Flusher.snapshot``); without it they show no delivery. With an ``ingest_token``
     holding a value, ingest, ``/metrics`` and ``/status`` require it; the probes stay open.
+    ``webhook_secrets`` by source (``gitlab``, ``github``): a source is served when its
+    secret holds a value (``relay.ingest.webhooks``); webhooks never need the ingest token.
 
     404 and 405 are routes of their own rather than a middleware: they answer in
     Datadog's shape, and the ingest path does not pay for a middleware on every request.
@@ -66,6 +73,9 @@ def create_app(
     routes.configure(app, outbox, outbox_settings or OutboxSettings(), collector)
     app.router.add_post(PIPELINE_PATH, server.post_pipeline)
     app.router.add_route("*", PIPELINE_PATH, method_not_allowed)
+    webhooks.configure(app, webhook_secrets)
+    for source in SOURCES:
+        app.router.add_route("*", source.path, method_not_allowed)
     for path, handler in routes.ROUTES:
         app.router.add_get(path, handler)  # and HEAD
         app.router.add_route("*", path, method_not_allowed)

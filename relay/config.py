@@ -337,6 +337,26 @@ class RetrySettings(_Group):
     systemic_reject_after: int = Field(default=20, ge=2)
 
 
+class WebhookSettings(_Group):
+    """CI servers' webhooks (``relay.ingest.webhooks``): a source is served when its secret
+    is set; ``POST /webhooks/<source>`` answers 404 otherwise."""
+
+    gitlab_token: Secret = None
+    gitlab_token_file: SecretFile = None
+    github_secret: Secret = None
+    github_secret_file: SecretFile = None
+    # How long the keys that deduplicate deliveries are kept (GitHub's manual redelivery and
+    # GitLab's retries come within a day), and how many at most (about 40 bytes each).
+    dedup_keep_h: float = Field(default=48.0, ge=24)
+    dedup_max_keys: int = Field(default=1_000_000, ge=10_000)
+
+    @model_validator(mode="after")
+    def _one_secret_each(self) -> WebhookSettings:
+        _one_of(self, "gitlab_token", "gitlab_token_file")
+        _one_of(self, "github_secret", "github_secret_file")
+        return self
+
+
 class LogSettings(_Group):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -375,6 +395,7 @@ class Settings(_FromFileAndEnvironment):
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     flusher: FlusherSettings = Field(default_factory=FlusherSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     def redacted(self) -> dict[str, Any]:
@@ -382,6 +403,9 @@ class Settings(_FromFileAndEnvironment):
         data = self.model_dump(mode="json")
         data["upstream"]["api_key"] = "set (redacted)" if self.upstream.api_key else None
         data["server"]["ingest_token"] = "set (redacted)" if self.server.ingest_token else None
+        for secret in ("gitlab_token", "github_secret"):
+            held = getattr(self.webhooks, secret) is not None
+            data["webhooks"][secret] = "set (redacted)" if held else None
         if self.upstream.url is not None:
             data["upstream"]["url"] = redact_url(self.upstream.url)
         return data

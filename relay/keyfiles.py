@@ -32,7 +32,13 @@ from typing import TypeVar
 import structlog
 from pydantic import SecretStr
 
-from relay.config import ConfigError, ServerSettings, UpstreamSettings, clean_secret
+from relay.config import (
+    ConfigError,
+    ServerSettings,
+    UpstreamSettings,
+    WebhookSettings,
+    clean_secret,
+)
 
 logger = structlog.get_logger(__name__)
 
@@ -119,6 +125,12 @@ class KeyFile:
         """As ``ingest_token``, with the file read off the event loop (``load``)."""
         return await cls.load(*_ingest_token(server))
 
+    @classmethod
+    async def load_webhook_secrets(cls, webhooks: WebhookSettings) -> dict[str, KeyFile]:
+        """The secret of each webhook source (``gitlab``, ``github``), files read off the
+        event loop; a source without one has a KeyFile whose ``value`` is None."""
+        return {source: await cls.load(*found) for source, found in _webhooks(webhooks).items()}
+
     @property
     def value(self) -> str | None:
         """The secret in force, or None when there is none."""
@@ -181,6 +193,17 @@ def _api_key(upstream: UpstreamSettings) -> _Source:
 
 def _ingest_token(server: ServerSettings) -> _Source:
     return "server.ingest_token_file", server.ingest_token, server.ingest_token_file
+
+
+def _webhooks(webhooks: WebhookSettings) -> dict[str, _Source]:
+    return {
+        "gitlab": ("webhooks.gitlab_token_file", webhooks.gitlab_token, webhooks.gitlab_token_file),
+        "github": (
+            "webhooks.github_secret_file",
+            webhooks.github_secret,
+            webhooks.github_secret_file,
+        ),
+    }
 
 
 def in_thread(call: Callable[[], T]) -> concurrent.futures.Future[T]:

@@ -117,6 +117,7 @@ async def serving(
     guard: ConnectionGuard | None = None,
     parse_budget: ParseBudget | None = None,
     ingest_token: KeyFile | None = None,
+    webhook_secrets: dict[str, KeyFile] | None = None,
 ) -> AsyncIterator[RunningRelay]:
     """The relay's HTTP API on 127.0.0.1 over a real outbox, closed on exit."""
     outbox = await Outbox.open(settings)
@@ -127,6 +128,7 @@ async def serving(
         outbox_settings=settings,
         parse_budget=parse_budget,
         ingest_token=ingest_token,
+        webhook_secrets=webhook_secrets,
     )
     web_runner = app_runner(app, guard)
     try:

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-import zlib
 
 import structlog
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 
 from relay.config import ServerSettings
-from relay.contract.exceptions import RelayError
 from relay.contract.schema import InvalidRequest, parse_request
 from relay.errors import error_response
 from relay.ingest.admission import Busy, ParseBudget
 from relay.ingest.guard import INGEST_COUNTS, denied, refuse
+from relay.ingest.reading import Refused, read_body
 from relay.store.outbox import Outbox
 from relay.store.writer import OutboxClosed, OutboxFull, OutboxUnavailable
 
@@ -40,15 +38,6 @@ _REPORT_S = 10.0
 PARSE_INLINE_MAX_BYTES = 1024 * 1024
 
 
-class _Refused(RelayError):
-    """The request is refused with ``status``; ``details`` say why."""
-
-    def __init__(self, status: int, *details: str) -> None:
-        super().__init__(details[0])
-        self.status = status
-        self.details = details
-
-
 async def post_pipeline(request: web.Request) -> web.Response:
     """Validate the events of one request and answer 202 once they are durable."""
     app = request.app
@@ -57,7 +46,7 @@ async def post_pipeline(request: web.Request) -> web.Response:
     if (forbidden := denied(request)) is not None:
         return forbidden
     try:
-        body = await _read_body(request, app[MAX_BODY_BYTES])
+        body = await read_body(request, app[MAX_BODY_BYTES])
         budget = app[PARSE_BUDGET]
         if not budget.take(len(body)):  # no coroutine to await when it fits (most requests)
             await budget.acquire(len(body))
@@ -72,7 +61,7 @@ async def post_pipeline(request: web.Request) -> web.Response:
             budget.release(len(body))
     except InvalidRequest as exc:
         return refuse(request, 400, *exc.problems)
-    except _Refused as exc:
+    except Refused as exc:
         return refuse(request, exc.status, *exc.details)
     except (OutboxFull, OutboxUnavailable, OutboxClosed) as exc:
         refused = counts.refused
@@ -100,50 +89,6 @@ async def post_pipeline(request: web.Request) -> web.Response:
         return error_response(500, "the relay failed to handle this request; see its log")
     counts.requests_accepted += 1
     return web.Response(status=202, body=_ACCEPTED, content_type="application/json")
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_type != "application/json":
-        raise _Refused(
-            400, f"Content-Type must be application/json, not {request.content_type or 'missing'}"
-        )
-    if request.content_length is not None and request.content_length > limit:
-        raise _Refused(413, f"body of {request.content_length} bytes exceeds the {limit} limit")
-    try:
-        raw = await request.read()  # bounded by client_max_size, which relay.app sets to limit
-    except web.HTTPRequestEntityTooLarge:
-        raise _Refused(413, f"body exceeds the {limit} byte limit") from None
-    except RequestPayloadError as exc:  # a bad chunk, a wrong length: the client's fault
-        raise _Refused(400, f"the request body is not valid HTTP: {exc}") from None
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    return _decode(raw, encoding, limit)
-
-
-def _decode(raw: bytes, encoding: str, limit: int) -> bytes:
-    """The body without its Content-Encoding, refused past ``limit`` bytes (no zip bombs)."""
-    if encoding in ("identity", ""):
-        return raw
-    if encoding in ("gzip", "x-gzip"):
-        wbits = 16 + zlib.MAX_WBITS
-    elif encoding == "deflate":
-        # HTTP's deflate is zlib-wrapped, but some clients send a raw deflate stream.
-        wbits = zlib.MAX_WBITS if raw[:1] == b"\x78" else -zlib.MAX_WBITS
-    else:
-        raise _Refused(415, f"Content-Encoding {encoding} is not supported; use gzip or deflate")
-    inflater = zlib.decompressobj(wbits)
-    try:
-        body = inflater.decompress(raw, limit + 1)
-    except zlib.error as exc:
-        raise _Refused(400, f"body is not valid {encoding} data: {exc}") from None
-    if len(body) > limit:
-        raise _Refused(413, f"decompressed body exceeds the {limit} byte limit")
-    if not inflater.eof:
-        raise _Refused(400, f"body is truncated {encoding} data")
-    # A second gzip member or garbage after the first: refused, never silently dropped.
-    extra = len(inflater.unused_data) + len(inflater.unconsumed_tail)
-    if extra:
-        raise _Refused(400, f"body has {extra} bytes after the end of the {encoding} data")
-    return body
 
 
 class _StoreRefusals:

@@ -69,11 +69,11 @@ def create_app(
     app[INGEST_COUNTS] = counts
     app[INGEST_TOKEN] = ingest_token or KeyFile("server.ingest_token", None, None)
     server.configure(app, outbox, max_body_bytes, retry_after_s, parse_budget)
-    collector = RelayCollector(outbox, delivery, counts)
+    webhooks.configure(app, webhook_secrets)
+    collector = RelayCollector(outbox, delivery, counts, app[webhooks.WEBHOOK_COUNTS])
     routes.configure(app, outbox, outbox_settings or OutboxSettings(), collector)
     app.router.add_post(PIPELINE_PATH, server.post_pipeline)
     app.router.add_route("*", PIPELINE_PATH, method_not_allowed)
-    webhooks.configure(app, webhook_secrets)
     for source in SOURCES:
         app.router.add_route("*", source.path, method_not_allowed)
     for path, handler in routes.ROUTES:

@@ -62,6 +62,7 @@ def _read_at_start(settings: Settings) -> tuple[KeyFile, Proxy]:
     and the proxy. ConfigError naming the setting if one cannot be used."""
     token = KeyFile.ingest_token(settings.server)
     KeyFile.api_key(settings.upstream)
+    KeyFile.webhook_secrets(settings.webhooks)
     listener_tls(settings.server)
     tls_context(settings.upstream.ca_file)
     return token, upstream_proxy(settings.upstream)

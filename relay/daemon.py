@@ -31,6 +31,7 @@ from relay.ingest.admission import ParseBudget
 from relay.ingest.connections import ConnectionGuard, connection_bound, raise_open_file_limit
 from relay.keyfiles import KeyFile, check_pem_file
 from relay.store.outbox import Outbox
+from relay.store.upkeep import prune_webhook_keys
 
 logger = structlog.get_logger(__name__)
 
@@ -53,10 +54,11 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
     # relay with one line (ConfigError) rather than a relay that cannot do its work.
     api_key = await KeyFile.load_api_key(settings.upstream)
     token = await KeyFile.load_ingest_token(settings.server)
+    webhook_secrets = await KeyFile.load_webhook_secrets(settings.webhooks)
     tls = listener_tls(settings.server)
     # So is the proxy variable that applies to the upstream (looked up once, here).
     upstream = Upstream(settings.upstream, api_key)
-    on_change = _KeyChanges(api_key, token)
+    on_change = _KeyChanges(api_key, token, *webhook_secrets.values())
     # SIGHUP would otherwise end the process without a shutdown.
     loop.add_signal_handler(signal.SIGHUP, _on_hangup, on_change, config_file)
 
@@ -77,6 +79,8 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         on_change.flusher = flusher
         watcher = asyncio.create_task(_watch_key_files(on_change), name="key-files")
         stack.callback(watcher.cancel)
+        pruner = asyncio.create_task(prune_webhook_keys(outbox, settings.webhooks), name="keys")
+        stack.callback(pruner.cancel)
         app = create_app(
             outbox,
             settings.server.max_body_bytes,
@@ -85,6 +89,7 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
             flusher.snapshot,
             ParseBudget(settings.server.max_parsing_bytes, settings.server.parse_wait_s),
             token,
+            webhook_secrets,
         )
         web_runner = app_runner(app, guard, drain_s=budget.drain_s())
         await web_runner.setup()
@@ -106,6 +111,7 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
             port=port,
             tls=tls is not None,
             ingest_token=token.value is not None,
+            webhooks=[name for name, secret in webhook_secrets.items() if secret.value] or None,
             pending_events=outbox.counts.events,
             upstream=upstream.display_url,
             config=settings.redacted(),
@@ -175,9 +181,9 @@ def listener_tls(server: ServerSettings) -> ssl.SSLContext | None:
 class _KeyChanges:
     """Re-reads the key files (all, or those changed on disk) and tells who uses them."""
 
-    def __init__(self, api_key: KeyFile, token: KeyFile) -> None:
+    def __init__(self, api_key: KeyFile, *others: KeyFile) -> None:
         self._api_key = api_key
-        self._token = token
+        self._others = others  # read where they are used: the ingest token, webhook secrets
         self.flusher: Flusher | None = None  # told of a new API key once it runs
         # Set by SIGHUP: the watcher reads every file, changed or not. One task reads, so a
         # SIGHUP never races a poll of the same file.
@@ -185,9 +191,10 @@ class _KeyChanges:
 
     async def reload(self, only_changed: bool) -> None:
         """Read each key file again (with ``only_changed``, those changed on disk)."""
-        # Both at once: a file stuck in its file system does not hold up the other's check.
-        new_key, _ = await asyncio.gather(
-            self._api_key.refresh(only_changed), self._token.refresh(only_changed)
+        # All at once: a file stuck in its file system does not hold up the others' checks.
+        new_key, *_ = await asyncio.gather(
+            self._api_key.refresh(only_changed),
+            *(key.refresh(only_changed) for key in self._others),
         )
         if new_key and self.flusher is not None:
             self.flusher.api_key_changed()

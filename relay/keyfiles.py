@@ -126,9 +126,14 @@ class KeyFile:
         return await cls.load(*_ingest_token(server))
 
     @classmethod
+    def webhook_secrets(cls, webhooks: WebhookSettings) -> dict[str, KeyFile]:
+        """The secret of each webhook source (``gitlab``, ``github``), files read at once; a
+        source without one has a KeyFile whose ``value`` is None."""
+        return {source: cls(*found) for source, found in _webhooks(webhooks).items()}
+
+    @classmethod
     async def load_webhook_secrets(cls, webhooks: WebhookSettings) -> dict[str, KeyFile]:
-        """The secret of each webhook source (``gitlab``, ``github``), files read off the
-        event loop; a source without one has a KeyFile whose ``value`` is None."""
+        """As ``webhook_secrets``, with the files read off the event loop (``load``)."""
         return {source: await cls.load(*found) for source, found in _webhooks(webhooks).items()}
 
     @property

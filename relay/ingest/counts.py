@@ -36,8 +36,10 @@ WEBHOOK_OUTCOMES = (
 
 @dataclass
 class WebhookCounts:
-    """Webhook deliveries by (source, kind label, outcome), and the events they stored."""
+    """Webhook deliveries by (source, kind label, outcome), and the events they stored;
+    ``enabled``: whether each source is served (its secret is set; fixed at start)."""
 
+    enabled: dict[str, bool] = field(default_factory=dict)
     deliveries: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)  # by source
     dead_letters: Counter[str] = field(default_factory=Counter)  # by source

@@ -1,4 +1,5 @@
-"""The CI servers whose webhooks the relay takes: their headers, secrets and mappers.
+"""The CI servers whose webhooks the relay takes: their headers, secrets, mappers, and the
+shape of a 2xx answer (which ``GET /openapi.json`` describes).
 
 GitLab sends its hook's secret token as it is (``X-Gitlab-Token``); GitHub signs each body
 with its hook's secret (``X-Hub-Signature-256: sha256=<hex HMAC-SHA256>``). Both are checked
@@ -11,9 +12,12 @@ import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired
 
 from multidict import CIMultiDictProxy
+
+# typing's TypedDict is not enough for pydantic before Python 3.12 (GET /openapi.json).
+from typing_extensions import TypedDict
 
 from relay.webhooks.github import map_github
 from relay.webhooks.gitlab import JOB_HOOK, PIPELINE_HOOK, map_gitlab
@@ -22,8 +26,19 @@ from relay.webhooks.mapped import Mapped
 # A delivery id longer than this is not one a provider made: the body's digest stands in.
 _MAX_DELIVERY_ID = 200
 _SIGNATURE_PREFIX = "sha256="
+GITLAB_TOKEN_HEADER = "X-Gitlab-Token"  # noqa: S105 (a header name, not a secret)
+GITHUB_SIGNATURE_HEADER = "X-Hub-Signature-256"
 
 Headers = CIMultiDictProxy[str]
+
+
+class WebhookAnswer(TypedDict):
+    """A 2xx to a webhook: what became of the delivery (the CI server shows it beside it)."""
+
+    status: str  # stored, dead_lettered, duplicate or ignored
+    events: NotRequired[int]  # new events committed
+    dead_letters: NotRequired[int]  # new dead letters (content that cannot become an event)
+    reason: NotRequired[str]  # why an ignored delivery makes nothing
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,7 @@ class Source:
     setting: str  # webhooks.gitlab_token
     kind_header: str
     delivery_header: str
+    check_header: str  # the header that carries the secret or the signature
     kinds: Mapping[str, str]  # a kind header's value -> its metrics label; others are "other"
     map: Callable[[str, Mapping[str, Any]], Mapped]
     # Why the request is not from the holder of ``secret`` (None when it is).
@@ -68,7 +84,7 @@ def _same(given: str, expected: str) -> bool:
 
 
 def _gitlab_token(headers: Headers, _body: bytes, token: str) -> str | None:
-    given = headers.get("X-Gitlab-Token")
+    given = headers.get(GITLAB_TOKEN_HEADER)
     if given is None:
         return "X-Gitlab-Token is missing: set the hook's secret token to webhooks.gitlab_token"
     if not _same(given, token):
@@ -77,7 +93,7 @@ def _gitlab_token(headers: Headers, _body: bytes, token: str) -> str | None:
 
 
 def _github_signature(headers: Headers, body: bytes, secret: str) -> str | None:
-    given = headers.get("X-Hub-Signature-256")
+    given = headers.get(GITHUB_SIGNATURE_HEADER)
     if given is None:
         return "X-Hub-Signature-256 is missing: set the webhook's secret to webhooks.github_secret"
     if not given.startswith(_SIGNATURE_PREFIX):
@@ -94,6 +110,7 @@ GITLAB = Source(
     setting="webhooks.gitlab_token",
     kind_header="X-Gitlab-Event",
     delivery_header="X-Gitlab-Event-UUID",
+    check_header=GITLAB_TOKEN_HEADER,
     kinds={PIPELINE_HOOK: "pipeline", JOB_HOOK: "job"},
     map=map_gitlab,
     check=_gitlab_token,
@@ -105,6 +122,7 @@ GITHUB = Source(
     setting="webhooks.github_secret",
     kind_header="X-GitHub-Event",
     delivery_header="X-GitHub-Delivery",
+    check_header=GITHUB_SIGNATURE_HEADER,
     kinds={"workflow_run": "workflow_run", "workflow_job": "workflow_job", "ping": "ping"},
     map=map_github,
     check=_github_signature,

@@ -35,7 +35,7 @@ from relay.ingest.server import (
     PARSE_INLINE_MAX_BYTES,
     RETRY_AFTER_S,
 )
-from relay.ingest.webhook_sources import SOURCES, Source
+from relay.ingest.webhook_sources import SOURCES, Source, WebhookAnswer
 from relay.keyfiles import KeyFile
 from relay.store.once import Keyed, Stored
 from relay.store.writer import OutboxClosed, OutboxFull, OutboxUnavailable
@@ -68,11 +68,11 @@ class _Delivery:
         self.kind, self.kind_label = source.kind_of(request.headers)
         self.counts = request.app[WEBHOOK_COUNTS]
 
-    def answer(self, outcome: str, status: int, **fields: object) -> web.Response:
+    def answer(self, status: int, answer: WebhookAnswer) -> web.Response:
         """A 2xx: what became of the delivery, which the CI server shows beside it."""
-        self._count(outcome)
-        logger.debug("webhook", source=self.source.name, kind=self.kind, outcome=outcome, **fields)
-        body = orjson.dumps({"status": outcome, **fields})
+        self._count(answer["status"])
+        logger.debug("webhook", source=self.source.name, kind=self.kind, **answer)
+        body = orjson.dumps(answer)
         return web.Response(status=status, body=body, content_type="application/json")
 
     def refuse(
@@ -98,7 +98,12 @@ def handler(source: Source) -> Handler:
     """The request handler of ``source``'s path."""
 
     async def receive(request: web.Request) -> web.StreamResponse:
-        return await _receive(_Delivery(source, request))
+        try:
+            return await _receive(_Delivery(source, request))
+        except Exception:
+            # A bug must not leak a traceback to the CI server; the log keeps it.
+            logger.exception("webhook failed", path=request.path)
+            return error_response(500, "the relay failed to handle this webhook; see its log")
 
     return receive
 
@@ -138,7 +143,7 @@ async def _store(delivery: _Delivery, body: bytes) -> web.Response:
             make = _Maker(delivery.source, delivery.kind, body)
             made = make() if len(body) <= PARSE_INLINE_MAX_BYTES else await asyncio.to_thread(make)
             if made.ignored is not None:
-                return delivery.answer("ignored", 200, reason=made.ignored)
+                return delivery.answer(200, {"status": "ignored", "reason": made.ignored})
             key = delivery.source.delivery_key(request.headers, body)
             stored = await request.app[OUTBOX].append_once(key, made.items)
         finally:
@@ -167,12 +172,19 @@ def _stored(delivery: _Delivery, made: _Made, stored: Stored) -> web.Response:
             dead_letters=stored.dead_letters,
             reason=refused[0],
         )
-    fields = {"events": stored.events, "dead_letters": stored.dead_letters}
-    if stored.events:
-        return delivery.answer("stored", 202, **fields)
-    if stored.dead_letters:
-        return delivery.answer("dead_lettered", 202, **fields)
-    return delivery.answer("duplicate", 200, **fields)
+    outcome, status = (
+        ("stored", 202)
+        if stored.events
+        else ("dead_lettered", 202)
+        if stored.dead_letters
+        else ("duplicate", 200)
+    )
+    answer: WebhookAnswer = {
+        "status": outcome,
+        "events": stored.events,
+        "dead_letters": stored.dead_letters,
+    }
+    return delivery.answer(status, answer)
 
 
 class _BadBody(Exception):
@@ -234,10 +246,12 @@ def _one(event: dict[str, Any], key: str, what: str) -> Keyed:
 
 def configure(app: web.Application, secrets: dict[str, KeyFile] | None = None) -> None:
     """Give ``app`` the webhook secrets (a source without one answers 404) and counts, and
-    route each source's path to its handler."""
+    route each source's path to its handler (before any catch-all route)."""
     app[WEBHOOK_SECRETS] = secrets or {}
     for source in SOURCES:
         app[WEBHOOK_SECRETS].setdefault(source.name, KeyFile(source.setting + "_file", None, None))
-    app[WEBHOOK_COUNTS] = WebhookCounts()
+    # A secret read from a file never goes back to None, so what is served is fixed now.
+    enabled = {name: secret.value is not None for name, secret in app[WEBHOOK_SECRETS].items()}
+    app[WEBHOOK_COUNTS] = WebhookCounts(enabled=enabled)
     for source in SOURCES:
         app.router.add_post(source.path, handler(source))

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from relay import __version__
 from relay.contract.intake import WINDOW_S, WINDOW_TEXT
 from relay.delivery.snapshot import DeliverySnapshot, State
-from relay.ingest.counts import IngestCounts
+from relay.ingest.counts import IngestCounts, WebhookCounts
 from relay.store.outbox import DEAD_LETTER_REASONS, Outbox, Readings
 
 _SINCE_START = " Counted since this process started."
@@ -39,10 +39,12 @@ class RelayCollector(Collector):
         outbox: Outbox,
         delivery: Callable[[], DeliverySnapshot] | None,
         ingest: IngestCounts | None = None,
+        webhooks: WebhookCounts | None = None,
     ) -> None:
         self._outbox = outbox
         self.delivery = delivery
         self.ingest = IngestCounts() if ingest is None else ingest
+        self.webhooks = WebhookCounts() if webhooks is None else webhooks
         self.started_at = time.time()
         self.readings = Readings(None, None, {})  # the handler reads the store before a scrape
 
@@ -61,6 +63,7 @@ class RelayCollector(Collector):
         )
         yield from self._store()
         yield from self._ingest()
+        yield from self._webhooks()
         if self.delivery is not None:
             delivery = self.delivery()  # one snapshot for both groups
             yield from self._delivery(delivery)
@@ -124,6 +127,35 @@ class RelayCollector(Collector):
         yield from outbox.commit_seconds.collect()
         yield from outbox.group_events.collect()
 
+    def _webhooks(self) -> Iterator[Metric]:
+        counts = self.webhooks
+        enabled = GaugeMetricFamily(
+            "ci_relay_webhook_source_enabled",
+            "1 when the relay takes this CI server's webhooks (its secret is set), else 0.",
+            labels=["source"],
+        )
+        for source, on in sorted(counts.enabled.items()):
+            enabled.add_metric([source], float(on))
+        yield enabled
+        deliveries = CounterMetricFamily(
+            "ci_relay_webhooks_received",
+            "Webhook deliveries by source, kind (from the kind header; other kinds are "
+            "'other') and outcome (stored, duplicate, ignored, dead_lettered, unauthorized, "
+            "invalid, not_configured, unavailable)." + _SINCE_START,
+            labels=["source", "kind", "outcome"],
+        )
+        for (source, kind, outcome), count in sorted(counts.deliveries.items()):
+            deliveries.add_metric([source, kind, outcome], count)
+        yield deliveries
+        events = CounterMetricFamily(
+            "ci_relay_webhook_events_stored",
+            "Events webhooks made and the outbox committed, by source." + _SINCE_START,
+            labels=["source"],
+        )
+        for source, count in sorted(counts.events.items()):
+            events.add_metric([source], count)
+        yield events
+
     def _delivery(self, delivery: DeliverySnapshot) -> Iterator[Metric]:
         counts = self._outbox.counts
         yield _counter(
@@ -133,7 +165,8 @@ class RelayCollector(Collector):
         )
         yield _counter(
             "ci_relay_events_dead_lettered",
-            "Events moved to the dead letters by delivery.",
+            "Events moved to the dead letters: by delivery, and webhook content that could "
+            "not become a valid event (reason invalid).",
             counts.dead_lettered_total,
         )
         yield _counter(

@@ -19,6 +19,7 @@ from relay import __version__
 from relay.contract.intake import MAX_EVENTS_PER_REQUEST, PIPELINE_PATH
 from relay.contract.schema import Event
 from relay.errors import ErrorBody
+from relay.ingest.webhook_sources import GITLAB, SOURCES, Source, WebhookAnswer
 from relay.ops.probes import ProbeBody
 from relay.ops.status import StatusDocument
 
@@ -46,6 +47,7 @@ def _schemas() -> dict[str, Any]:
         ("ErrorBody", ErrorBody),
         ("ProbeBody", ProbeBody),
         ("StatusDocument", StatusDocument),
+        ("WebhookAnswer", WebhookAnswer),
     ):
         schema = TypeAdapter(shape).json_schema(ref_template=REF, mode="serialization")
         schemas.update(schema.pop("$defs", {}))
@@ -114,6 +116,64 @@ def _ingest() -> dict[str, Any]:
     }
 
 
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "description": description, "schema": {"type": "string"}}
+
+
+def _webhook(source: Source) -> dict[str, Any]:
+    secret = (
+        f"{source.check_header}: the hook's secret token, as webhooks.gitlab_token holds it."
+        if source is GITLAB
+        else f"{source.check_header}: sha256= and the hex HMAC-SHA256 of the raw body with "
+        "webhooks.github_secret."
+    )
+    return {
+        "post": {
+            "operationId": f"receive{source.title}Webhook",
+            "summary": f"{source.title} webhooks, answered 2xx once what they make is stored",
+            "description": (
+                f"{source.title}'s webhook ({', '.join(source.kinds)}) as events: authenticated, "
+                "mapped, deduplicated by delivery and by object status, committed to the outbox "
+                "before the answer (docs/webhooks.md). Served only when "
+                f"{source.setting} is set. The ingest token is not required."
+            ),
+            "parameters": [
+                _header(source.kind_header, "The delivery's kind; other kinds are ignored."),
+                _header(source.delivery_header, "The delivery's id, for deduplication."),
+                _header(source.check_header, secret),
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {_JSON: {"schema": {"type": "object"}}},
+            },
+            "responses": {
+                "200": _json(
+                    "WebhookAnswer",
+                    "Nothing new stored: a kind or status the relay makes no event of "
+                    "(ignored, with the reason), or a delivery stored before (duplicate).",
+                ),
+                "202": _json(
+                    "WebhookAnswer",
+                    "Stored: its new events are committed (stored), or content that cannot "
+                    "become a valid event is kept as a dead letter (dead_lettered).",
+                ),
+                "400": _error(
+                    "The body is not JSON, not application/json, or not the kind its header says."
+                ),
+                "401": _error(f"{source.check_header} is missing or wrong; nothing stored."),
+                "404": _error(f"{source.setting} is not set: the relay takes no such webhooks."),
+                "413": _error("The body, or its decompressed form, exceeds the size limit."),
+                "415": _error("A Content-Encoding other than gzip or deflate."),
+                "500": _error("The relay failed to handle the webhook (a bug; see its log)."),
+                "503": _error(
+                    "The relay cannot store it now: the outbox is full or its file fails.",
+                    **{"Retry-After": _RETRY_AFTER},
+                ),
+            },
+        }
+    }
+
+
 def _get(operation_id: str, summary: str, responses: dict[str, Any]) -> dict[str, Any]:
     return {"get": {"operationId": operation_id, "summary": summary, "responses": responses}}
 
@@ -122,6 +182,7 @@ def _paths() -> dict[str, Any]:
     probe_failing = "A check fails; the body says which and why."
     return {
         PIPELINE_PATH: _ingest(),
+        **{source.path: _webhook(source) for source in SOURCES},
         "/health": _get(
             "getHealth",
             "Liveness: the event loop answers and the outbox writer lives",
@@ -172,8 +233,8 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "description": (
                 "A local buffering relay for Datadog CI Visibility pipeline events: "
-                f"POST {PIPELINE_PATH} as Datadog's intake answers it, and the relay's own "
-                "probes, metrics and status. Errors use Datadog's shape."
+                f"POST {PIPELINE_PATH} as Datadog's intake answers it, CI servers' webhooks, "
+                "and the relay's own probes, metrics and status. Errors use Datadog's shape."
             ),
         },
         "paths": _paths(),

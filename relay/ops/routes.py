@@ -68,6 +68,7 @@ async def get_status(request: web.Request) -> web.Response:
         delivery,
         collector.started_at,
         __version__,
+        collector.webhooks,
     )
     return web.json_response(document)
 

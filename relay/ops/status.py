@@ -26,7 +26,7 @@ from relay.contract.intake import WINDOW_HOURS, WINDOW_S
 if TYPE_CHECKING:
     from relay.config import OutboxSettings
     from relay.delivery.snapshot import DeliverySnapshot
-    from relay.ingest.counts import IngestCounts
+    from relay.ingest.counts import IngestCounts, WebhookCounts
     from relay.store.outbox import Outbox, Readings
     from relay.store.writer import OutboxCounts
 
@@ -108,6 +108,16 @@ class DeliveryStatus(TypedDict):
     last_error: LastError | None
 
 
+class WebhookSourceStatus(TypedDict):
+    """One CI server's webhooks: served or not, and what its deliveries became."""
+
+    enabled: bool
+    path: str
+    deliveries: dict[str, int]  # by outcome, since start
+    events_since_start: int
+    dead_letters_since_start: int
+
+
 class StatusDocument(TypedDict):
     """The ``/status`` document."""
 
@@ -117,6 +127,7 @@ class StatusDocument(TypedDict):
     outbox: OutboxStatus
     dead_letters: dict[str, int]
     delivery: DeliveryStatus | None
+    webhooks: dict[str, WebhookSourceStatus]
     conditions: list[str]
 
 
@@ -148,6 +159,7 @@ def snapshot(
     delivery: DeliverySnapshot | None,
     started_at: float,
     version: str,
+    webhooks: WebhookCounts | None = None,
 ) -> StatusDocument:
     """The ``/status`` document: what the relay holds, what delivery does, what needs care."""
     now = time.time()
@@ -161,6 +173,7 @@ def snapshot(
         "outbox": outbox_status,
         "dead_letters": readings.dead_letters,
         "delivery": delivery_status,
+        "webhooks": {} if webhooks is None else _webhooks(webhooks),
         "conditions": _conditions(outbox_status, delivery_status, readings, warning_s, now),
     }
 
@@ -187,6 +200,23 @@ def _outbox(
         "oldest_pending_age_s": None if oldest is None else round(max(0.0, now - oldest), 1),
         "next_expiry": None if end is None else _moment(end + WINDOW_S, now),
         "accepted_since_start": counts.accepted_total,
+    }
+
+
+def _webhooks(counts: WebhookCounts) -> dict[str, WebhookSourceStatus]:
+    by_source: dict[str, dict[str, int]] = {source: {} for source in counts.enabled}
+    for (source, _kind, outcome), count in counts.deliveries.items():
+        outcomes = by_source.setdefault(source, {})
+        outcomes[outcome] = outcomes.get(outcome, 0) + count
+    return {
+        source: {
+            "enabled": counts.enabled.get(source, False),
+            "path": f"/webhooks/{source}",
+            "deliveries": dict(sorted(outcomes.items())),
+            "events_since_start": counts.events[source],
+            "dead_letters_since_start": counts.dead_letters[source],
+        }
+        for source, outcomes in sorted(by_source.items())
     }
 
 
@@ -260,6 +290,7 @@ def render(document: Mapping[str, Any], url: str) -> str:
         f"oldest        {_oldest(outbox)}",
         f"next expiry   {_expiry(outbox['next_expiry'])}",
         f"dead letters  {_dead_letters(document['dead_letters'])}",
+        *_webhook_lines(document.get("webhooks", {})),
         f"outbox file   {outbox['path']} ({_bytes(outbox['file_bytes'])})",
         "",
         _verdict(document),
@@ -287,6 +318,22 @@ def _delivery_lines(delivery: Mapping[str, Any] | None) -> list[str]:
     if error is not None:
         lines.append(
             f"last error    {_span(-error['in_s'])} ago ({error['at']}): {error['answer']}"
+        )
+    return lines
+
+
+def _webhook_lines(sources: Mapping[str, Any]) -> list[str]:
+    """One line per source the relay serves: what its deliveries became since start."""
+    lines = []
+    for name, source in sources.items():
+        if not source["enabled"]:
+            continue
+        outcomes = ", ".join(
+            f"{count:,} {outcome}" for outcome, count in source["deliveries"].items()
+        )
+        lines.append(
+            f"webhooks      {name}: {outcomes or 'none yet'}"
+            f" ({_events(source['events_since_start'])} stored)"
         )
     return lines
 

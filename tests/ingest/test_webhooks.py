@@ -425,3 +425,47 @@ async def test_get_on_a_webhook_path_is_405(relay: RunningRelay) -> None:
     """Only POST: a GET gets 405 with Allow: POST."""
     async with relay.client.get(f"{relay.base_url}/webhooks/gitlab") as answer:
         assert (405, "POST") == (answer.status, answer.headers["Allow"])
+
+
+async def test_deliveries_are_counted_in_metrics_and_status(relay: RunningRelay) -> None:
+    """/metrics counts deliveries by source, kind and outcome; /status shows each source."""
+    payload = gitlab("pipeline.json")
+    await post_gitlab(relay, PIPELINE_HOOK, payload, delivery="m-1")
+    await post_gitlab(relay, PIPELINE_HOOK, payload, delivery="m-1")
+    await post_gitlab(relay, PIPELINE_HOOK, payload, token="wrong")  # noqa: S106
+    await post_github(relay, "ping", {"zen": "Design for failure."})
+    async with relay.client.get(f"{relay.base_url}/metrics") as answer:
+        metrics = await answer.text()
+    async with relay.client.get(f"{relay.base_url}/status") as answer:
+        status = await answer.json()
+    stored_events = len(map_gitlab(PIPELINE_HOOK, payload).events)
+    received = "ci_relay_webhooks_received_total"
+    for line in (
+        f'{received}{{kind="pipeline",outcome="stored",source="gitlab"}} 1.0',
+        f'{received}{{kind="pipeline",outcome="duplicate",source="gitlab"}} 1.0',
+        f'{received}{{kind="pipeline",outcome="unauthorized",source="gitlab"}} 1.0',
+        f'{received}{{kind="ping",outcome="ignored",source="github"}} 1.0',
+        f'ci_relay_webhook_events_stored_total{{source="gitlab"}} {stored_events}.0',
+        'ci_relay_webhook_source_enabled{source="gitlab"} 1.0',
+    ):
+        assert line in metrics.splitlines()
+    assert {
+        "enabled": True,
+        "path": "/webhooks/gitlab",
+        "deliveries": {"duplicate": 1, "stored": 1, "unauthorized": 1},
+        "events_since_start": stored_events,
+        "dead_letters_since_start": 0,
+    } == status["webhooks"]["gitlab"]
+    assert {"ignored": 1} == status["webhooks"]["github"]["deliveries"]
+
+
+async def test_unknown_kind_headers_are_counted_as_other(relay: RunningRelay) -> None:
+    """A kind header the relay does not know is counted under kind other, so that what a
+    sender puts in a header cannot grow the metrics without bound."""
+    for number in range(3):
+        body = orjson.dumps({"n": number})
+        await post(relay, "github", body, github_headers(f"made-up-{number}", body))
+    async with relay.client.get(f"{relay.base_url}/metrics") as answer:
+        metrics = await answer.text()
+    line = 'ci_relay_webhooks_received_total{kind="other",outcome="ignored",source="github"} 3.0'
+    assert line in metrics.splitlines()

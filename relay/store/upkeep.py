@@ -1,0 +1,54 @@
+"""The outbox's periodic upkeep: what the daemon prunes while it runs.
+
+Webhook keys (``relay.store.once``) are kept ``webhooks.dedup_keep_h`` hours and at most
+``webhooks.dedup_max_keys``; once a minute the older ones, and past the bound the oldest,
+are deleted in a short transaction of the writer. A failure is logged and tried again at
+the next round: upkeep never stops the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from relay.config import WebhookSettings
+from relay.store.outbox import Outbox
+from relay.store.writer import OutboxClosed, OutboxUnavailable
+
+logger = structlog.get_logger(__name__)
+
+UPKEEP_INTERVAL_S = 60.0
+# The shortest deduplication window promised: GitHub's manual redelivery and GitLab's
+# retries come within a day.
+MIN_DEDUP_WINDOW_S = 24 * 3600.0
+
+
+async def prune_webhook_keys(
+    outbox: Outbox, settings: WebhookSettings, interval_s: float = UPKEEP_INTERVAL_S
+) -> None:
+    """Prune the webhook keys every ``interval_s``, until cancelled."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await prune_once(outbox, settings)
+
+
+async def prune_once(outbox: Outbox, settings: WebhookSettings) -> None:
+    """One round of pruning, its outcome logged."""
+    try:
+        pruned = await outbox.prune_webhook_keys(
+            settings.dedup_keep_h * 3600, settings.dedup_max_keys, time.time()
+        )
+    except (OutboxUnavailable, OutboxClosed) as exc:
+        logger.warning("webhook keys not pruned; trying again later", error=str(exc))
+        return
+    if pruned.bound_age_s is not None and pruned.bound_age_s < MIN_DEDUP_WINDOW_S:
+        logger.warning(
+            "webhook keys pruned before 24 hours: a redelivery after that may be stored again",
+            window_h=round(pruned.bound_age_s / 3600, 1),
+            max_keys=settings.dedup_max_keys,
+            hint="raise webhooks.dedup_max_keys",
+        )
+    elif pruned.deleted:
+        logger.debug("webhook keys pruned", deleted=pruned.deleted)

@@ -43,6 +43,12 @@ async def prune_once(outbox: Outbox, settings: WebhookSettings) -> None:
     except (OutboxUnavailable, OutboxClosed) as exc:
         logger.warning("webhook keys not pruned; trying again later", error=str(exc))
         return
+    except Exception as exc:
+        # Upkeep must never stop the relay; a bug here is logged at each round with its trace.
+        logger.warning(
+            "webhook keys not pruned; trying again later", error=repr(exc), exc_info=True
+        )
+        return
     if pruned.bound_age_s is not None and pruned.bound_age_s < MIN_DEDUP_WINDOW_S:
         logger.warning(
             "webhook keys pruned before 24 hours: a redelivery after that may be stored again",

@@ -74,8 +74,8 @@ def _resources(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def test_both_sources_reach_the_intake_as_their_events(tmp_path: Path) -> None:
-    """A GitLab Pipeline Hook and a GitHub workflow_job: 202 each, and the intake receives
-    exactly the events they map to."""
+    """A GitLab Pipeline Hook and a GitHub workflow_job: 202 each, the intake receives
+    exactly the events they map to, and neither secret appears in the log."""
     pipeline = gitlab("pipeline.json")
     job = github("workflow_job.completed.success")
     job["workflow_job"]["workflow_name"] = "CI"
@@ -97,6 +97,9 @@ async def test_both_sources_reach_the_intake_as_their_events(tmp_path: Path) -> 
     assert [202, 202] == statuses
     key = lambda r: (r["level"], r.get("unique_id") or r["id"])  # noqa: E731
     assert sorted(expected, key=key) == sorted(_resources(intake.accepted_events), key=key)
+    logged = orjson.dumps(relay.logs).decode()
+    assert (GITLAB_TOKEN not in logged, GITHUB_SECRET not in logged) == (True, True)
+    assert ["github", "gitlab"] == sorted(relay.events("listening")[0]["webhooks"])
 
 
 async def test_a_hook_answered_2xx_survives_sigkill_and_is_not_stored_twice(

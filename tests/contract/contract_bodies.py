@@ -399,5 +399,6 @@ def rule_examples() -> list[dict[str, Any]]:
         {},
         {"data": []},
         {"data": {"type": "cipipeline_resource_request"}},
+        body(parameters=[]),
         {"data": [[None]]},  # null again: an event given as a list of nulls
     ]

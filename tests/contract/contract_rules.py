@@ -101,6 +101,10 @@ RULES = (
     Rule(
         "attributes_required", lambda p: p.path.endswith("attributes") and "required" in p.message
     ),
+    Rule(
+        "empty_array_as_object",
+        lambda p: p.value() == [] and "Input should be a valid dictionary" in p.message,
+    ),
 )
 MORE_PROBLEMS = "... and more problems"
 

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import orjson
 
-from relay.config import ConfigError, Settings, load_settings, origins, writable_directory
+from relay.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    origins,
+    unknown_variables,
+    writable_directory,
+)
 from relay.contract.exceptions import EXIT_USAGE
 from relay.daemon import OPEN_LISTENER, OPEN_LISTENER_HINT, listener_tls
 from relay.delivery.upstream import Proxy, tls_context, upstream_proxy
@@ -40,7 +47,12 @@ def check_config(config: Path | None) -> int:
     print(f"# the outbox directory {directory} is writable")
     if token.value is None and not settings.server.loopback_only:
         print(f"# warning: {OPEN_LISTENER} ({OPEN_LISTENER_HINT})")
-    return 0
+    # serve only warns (other programs share the environment); here they are errors, so
+    # that a misspelt variable is found before a relay runs without it.
+    unknown = unknown_variables()
+    for line in unknown:
+        _problem(line)
+    return EXIT_USAGE if unknown else 0
 
 
 def settings_lines(settings: Settings, came_from: dict[str, str]) -> list[str]:

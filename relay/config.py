@@ -3,14 +3,21 @@
 Precedence, strongest first: ``CI_RELAY_*`` environment variables (``__`` nests),
 Datadog's own ``DD_API_KEY`` / ``DD_SITE``, the TOML file given with ``--config``,
 then the defaults below. This is the only module that reads the environment.
+
+A key the file does not know is an error naming the closest setting; a ``CI_RELAY_*``
+variable that names no setting is left out of the settings and listed by
+``unknown_variables`` (with the closest variable), for ``serve`` to warn about and
+``check-config`` to refuse: the environment is shared with other programs, the file is not.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
@@ -36,7 +43,7 @@ from yarl import URL
 
 from relay.contract.exceptions import UserError
 from relay.contract.intake import MAX_EVENTS_PER_REQUEST, PIPELINE_PATH, SITES, Site
-from relay.contract.local import DEFAULT_HOST, DEFAULT_PORT
+from relay.contract.local import DEFAULT_HOST, DEFAULT_PORT, RUNNER_VARIABLES
 
 
 def default_outbox_path() -> Path:
@@ -379,7 +386,7 @@ class _FromFileAndEnvironment(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (
             init_settings,
-            env_settings,
+            _KnownKeysOnly(settings_cls, env_settings),
             _DatadogEnvSource(settings_cls),
             TomlConfigSettingsSource(settings_cls),
         )
@@ -409,6 +416,107 @@ class Settings(_FromFileAndEnvironment):
         if self.upstream.url is not None:
             data["upstream"]["url"] = redact_url(self.upstream.url)
         return data
+
+
+class _KnownKeysOnly(PydanticBaseSettingsSource):
+    """The environment's settings less the keys no group has (``CI_RELAY_SERVER__PROT``):
+    those are listed by ``unknown_variables`` rather than refused, as a misspelt key of the
+    file is, since other programs share the environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self._source = source
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = self._source()
+        groups = _groups(self.settings_cls)
+        return {
+            group: (
+                {key: value for key, value in values.items() if key in groups[group]}
+                if isinstance(values, dict) and group in groups
+                else values
+            )
+            for group, values in found.items()
+        }
+
+
+def _groups(model: type[BaseModel]) -> dict[str, frozenset[str]]:
+    """The settings' groups of ``model`` and the keys of each."""
+    groups = {}
+    for name, field in model.model_fields.items():
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            groups[name] = frozenset(group.model_fields)
+    return groups
+
+
+def _closest(name: str, known: list[str]) -> str | None:
+    """The known name closest to ``name``, if any is close."""
+    found = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _nearest_setting(group: str, key: str) -> str | None:
+    """The setting a misspelt ``group``/``key`` most likely meant: within the group when it
+    is one (so that a shared group name does not make any key look close), else among all."""
+    groups = _groups(Settings)
+    if group in groups:
+        found = _closest(key, sorted(groups[group]))
+        return None if found is None else f"{group}.{found}"
+    return _closest(f"{group}.{key}", setting_names())
+
+
+def _did_you_mean(name: str | None) -> str:
+    return f"; did you mean {name}?" if name else ""
+
+
+def _suggestion(key: str) -> str:
+    """The closest setting to the file's unknown ``key`` (``group.key`` or a group): the same
+    key in another group first (``server.path`` is ``outbox.path``), else the likeliest typo."""
+    group, _, name = key.partition(".")
+    if not name:
+        return _did_you_mean(_closest(group, sorted(_groups(Settings))))
+    elsewhere = [f"{other}.{name}" for other, keys in _groups(Settings).items() if name in keys]
+    if elsewhere:
+        return _did_you_mean(" or ".join(elsewhere))
+    return _did_you_mean(_nearest_setting(group, name))
+
+
+def setting_names() -> list[str]:
+    """Every setting as ``group.key``."""
+    return [f"{group}.{key}" for group, keys in _groups(Settings).items() for key in sorted(keys)]
+
+
+def _variable(setting: str) -> str:
+    group, _, key = setting.partition(".")
+    return f"CI_RELAY_{group.upper()}__{key.upper()}"
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line per ``CI_RELAY_*`` variable that names no setting (and is none of the
+    runner commands' variables), with the closest known variable."""
+    groups = {f"CI_RELAY_{group.upper()}" for group in _groups(Settings)}  # a group as JSON
+    known = {_variable(setting) for setting in setting_names()} | groups | set(RUNNER_VARIABLES)
+    lines = []
+    for name in sorted(os.environ if environ is None else environ):
+        upper = name.upper()
+        if upper.startswith("CI_RELAY_") and upper not in known:
+            nearest = _did_you_mean(_nearest_variable(upper, known))
+            lines.append(f"{name} is not a setting and is ignored{nearest}")
+    return lines
+
+
+def _nearest_variable(name: str, known: set[str]) -> str | None:
+    """The variable an unknown ``CI_RELAY_*`` ``name`` most likely meant: a key of the group
+    it names, or (one underscore, a misspelt group) the closest of all."""
+    group, _, key = name.removeprefix("CI_RELAY_").lower().partition("__")
+    if key and group in _groups(Settings):
+        nearest = _nearest_setting(group, key)
+        return None if nearest is None else _variable(nearest)
+    return _closest(name, sorted(known))
 
 
 class _DatadogEnvSource(PydanticBaseSettingsSource):
@@ -493,6 +601,9 @@ def _describe(exc: ValidationError) -> str:
 def _problem(error: Any) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        # Only the file can hold an unknown key: the environment's are left out (_KnownKeysOnly).
+        message = f"not a setting{_suggestion(key)}"
     return f"invalid config: {key}: {message}"
 
 

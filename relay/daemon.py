@@ -23,11 +23,18 @@ from aiohttp import web
 
 from relay import __version__, log
 from relay.app import app_runner, create_app
-from relay.config import ConfigError, ServerSettings, Settings, load_settings
+from relay.config import (
+    ConfigError,
+    ServerSettings,
+    Settings,
+    load_settings,
+    unknown_variables,
+)
 from relay.contract.exceptions import RelayError
 from relay.delivery.flusher import Flusher
 from relay.delivery.upstream import Upstream
 from relay.ingest.admission import ParseBudget
+from relay.ingest.binding import bind
 from relay.ingest.connections import ConnectionGuard, connection_bound, raise_open_file_limit
 from relay.keyfiles import KeyFile, check_pem_file
 from relay.store.outbox import Outbox
@@ -35,14 +42,14 @@ from relay.store.upkeep import prune_webhook_keys
 
 logger = structlog.get_logger(__name__)
 
-EXIT_CANNOT_LISTEN = 2
 _AIOHTTP_CEIL_THRESHOLD_S = 5.0  # aiohttp.helpers.ceil_timeout's default
 # How often key files are checked for a change (a Secret's update, a rotated file).
 KEY_FILE_POLL_S = 2.0
 
 
 async def serve(settings: Settings, config_file: Path | None = None) -> int:
-    """Run until SIGTERM/SIGINT (status 0), a side task dies (1), or listening fails (2).
+    """Run until SIGTERM/SIGINT (status 0) or a side task dies (1); a setting that cannot be
+    used, the address included, is a UserError (the command exits 2) before anything opens.
 
     ``config_file`` is read again on SIGHUP, for the log level.
     """
@@ -52,6 +59,8 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         loop.add_signal_handler(signum, stop.set)
     # Read before anything opens: a key file or certificate that cannot be used stops the
     # relay with one line (ConfigError) rather than a relay that cannot do its work.
+    for line in unknown_variables():
+        logger.warning(line)
     api_key = await KeyFile.load_api_key(settings.upstream)
     token = await KeyFile.load_ingest_token(settings.server)
     webhook_secrets = await KeyFile.load_webhook_secrets(settings.webhooks)
@@ -67,6 +76,10 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
     # flush, close the upstream client, close the outbox. Also on a failed start, so that no
     # database thread keeps the process alive.
     async with contextlib.AsyncExitStack() as stack:
+        # Bound before anything is made: a port in use stops the relay here (CannotListen).
+        sockets = bind(settings.server.host, settings.server.port)
+        for sock in sockets:
+            stack.callback(sock.close)
         outbox = await Outbox.open(settings.outbox)
         stack.push_async_callback(outbox.close)
         # After the outbox: a refused outbox is one line on stderr and nothing else.
@@ -96,13 +109,8 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         stack.push_async_callback(web_runner.cleanup)
         # A plain TCP listener even with TLS: the guard's connections do the handshake, so
         # that a client stalling in it is bounded as one stalling in its request head.
-        site = web.TCPSite(web_runner, settings.server.host, settings.server.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            where = f"{settings.server.host}:{settings.server.port}"
-            logger.error("cannot listen", address=where, error=exc.strerror or str(exc))
-            return EXIT_CANNOT_LISTEN
+        for sock in sockets:
+            await web.SockSite(web_runner, sock).start()
         host, port = web_runner.addresses[0][:2]
         logger.info(
             "listening",

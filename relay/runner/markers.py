@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from relay.contract.exceptions import RelayError
+from relay.contract.local import MARKER_DIR_VARIABLE
 from relay.runner.facts import derived_id
 from relay.runner.streams import write_all
 
-MARKER_DIR_VARIABLE = "CI_RELAY_MARKER_DIR"
 _MAX_MARK_BYTES = 256  # an RFC3339 time, with room
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO never blocks a read

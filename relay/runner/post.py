@@ -19,14 +19,11 @@ from urllib.parse import SplitResult, urlsplit
 
 from relay.contract.exceptions import RelayError
 from relay.contract.intake import PIPELINE_PATH, error_details
-from relay.contract.local import DEFAULT_RELAY_URL
+from relay.contract.local import DEFAULT_RELAY_URL, RELAY_TOKEN_VARIABLE, RELAY_URL_VARIABLE
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
-RELAY_URL_VARIABLE = "CI_RELAY_URL"
-# The relay's ingest token (server.ingest_token), for a relay that listens beyond loopback.
-RELAY_TOKEN_VARIABLE = "CI_RELAY_TOKEN"  # noqa: S105 - the name of a variable
 _MAX_ANSWER_BYTES = 64 * 1024
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 

@@ -112,18 +112,21 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         for sock in sockets:
             await web.SockSite(web_runner, sock).start()
         host, port = web_runner.addresses[0][:2]
-        logger.info(
-            "listening",
-            version=__version__,
-            host=host,
-            port=port,
-            tls=tls is not None,
-            ingest_token=token.value is not None,
-            webhooks=[name for name, secret in webhook_secrets.items() if secret.value] or None,
-            pending_events=outbox.counts.events,
-            upstream=upstream.display_url,
-            config=settings.redacted(),
-        )
+        listening: dict[str, object] = {
+            "version": __version__,
+            "host": host,
+            "port": port,
+            "tls": tls is not None,
+            "ingest_token": token.value is not None,
+            "webhooks": [name for name, secret in webhook_secrets.items() if secret.value] or None,
+            "outbox": str(settings.outbox.path),
+            "pending_events": outbox.counts.events,
+            "upstream": upstream.display_url,
+            "api_key": upstream.has_api_key,
+        }
+        if not log.for_people():  # a person gets one short line; check-config shows the rest
+            listening["config"] = settings.redacted()
+        logger.info("listening", **listening)
         if token.value is None and not settings.server.loopback_only:
             logger.warning(OPEN_LISTENER, host=settings.server.host, hint=OPEN_LISTENER_HINT)
         status = await _wait_for_stop(stop, outbox.task, flusher_task)

@@ -17,11 +17,18 @@ LogFormat = Literal["auto", "json", "console"]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _level = {"min": _LEVELS["info"]}
+_readers = {"people": False}  # console lines for a person, rather than JSON for machines
 
 
 def set_level(level: str) -> None:
     """From now on, log lines at ``level`` and above only."""
     _level["min"] = _LEVELS[level.lower()]
+
+
+def for_people() -> bool:
+    """True when the log is console lines for a person (a terminal): long values, such as
+    the whole configuration, are left to the JSON log and ``check-config``."""
+    return _readers["people"]
 
 
 def _below_level(
@@ -35,6 +42,7 @@ def _below_level(
 def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
     """Configure structlog once, at start; every module logs through ``get_logger``."""
     as_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    _readers["people"] = not as_json
     set_level(level)
     shared: list[structlog.typing.Processor] = [
         _below_level,

@@ -4,14 +4,18 @@ before anything is created)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
+import signal
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
 from relay.config import ConfigError, load_settings, unknown_variables
-from relay.testing.process import RelayProcess, write_config
+from relay.testing.process import RelayProcess, relay_free_env, write_config
 from tests.helpers import ci_relay
 
 
@@ -124,3 +128,39 @@ async def test_a_port_in_use_is_said_before_anything_is_created(tmp_path: Path) 
     assert "CI_RELAY_SERVER__PORT" in line
     assert not outbox.parent.exists()
     assert "API key" not in ran.stdout
+
+
+async def test_the_console_start_line_is_a_short_summary(tmp_path: Path) -> None:
+    """On a terminal's console log, the listening line says where it listens, the outbox,
+    the upstream and whether a key is set, without the whole configuration (which the JSON
+    log and check-config keep)."""
+    config = write_config(
+        tmp_path / "relay.toml",
+        server={"port": 0},
+        outbox={"path": str(tmp_path / "o.db")},
+        log={"format": "console"},
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "serve",
+        "--config",
+        str(config),
+        env=relay_free_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(20):
+            while b"listening" not in (line := await process.stdout.readline()):
+                assert line, "the relay ended before listening"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await process.wait()
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", line.decode()).strip()
+    assert len(shown) < 400, shown
+    for part in ("host=127.0.0.1", f"outbox={tmp_path / 'o.db'}", "api_key=False"):
+        assert part in shown
+    assert "config=" not in shown

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from relay.config import OutboxSettings
 from relay.contract.intake import PIPELINE_PATH
-from relay.delivery.snapshot import DeliverySnapshot
+from relay.delivery.snapshot import DeliverySnapshot, RetryAsked
 from relay.ingest import server, webhooks
 from relay.ingest.admission import ParseBudget
 from relay.ingest.connections import ConnectionGuard, RelayRunner
@@ -24,6 +24,7 @@ from relay.ingest.webhook_sources import SOURCES
 from relay.keyfiles import KeyFile
 from relay.ops import routes
 from relay.ops.metrics import RelayCollector
+from relay.ops.retry import RETRY, RETRY_PATH, post_retry
 from relay.store.outbox import Outbox
 
 
@@ -40,7 +41,7 @@ async def method_not_allowed(request: web.Request) -> web.Response:
     return refuse(request, 405, detail, headers={"Allow": allowed})
 
 
-_POST_PATHS = frozenset({PIPELINE_PATH, *(source.path for source in SOURCES)})
+_POST_PATHS = frozenset({PIPELINE_PATH, RETRY_PATH, *(source.path for source in SOURCES)})
 
 
 def create_app(
@@ -52,6 +53,7 @@ def create_app(
     parse_budget: ParseBudget | None = None,
     ingest_token: KeyFile | None = None,
     webhook_secrets: dict[str, KeyFile] | None = None,
+    retry: Callable[[], RetryAsked] | None = None,
 ) -> web.Application:
     """The aiohttp application; run it with ``app_runner()`` so bodies arrive undecoded.
 
@@ -60,6 +62,7 @@ def create_app(
     holding a value, ingest, ``/metrics`` and ``/status`` require it; the probes stay open.
     ``webhook_secrets`` by source (``gitlab``, ``github``): a source is served when its
     secret holds a value (``relay.ingest.webhooks``); webhooks never need the ingest token.
+    ``retry`` is delivery's "try now" (``Flusher.retry_now``) for ``POST /retry``.
 
     404 and 405 are routes of their own rather than a middleware: they answer in
     Datadog's shape, and the ingest path does not pay for a middleware on every request.
@@ -76,6 +79,10 @@ def create_app(
     app.router.add_route("*", PIPELINE_PATH, method_not_allowed)
     for source in SOURCES:
         app.router.add_route("*", source.path, method_not_allowed)
+    if retry is not None:
+        app[RETRY] = retry
+    app.router.add_post(RETRY_PATH, post_retry)
+    app.router.add_route("*", RETRY_PATH, method_not_allowed)
     for path, handler in routes.ROUTES:
         app.router.add_get(path, handler)  # and HEAD
         app.router.add_route("*", path, method_not_allowed)

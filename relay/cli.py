@@ -108,6 +108,18 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default: 5")
     status.set_defaults(run=_status, load=lambda config: config)
 
+    retry = commands.add_parser(
+        "retry",
+        parents=[common],
+        help="once the upstream is fixed, make the running relay try at once (ends a backoff "
+        "or an unauthorized or rejecting pause; SIGUSR1 does the same)",
+    )
+    retry.add_argument(
+        "--url", metavar="URL", help=f"the relay's address, e.g. {DEFAULT_RELAY_URL}"
+    )
+    retry.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default: 5")
+    retry.set_defaults(run=_retry, load=lambda config: config)
+
     health = commands.add_parser(
         "health",
         parents=[common],
@@ -336,3 +348,9 @@ def _status(args: argparse.Namespace, config: Path | None) -> int:
     from relay.ops.status_client import status
 
     return status(config, args.url, args.json, args.timeout)
+
+
+def _retry(args: argparse.Namespace, config: Path | None) -> int:
+    from relay.ops.retry import retry
+
+    return retry(config, args.url, args.timeout)

@@ -90,6 +90,8 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         budget = ShutdownBudget(settings.flusher.shutdown_grace_s)
         stack.push_async_callback(_finish_flusher, flusher, flusher_task, budget)
         on_change.flusher = flusher
+        # An operator's "the upstream is fixed, try now" (as POST /retry, ci-relay retry).
+        loop.add_signal_handler(signal.SIGUSR1, flusher.retry_now)
         watcher = asyncio.create_task(_watch_key_files(on_change), name="key-files")
         stack.callback(watcher.cancel)
         pruner = asyncio.create_task(prune_webhook_keys(outbox, settings.webhooks), name="keys")
@@ -103,6 +105,7 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
             ParseBudget(settings.server.max_parsing_bytes, settings.server.parse_wait_s),
             token,
             webhook_secrets,
+            flusher.retry_now,
         )
         web_runner = app_runner(app, guard, drain_s=budget.drain_s())
         await web_runner.setup()

@@ -29,7 +29,13 @@ import structlog
 from relay.config import FlusherSettings, RetrySettings
 from relay.contract.intake import WINDOW_HOURS
 from relay.delivery.backoff import Backoff
-from relay.delivery.snapshot import DeliverySnapshot, LastDelivery, LastError, State
+from relay.delivery.snapshot import (
+    DeliverySnapshot,
+    LastDelivery,
+    LastError,
+    RetryAsked,
+    State,
+)
 from relay.delivery.step import Blocker, Delivery, StepFailed, StoreFailed
 from relay.delivery.step import FlushResult as FlushResult  # the step's result, for callers
 from relay.delivery.upstream import Misconfigured, Reject, Retry, Unauthorized, Upstream
@@ -49,6 +55,8 @@ _ESCALATION = ((60.0, 5, "warning"), (300.0, 10, "error"))
 _REMIND_S = 60.0
 # How often the flusher checks whether another process (a replay) wrote to the outbox.
 _RECOUNT_S = 1.0
+# An operator's "retry now" more often than this does nothing more (Flusher.retry_now).
+_RETRY_ASKED_MIN_S = 1.0
 STEP_FAILED = "a delivery step failed; its events are kept and it is retried with backoff"
 STILL_FAILING = "delivery steps still fail; their events are kept"
 
@@ -87,6 +95,7 @@ class Flusher:
         self._wake = asyncio.Event()  # a new API key: reconsider the wait at once
         self._attempt = 0
         self._resume_at = 0.0
+        self._retry_asked_at = -_RETRY_ASKED_MIN_S
         self._reminder = _Reminder()
         self._state: State = "delivering" if upstream.has_api_key else "no_api_key"
         self.state_since = clock()
@@ -172,6 +181,23 @@ class Flusher:
     def stop(self) -> None:
         """Ask ``run()`` to make its final flush and return."""
         self._stop.set()
+
+    def retry_now(self) -> RetryAsked:
+        """An operator says the upstream is fixed: end a backoff, or an unauthorized or
+        rejecting pause, and try at once, as a new API key does. The state stays until the
+        upstream answers. Asked again within a second, nothing more happens: a script in
+        a loop cannot turn backoff into a hammering of the upstream."""
+        now = self._clock()
+        cut = max(0.0, self._resume_at - now)
+        if not self.upstream.has_api_key or now - self._retry_asked_at < _RETRY_ASKED_MIN_S:
+            return RetryAsked(self._state, 0.0, trying=False)
+        self._retry_asked_at = now
+        self._resume_at = 0.0
+        for paused in ("unauthorized", "rejecting"):
+            self._reminder.last.pop(paused, None)  # a refusal again is logged at once
+        logger.info("retry asked: delivery tries now", state=self._state, cut_wait_s=round(cut, 1))
+        self._wake.set()
+        return RetryAsked(self._state, cut, trying=True)
 
     def api_key_changed(self) -> None:
         """A new API key is in force: a delivery paused for the key probes with it at once."""

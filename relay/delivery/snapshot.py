@@ -61,3 +61,14 @@ class DeliverySnapshot:
     upstream_answers: Mapping[tuple[str, str], int]
     # Seconds per upstream request (``relay.meters``): the live histogram, only collected.
     upstream_latency: Histogram
+
+
+@dataclass(frozen=True)
+class RetryAsked:
+    """What an operator's "retry now" found: the state then, the wait it cut short (0 when
+    delivery was not waiting), and whether delivery tries at once (not without an API key,
+    nor twice within a second)."""
+
+    state: State
+    cut_wait_s: float
+    trying: bool

@@ -21,6 +21,7 @@ from relay.contract.schema import Event
 from relay.errors import ErrorBody
 from relay.ingest.webhook_sources import GITLAB, SOURCES, Source, WebhookAnswer
 from relay.ops.probes import ProbeBody
+from relay.ops.retry import RETRY_PATH, RetryAnswer
 from relay.ops.status import StatusDocument
 
 OPENAPI_PATH = "/openapi.json"
@@ -48,6 +49,7 @@ def _schemas() -> dict[str, Any]:
         ("ProbeBody", ProbeBody),
         ("StatusDocument", StatusDocument),
         ("WebhookAnswer", WebhookAnswer),
+        ("RetryAnswer", RetryAnswer),
     ):
         schema = TypeAdapter(shape).json_schema(ref_template=REF, mode="serialization")
         schemas.update(schema.pop("$defs", {}))
@@ -183,6 +185,22 @@ def _paths() -> dict[str, Any]:
     return {
         PIPELINE_PATH: _ingest(),
         **{source.path: _webhook(source) for source in SOURCES},
+        RETRY_PATH: {
+            "post": {
+                "operationId": "retryNow",
+                "summary": "Try delivery at once (the upstream is fixed)",
+                "description": (
+                    "Ends a backoff, or an unauthorized or rejecting pause: delivery tries at "
+                    "once and its state follows the upstream's answer. Asked again within a "
+                    "second, or without an API key, nothing more happens (trying is false)."
+                ),
+                "responses": {
+                    "202": _json("RetryAnswer", "What delivery was doing, and whether it tries."),
+                    "403": _forbidden(),
+                    "503": _error("Delivery is not running in this relay."),
+                },
+            }
+        },
         "/health": _get(
             "getHealth",
             "Liveness: the event loop answers and the outbox writer lives",

@@ -338,11 +338,17 @@ def _webhook_lines(sources: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+# Conditions that end sooner, once the upstream is fixed, with ``ci-relay retry``.
+_RETRYABLE = frozenset({"unauthorized", "rejecting", "misconfigured", "retrying"})
+
+
 def _verdict(document: Mapping[str, Any]) -> str:
     names = list(document.get("conditions", ()))
     if not names:
         return "status: ok"
     meanings = [f"{name}: {_BY_NAME[name].meaning}" for name in names if name in _BY_NAME]
+    if _RETRYABLE.intersection(names):
+        meanings.append("once the upstream is fixed, `ci-relay retry` tries at once")
     return "status: " + "; ".join(meanings)
 
 

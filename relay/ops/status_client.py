@@ -62,7 +62,7 @@ def fetch(url: str, token: str | None, timeout_s: float) -> Any:
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
     asking = urllib.request.Request(f"{url}/status", headers=headers)  # noqa: S310
     try:
-        with _direct_opener().open(asking, timeout=timeout_s) as answer:
+        with direct_opener().open(asking, timeout=timeout_s) as answer:
             return orjson.loads(answer.read())
     except urllib.error.HTTPError as exc:  # before OSError: it is one
         if exc.code == 403:
@@ -76,7 +76,7 @@ def fetch(url: str, token: str | None, timeout_s: float) -> Any:
         raise Unreachable(f"no relay answers at {url}: {reason}") from None
 
 
-def _direct_opener() -> urllib.request.OpenerDirector:
+def direct_opener() -> urllib.request.OpenerDirector:
     """A urllib opener that carries the token to the relay named and nowhere else: no proxy
     (HTTP(S)_PROXY is for the internet, and a proxy would see the token of a plain-HTTP
     request), and no redirect followed (urllib would resend the Authorization header to

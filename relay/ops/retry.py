@@ -1,0 +1,98 @@
+"""Retry now: once an operator has fixed the upstream (a key, a proxy, an outage over),
+delivery tries at once instead of waiting out its backoff or its pause.
+
+``POST /retry`` asks it of the running relay (guarded by the ingest token as ``/status``
+is); ``ci-relay retry`` sends that request, found through the same settings or ``--url``;
+SIGUSR1 to the daemon does the same.
+"""
+
+from __future__ import annotations
+
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+# typing's TypedDict is not enough for pydantic before Python 3.12 (GET /openapi.json).
+from typing_extensions import TypedDict
+
+from relay.config import load_settings
+from relay.contract.exceptions import UserError
+from relay.delivery.snapshot import RetryAsked
+from relay.errors import error_response
+from relay.ingest.guard import denied
+from relay.keyfiles import KeyFile
+from relay.ops.status import EXIT_UNREACHABLE
+from relay.ops.status_client import direct_opener, relay_address
+
+RETRY_PATH = "/retry"
+RETRY: web.AppKey[Callable[[], RetryAsked]] = web.AppKey("retry")
+
+
+class RetryAnswer(TypedDict):
+    """``POST /retry``'s answer: the state delivery was in, the wait cut short, and whether
+    it tries now."""
+
+    state: str
+    cut_wait_s: float
+    trying: bool
+
+
+async def post_retry(request: web.Request) -> web.Response:
+    """Ask delivery to try now (``Flusher.retry_now``): 202 with what it found."""
+    if (forbidden := denied(request)) is not None:
+        return forbidden
+    retry = request.app.get(RETRY)
+    if retry is None:
+        return error_response(503, "delivery is not running in this relay")
+    asked = retry()
+    answer: RetryAnswer = {
+        "state": asked.state,
+        "cut_wait_s": round(asked.cut_wait_s, 1),
+        "trying": asked.trying,
+    }
+    return web.json_response(answer, status=202)
+
+
+def retry(config: Path | None, url: str | None, timeout_s: float) -> int:
+    """``ci-relay retry``: POST /retry to the running relay and say what it did."""
+    server = load_settings(config).server
+    address = relay_address(server, url)
+    token = KeyFile.ingest_token(server).value
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    asking = urllib.request.Request(  # noqa: S310 (relay_address checked the scheme)
+        f"{address}{RETRY_PATH}", data=b"", headers=headers, method="POST"
+    )
+    try:
+        with direct_opener().open(asking, timeout=timeout_s) as answered:
+            answer = orjson.loads(answered.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 403:
+            raise UserError(
+                f"the relay at {address} refuses the request: it requires its ingest token, "
+                "which this command reads from server.ingest_token(_file) of --config"
+            ) from None
+        print(f"ci-relay: the relay at {address} answered {exc.code} {exc.reason}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (OSError, ValueError) as exc:
+        print(
+            f"ci-relay: no relay answers at {address}: {getattr(exc, 'reason', exc)}",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
+    print(_said(answer))
+    return 0
+
+
+def _said(answer: RetryAnswer) -> str:
+    state = answer["state"]
+    if not answer["trying"]:
+        why = "it has no API key" if state == "no_api_key" else "it was asked less than 1 s ago"
+        return f"delivery is {state}; not tried again now: {why}"
+    cut = answer["cut_wait_s"]
+    waited = f", {cut:g} s before its next try" if cut else ""
+    return f"delivery was {state}{waited}: it tries now (ci-relay status shows the outcome)"

@@ -215,9 +215,14 @@ class _Maker:
         return _Made(items=tuple(_validated(mapped, f"{self.source.title} {self.kind}")))
 
     def _unusable(self, reason: str) -> Keyed:
-        """The payload kept as it came (its start, if long), named by its digest."""
+        """The payload kept as it came, named by its digest; a long one as its start (a JSON
+        string) and its size, so that what is kept is JSON still."""
         key = f"{self.source.name}:unusable:{hashlib.sha256(self.body).hexdigest()}"
-        return Keyed(key, self.body[:UNUSABLE_EXCERPT_BYTES], None, reason)
+        kept = self.body
+        if len(kept) > UNUSABLE_EXCERPT_BYTES:
+            start = kept[:UNUSABLE_EXCERPT_BYTES].decode("utf-8", "ignore")
+            kept = orjson.dumps({"payload_start": start, "payload_bytes": len(self.body)})
+        return Keyed(key, kept, None, reason)
 
 
 def _validated(mapped: Mapped, what: str) -> list[Keyed]:

@@ -22,6 +22,7 @@ import pytest
 from pydantic import SecretStr
 
 from relay.config import OutboxSettings
+from relay.ingest.webhooks import UNUSABLE_EXCERPT_BYTES
 from relay.keyfiles import KeyFile
 from relay.store import deadletters
 from relay.webhooks.github import map_github
@@ -469,3 +470,19 @@ async def test_unknown_kind_headers_are_counted_as_other(relay: RunningRelay) ->
         metrics = await answer.text()
     line = 'ci_relay_webhooks_received_total{kind="other",outcome="ignored",source="github"} 3.0'
     assert line in metrics.splitlines()
+
+
+async def test_a_large_unusable_payload_is_kept_as_valid_json(
+    relay: RunningRelay, outbox_settings: OutboxSettings
+) -> None:
+    """Past the excerpt size, the dead letter keeps the payload's start as a JSON string with
+    its full size, so that listing dead letters as JSON stays valid JSON."""
+    payload = github("workflow_job.completed.failure")
+    payload["padding"] = "x" * (UNUSABLE_EXCERPT_BYTES + 1000)
+    status, _ = await post_github(relay, "workflow_job", payload)
+    assert 202 == status
+    (letter,) = await deadletters.list_dead_letters(outbox_settings.path)
+    kept = orjson.loads(letter.body)
+    assert len(orjson.dumps(payload)) == kept["payload_bytes"]
+    assert orjson.dumps(payload).decode().startswith(kept["payload_start"])
+    assert len(letter.body) < UNUSABLE_EXCERPT_BYTES + 1000

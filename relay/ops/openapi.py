@@ -197,7 +197,7 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "202": _json("RetryAnswer", "What delivery was doing, and whether it tries."),
                     "403": _forbidden(),
-                    "503": _error("Delivery is not running in this relay."),
+                    "409": _error("Delivery is not running in this relay: nothing to retry."),
                 },
             }
         },

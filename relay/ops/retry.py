@@ -48,7 +48,8 @@ async def post_retry(request: web.Request) -> web.Response:
         return forbidden
     retry = request.app.get(RETRY)
     if retry is None:
-        return error_response(503, "delivery is not running in this relay")
+        # Only a relay built without delivery (tests, tools) has none: nothing to retry.
+        return error_response(409, "delivery is not running in this relay: nothing to retry")
     asked = retry()
     answer: RetryAnswer = {
         "state": asked.state,

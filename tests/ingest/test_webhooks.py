@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from relay.config import OutboxSettings
 from relay.ingest.webhooks import UNUSABLE_EXCERPT_BYTES
 from relay.keyfiles import KeyFile
+from relay.ops.status import render
 from relay.store import deadletters
 from relay.webhooks.github import map_github
 from relay.webhooks.gitlab import JOB_HOOK, PIPELINE_HOOK, map_gitlab
@@ -486,3 +487,14 @@ async def test_a_large_unusable_payload_is_kept_as_valid_json(
     assert len(orjson.dumps(payload)) == kept["payload_bytes"]
     assert orjson.dumps(payload).decode().startswith(kept["payload_start"])
     assert len(letter.body) < UNUSABLE_EXCERPT_BYTES + 1000
+
+
+async def test_ci_relay_status_prints_a_line_per_served_source(relay: RunningRelay) -> None:
+    """`ci-relay status` shows what each served source's deliveries became."""
+    await post_gitlab(relay, PIPELINE_HOOK, gitlab("pipeline.json"))
+    await post_github(relay, "ping", {"zen": "Half measures are as bad as nothing at all."})
+    async with relay.client.get(f"{relay.base_url}/status") as answer:
+        shown = render(await answer.json(), relay.base_url).splitlines()
+    events = len(map_gitlab(PIPELINE_HOOK, gitlab("pipeline.json")).events)
+    assert f"webhooks      gitlab: 1 stored ({events} events stored)" in shown
+    assert "webhooks      github: 1 ignored (0 events stored)" in shown

@@ -1,7 +1,8 @@
 # ci-relay: numeric non-root user, outbox on a volume, health check on the configured port.
 #
 #   docker build -t ci-relay .
-#   docker build --build-arg BASE_IMAGE=localhost/debian-python:bookworm -t ci-relay .
+#   podman build --format docker -t ci-relay .     # podman's default OCI format drops HEALTHCHECK
+#   deploy/build-image.sh                          # no registry: a Debian base, wheels, podman
 #
 # BASE_IMAGE is any image with python3 (3.11 or later) and its venv module at the same path
 # in both stages. Without network inside the build, put wheels for every release of

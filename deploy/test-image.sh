@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds the image with podman on a local Debian base and exercises it: /health and /ready,
-# the README's event answered 202, the event still pending after a restart, a clean exit on
-# SIGTERM inside the stop timeout, the health check. Prints the figures; removes every
-# container, volume and image it made, by name. Run as root (CI runs it from .ci/run).
+# Builds the image with deploy/build-image.sh under a name of its own and exercises it:
+# /health and /ready, the image's health check (podman healthcheck run), the README's event
+# answered 202, the event still pending after a restart, a clean exit on SIGTERM inside the
+# stop timeout. Prints the figures; removes every container, volume and image it made, by
+# name. Run as root (CI runs it from .ci/run).
 #
 #   deploy/test-image.sh              # KEEP_BASE=1 keeps the Debian base image for a rerun
 set -euo pipefail
@@ -14,36 +15,28 @@ BASE=localhost/ci-relay-base:bookworm
 VOLUME=ci-relay-image-test-state
 STOP_TIMEOUT_S=10
 WORK=$(mktemp -d)
-made_base=0
+had_base=1
 
 log() { printf '[test-image] %s\n' "$*"; }
 now() { date +%s.%N; }
 since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$(now)"; }
 
 cleanup() {
+    local removed="container $NAME, volume $VOLUME, image $IMAGE"
     podman rm -f "$NAME" >/dev/null 2>&1 || true
     podman volume rm -f "$VOLUME" >/dev/null 2>&1 || true
     podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
-    if [ "$made_base" = 1 ] && [ "${KEEP_BASE:-0}" != 1 ]; then
+    if [ "$had_base" = 0 ] && [ "${KEEP_BASE:-0}" != 1 ]; then
         podman rmi -f "$BASE" >/dev/null 2>&1 || true
+        removed="$removed, base $BASE (KEEP_BASE=1 keeps it)"
     fi
-    rm -rf "$WORK" deploy/wheels
+    rm -rf "$WORK"
+    log "removed $removed"
 }
 trap cleanup EXIT
 
-install_tools() {
-    if command -v podman >/dev/null && command -v debootstrap >/dev/null \
-        && command -v runc >/dev/null; then
-        return
-    fi
-    log "installing podman and debootstrap"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        podman runc netavark aardvark-dns iptables catatonit debootstrap >/dev/null
-}
-
 # Root may not raise its open-file limit here, and crun cannot run with hybrid cgroups:
-# a containers.conf of this run's own (not the machine's) says so.
+# a containers.conf of this run's own (not the machine's) says so; build-image.sh uses it too.
 configure_podman() {
     local hard
     hard=$(ulimit -Hn)
@@ -54,50 +47,6 @@ default_ulimits = ["nofile=${hard}:${hard}", "nproc=32768:32768"]
 runtime = "runc"
 EOF
     export CONTAINERS_CONF="$WORK/containers.conf"
-}
-
-# The mirror apt already uses: no registry is needed, and none is named here.
-debian_mirror() {
-    local sources=/etc/apt/sources.list.d/debian.sources
-    if [ -f "$sources" ]; then
-        awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' "$sources"
-    else
-        awk '/^deb / && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list
-    fi
-}
-
-make_base() {
-    if podman image exists "$BASE"; then
-        log "base $BASE already present"
-        return
-    fi
-    local started rootfs="$WORK/rootfs"
-    started=$(now)
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-        bookworm "$rootfs" "$(debian_mirror)" >"$WORK/debootstrap.log" 2>&1 \
-        || { tail -20 "$WORK/debootstrap.log"; return 1; }
-    rm -rf "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/*
-    tar -C "$rootfs" -c . | podman import --change 'CMD ["python3"]' - "$BASE" >/dev/null
-    rm -rf "$rootfs"
-    made_base=1
-    log "base $BASE made in $(since "$started") s"
-}
-
-# Wheels for exactly deploy/constraints.txt and the relay, built on the host, so that the
-# build needs no network: the host's Python must be the base's.
-make_wheels() {
-    local python host base
-    if [ -x .venv/bin/python ]; then
-        python=.venv/bin/python
-    else
-        python3 -m venv "$WORK/venv" && python="$WORK/venv/bin/python"
-    fi
-    host=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    base=$(podman run --rm "$BASE" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    [ "$host" = "$base" ] || fail "wheels built with Python $host cannot go into a base with $base"
-    rm -rf deploy/wheels
-    "$python" -m pip wheel -q --constraint deploy/constraints.txt --wheel-dir deploy/wheels . \
-        >"$WORK/wheels.log" 2>&1 || { tail -20 "$WORK/wheels.log"; return 1; }
 }
 
 free_port() {
@@ -148,23 +97,31 @@ fail() {
     exit 1
 }
 
-install_tools
-command -v curl >/dev/null || { apt-get install -y -qq --no-install-recommends curl >/dev/null; }
+if ! command -v curl >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl >/dev/null
+fi
 configure_podman
 # Leftovers of an interrupted run, by name.
 podman rm -f "$NAME" >/dev/null 2>&1 || true
 podman volume rm -f "$VOLUME" >/dev/null 2>&1 || true
-make_base
-make_wheels
+podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
+podman image exists "$BASE" 2>/dev/null || had_base=0
 
+# The build itself is deploy/build-image.sh's, as anyone would run it; only the names differ.
 started=$(now)
-# --layers=false: no cached stage images are left behind; only $IMAGE is made.
-podman build -q --layers=false --format docker --build-arg "BASE_IMAGE=$BASE" -t "$IMAGE" . >"$WORK/build.log" 2>&1 \
-    || { tail -30 "$WORK/build.log"; fail "build"; }
-build_s=$(since "$started")
-# What .dockerignore lets in, against the whole working tree.
-context_kb=$(du -skc pyproject.toml README.md relay migrations deploy/constraints.txt deploy/wheels \
-    | tail -1 | cut -f1)
+BASE_IMAGE=$BASE bash deploy/build-image.sh "$IMAGE" | tee "$WORK/build-image.log" \
+    || fail "deploy/build-image.sh"
+total_s=$(since "$started")
+# Its own figures, from its log.
+figure() { sed -n "s|^\[build-image\] $1.*|\1|p" "$WORK/build-image.log" | tail -1; }
+wheels_s=$(figure 'wheels made in \([0-9.]*\) s')
+build_s=$(figure 'image .* built in \([0-9.]*\) s')
+context_kb=$(figure 'image .* (build context \([0-9]*\) KiB)')
+base_s=$(figure 'base .* made in \([0-9.]*\) s')
+if [ -z "$build_s" ] || [ -z "$wheels_s" ] || [ -z "$context_kb" ]; then
+    fail "deploy/build-image.sh printed no build figures"
+fi
 tree_kb=$(du -sk --exclude=.git . | cut -f1)
 size_mb=$(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f", $1 / 1e6}')
 base_mb=$(podman image inspect --format '{{.Size}}' "$BASE" | awk '{printf "%.0f", $1 / 1e6}')
@@ -177,7 +134,10 @@ start_container
 wait_ready "$PORT" || fail "first start"
 ready_s=$(since "$started")
 curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null || fail "/health"
-podman healthcheck run "$NAME" >/dev/null || fail "the image's health check"
+# The image's HEALTHCHECK (kept by build-image.sh's docker format), run once by hand.
+podman healthcheck run "$NAME" >/dev/null 2>>"$WORK/podman.log" || fail "the image's health check"
+health=$(podman inspect --format '{{.State.Health.Status}}' "$NAME")
+[ "$health" = healthy ] || fail "health check status '$health', not healthy"
 
 status=$(readme_event | curl -sS -o /dev/null -w '%{http_code}' -X POST \
     -H 'Content-Type: application/json' --data-binary @- \
@@ -199,12 +159,17 @@ exit_code=$(podman inspect --format '{{.State.ExitCode}}' "$NAME")
 python3 -c "import sys; sys.exit(float(sys.argv[1]) >= float(sys.argv[2]))" "$stop_s" "$STOP_TIMEOUT_S" \
     || fail "stop took $stop_s s"
 
+if [ -n "$base_s" ]; then base_made="$base_s s"; else base_made="no, already present"; fi
 log "figures"
 printf '  %-40s %s\n' \
     "build context" "${context_kb} KiB (the working tree: ${tree_kb} KiB)" \
     "base image" "${base_mb} MB ($BASE)" \
     "image" "${size_mb} MB, user $user" \
-    "build (wheels ready, base present)" "${build_s} s" \
+    "base made (debootstrap)" "$base_made" \
+    "wheels (pip wheel on the host)" "${wheels_s} s" \
+    "podman build (wheels and base ready)" "${build_s} s" \
+    "deploy/build-image.sh in all" "${total_s} s" \
+    "podman healthcheck run" "$health" \
     "start to /ready" "${ready_s} s" \
     "restart to /ready, the event pending" "${restart_ready_s} s, pending_events=$pending" \
     "SIGTERM to exit (podman stop -t $STOP_TIMEOUT_S)" "${stop_s} s, exit status $exit_code"

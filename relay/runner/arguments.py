@@ -38,7 +38,10 @@ def add_emit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the request body as JSON on stdout; post nothing, keep no mark",
+        help=(
+            "print the request body as JSON on stdout (only a valid one: an invalid event's "
+            "problems go to stderr, status 2); post nothing, keep no mark"
+        ),
     )
     _event_arguments(parser)
 

@@ -75,19 +75,24 @@ def _record_start(options: events.EventOptions, mark: StartMark, dry_run: bool) 
 def _send(
     options: events.EventOptions, facts: CIFacts, mark: StartMark, relay: _Relay, dry_run: bool
 ) -> int:
-    """Check the event, then print it (dry run) or post it and keep or forget its mark."""
+    """Check the event, then print it (dry run) or post it and keep or forget its mark.
+
+    An invalid event is its problems on stderr and status 2, dry run or not: stdout only
+    ever holds a body the relay accepts, so a script piping it on never sends one it refuses.
+    """
     body = events.body(options, facts)
     problems = events.problems(body)
+    if problems:
+        for problem in problems:
+            warn(f"ci-relay: emit: {problem}")
+        if dry_run:
+            warn("ci-relay: emit: no request body printed: the event is not valid")
+        return EXIT_INVALID
     if dry_run:
         try:
             write_stdout(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2) + b"\n")
         except OSError as exc:
             return _fail(f"cannot write the request body to stdout: {exc.strerror}", EXIT_NOT_SENT)
-    if problems:
-        for problem in problems:
-            warn(f"ci-relay: emit: {problem}")
-        return EXIT_INVALID
-    if dry_run:
         return 0
     try:
         post(relay.url, body, relay.timeout_s, relay.token)

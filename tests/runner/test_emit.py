@@ -76,6 +76,24 @@ async def test_dry_run_prints_a_valid_request_and_posts_nothing(
     assert [] == await stored(relay)
 
 
+async def test_dry_run_of_an_invalid_event_prints_its_problems_and_no_body(
+    relay: RunningRelay, checkout: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A dry run of an event the relay would refuse (a GitHub job gives no start time) prints
+    each problem with what gives the field, then one line saying no body is printed; stdout
+    stays empty, so a script never takes an invalid body for one, and the status is 2."""
+    cwd, sha = checkout
+    env = github(tmp_path, sha, CI_RELAY_URL=relay.base_url)
+    done = await ci_relay("emit", "job", "--status", "success", "--dry-run", env=env, cwd=cwd)
+    assert (2, b"") == (done.returncode, done.stdout)
+    assert [
+        "ci-relay: emit: data.attributes.resource.start: Field required "
+        "(give --start, or an earlier 'emit --status running')",
+        "ci-relay: emit: no request body printed: the event is not valid",
+    ] == done.stderr.decode().splitlines()
+    assert [] == await stored(relay)
+
+
 async def test_running_then_finished_job_share_ids_and_start(
     relay: RunningRelay, checkout: tuple[Path, str], tmp_path: Path
 ) -> None:

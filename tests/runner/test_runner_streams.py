@@ -135,3 +135,31 @@ def test_emit_dry_run_to_a_full_stdout_is_status_1(
         done.returncode,
         done.stderr.decode().splitlines(),
     )
+
+
+def test_emit_dry_run_of_an_invalid_event_leaves_stdout_alone(
+    checkout: tuple[Path, str], tmp_path: Path
+) -> None:
+    """An invalid event's dry run writes nothing to stdout: a full one changes nothing, the
+    problems are reported and the status is 2 (invalid), not 1."""
+    cwd, sha = checkout
+    env = github(tmp_path, sha)
+    args = ["emit", "job", "--status", "success", "--dry-run"]
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "relay", *args],
+            env=env,
+            cwd=cwd,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=TIMEOUT_S,
+            check=False,
+        )
+    assert (
+        2,
+        [
+            "ci-relay: emit: data.attributes.resource.start: Field required "
+            "(give --start, or an earlier 'emit --status running')",
+            "ci-relay: emit: no request body printed: the event is not valid",
+        ],
+    ) == (done.returncode, done.stderr.decode().splitlines())

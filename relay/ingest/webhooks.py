@@ -15,7 +15,8 @@ import asyncio
 import hashlib
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import orjson
 import structlog
@@ -48,15 +49,15 @@ WEBHOOK_COUNTS = web.AppKey("webhook_counts", WebhookCounts)
 # How much of a payload that makes no event a dead letter keeps, for an operator to read.
 UNUSABLE_EXCERPT_BYTES = 64 * 1024
 
+_T = TypeVar("_T")
 Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
 
 
 @dataclass(frozen=True)
 class _Made:
-    """What a delivery's body makes: items to store, or the reason it makes none."""
+    """What a delivery's body makes to store."""
 
     items: tuple[Keyed, ...] = ()
-    ignored: str | None = None
 
 
 class _Delivery:
@@ -133,19 +134,29 @@ async def _receive(delivery: _Delivery) -> web.StreamResponse:
 
 
 async def _store(delivery: _Delivery, body: bytes) -> web.Response:
-    """Map and validate ``body``, then commit what it makes (see the module docstring)."""
-    request = delivery.request
+    """Map and validate ``body``, then commit what it makes (see the module docstring).
+
+    A delivery stored before, and the objects of a delivery announced before, are looked up
+    on the outbox's reader first, so that GitLab's many hooks per pipeline cost no mapping
+    or validation twice; ``append_once`` checks again in its transaction, so a race between
+    the look and the commit cannot store anything twice.
+    """
+    request, outbox = delivery.request, delivery.request.app[OUTBOX]
     retry = {"Retry-After": str(request.app[RETRY_AFTER_S])}
     budget = request.app[PARSE_BUDGET]
+    key = delivery.source.delivery_key(request.headers, body)
     try:
+        if await outbox.seen_webhook_keys([key]):
+            return _stored(delivery, _Made(), Stored(0, duplicate=True))
         await budget.acquire(len(body))
         try:
-            make = _Maker(delivery.source, delivery.kind, body)
-            made = make() if len(body) <= PARSE_INLINE_MAX_BYTES else await asyncio.to_thread(make)
-            if made.ignored is not None:
-                return delivery.answer(200, {"status": "ignored", "reason": made.ignored})
-            key = delivery.source.delivery_key(request.headers, body)
-            stored = await request.app[OUTBOX].append_once(key, made.items)
+            maker = _Maker(delivery.source, delivery.kind, body)
+            mapped = await _off_loop(maker.map, len(body))
+            if mapped.ignored is not None:
+                return delivery.answer(200, {"status": "ignored", "reason": mapped.ignored})
+            seen = await outbox.seen_webhook_keys(mapped.keys)
+            made = await _off_loop(partial(maker.items, mapped, seen), len(body))
+            stored = await outbox.append_once(key, made.items)
         finally:
             budget.release(len(body))
     except _BadBody as exc:
@@ -156,6 +167,12 @@ async def _store(delivery: _Delivery, body: bytes) -> web.Response:
             "unavailable", 503, f"the relay cannot store it now: {exc}", headers=retry
         )
     return _stored(delivery, made, stored)
+
+
+async def _off_loop(work: Callable[[], _T], size: int) -> _T:
+    """``work`` inline for a small body, in a worker thread for a large one (as ingest
+    parses), so that the loop keeps answering through a large hook's mapping."""
+    return work() if size <= PARSE_INLINE_MAX_BYTES else await asyncio.to_thread(work)
 
 
 def _stored(delivery: _Delivery, made: _Made, stored: Stored) -> web.Response:
@@ -192,12 +209,13 @@ class _BadBody(Exception):
 
 
 class _Maker:
-    """``body`` to the items it makes, callable inline or in a worker thread."""
+    """``body`` to what it maps to, then to the items to store; each step callable inline
+    or in a worker thread."""
 
     def __init__(self, source: Source, kind: str, body: bytes) -> None:
         self.source, self.kind, self.body = source, kind, body
 
-    def __call__(self) -> _Made:
+    def map(self) -> Mapped:
         try:
             payload = loads(self.body)
         except NotJSON as exc:
@@ -205,14 +223,17 @@ class _Maker:
         if not isinstance(payload, dict):
             raise _BadBody(f"a {self.source.title} webhook body is a JSON object")
         try:
-            mapped = self.source.map(self.kind, payload)
+            return self.source.map(self.kind, payload)
         except WrongKind as exc:
             raise _BadBody(str(exc)) from None
-        if mapped.ignored is not None:
-            return _Made(ignored=mapped.ignored)
+
+    def items(self, mapped: Mapped, seen: set[str]) -> _Made:
+        """The items to store: the events whose keys were not ``seen``, validated, or the
+        unusable payload."""
         if mapped.unusable is not None:
             return _Made(items=(self._unusable(mapped.unusable),))
-        return _Made(items=tuple(_validated(mapped, f"{self.source.title} {self.kind}")))
+        fresh = [(e, k) for e, k in zip(mapped.events, mapped.keys, strict=True) if k not in seen]
+        return _Made(items=tuple(_validated(fresh, f"{self.source.title} {self.kind}")))
 
     def _unusable(self, reason: str) -> Keyed:
         """The payload kept as it came, named by its digest; a long one as its start (a JSON
@@ -225,18 +246,19 @@ class _Maker:
         return Keyed(key, kept, None, reason)
 
 
-def _validated(mapped: Mapped, what: str) -> list[Keyed]:
-    """The mapped events, each validated as ingest validates it (the intake's window too);
-    one the relay's validation refuses carries the reason, for the dead letters."""
+def _validated(events: list[tuple[dict[str, Any], str]], what: str) -> list[Keyed]:
+    """The mapped events with their keys, each validated as ingest validates it (the
+    intake's window too); one the relay's validation refuses carries the reason, for the
+    dead letters."""
+    if not events:
+        return []
     try:
-        accepted = validate_events(list(mapped.events))
+        accepted = validate_events([event for event, _ in events])
     except InvalidRequest:
-        return [
-            _one(event, key, what) for event, key in zip(mapped.events, mapped.keys, strict=True)
-        ]
+        return [_one(event, key, what) for event, key in events]
     return [
-        Keyed(key, event.body, event.end_at)
-        for key, event in zip(mapped.keys, accepted, strict=True)
+        Keyed(key, valid.body, valid.end_at)
+        for (_, key), valid in zip(events, accepted, strict=True)
     ]
 
 

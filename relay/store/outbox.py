@@ -20,7 +20,7 @@ from relay.config import OutboxSettings
 from relay.contract.accepted import AcceptedEvent
 from relay.contract.intake import ENVELOPE, ENVELOPE_BYTES
 from relay.store import outbox_file, queries
-from relay.store.once import Keyed, Once, Stored
+from relay.store.once import Keyed, Once, Stored, digest
 from relay.store.opening import open_file
 from relay.store.outbox_file import ServeLock
 from relay.store.writer import Writer, unavailable
@@ -170,6 +170,16 @@ class Outbox:
         now = time.time()
         rows = [(now, i.end_at, len(i.body), i.body) for i in items if i.refused is None]
         return await self._writer.append(rows, once)
+
+    async def seen_webhook_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` are stored already (a look on the reader, before a delivery is
+        mapped or validated; ``append_once`` decides in its own transaction)."""
+        digests = [(key, digest(key)) for key in keys]
+
+        def read(conn: sqlite3.Connection) -> set[str]:
+            return {key for key, d in digests if conn.execute(queries.KEY_SEEN, (d,)).fetchone()}
+
+        return await self._on_reader(read)
 
     async def prune_webhook_keys(self, keep_s: float, max_keys: int, now: float) -> KeysPruned:
         """Delete the webhook keys older than ``keep_s`` and, past ``max_keys``, the oldest.

@@ -80,6 +80,7 @@ TO_DEAD_LETTERS = (
 # -- webhook keys (relay.store.once): what deduplicates webhooks, stored with their events
 
 ADD_KEY = "INSERT OR IGNORE INTO webhook_keys (key, seen_at) VALUES (?, ?)"
+KEY_SEEN = "SELECT 1 FROM webhook_keys WHERE key = ?"
 # The seen_at of the key that is the given number of places from the newest: keys at or
 # before it are past the bound (an index read of that many entries, on the reader).
 KEYS_PAST_BOUND = "SELECT seen_at FROM webhook_keys ORDER BY seen_at DESC LIMIT 1 OFFSET ?"

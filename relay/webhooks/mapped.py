@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from relay.contract.exceptions import RelayError
@@ -14,8 +15,12 @@ from relay.contract.ids import stable_id
 ID_NAMESPACE = uuid.UUID("6f1d8a54-3c1e-4b7a-9f7e-2f5d0c9b8e21")
 
 
+@lru_cache(maxsize=4096)
 def derived_id(*identity: object) -> str:
-    """A stable UUID for an object known at its source by ``identity`` (e.g. instance, kind, id)."""
+    """A stable UUID for an object known at its source by ``identity`` (e.g. instance, kind, id).
+
+    Cached: one GitLab hook names its pipeline and its stages once per job.
+    """
     return stable_id(ID_NAMESPACE, *identity)
 
 

@@ -84,6 +84,17 @@ def _seen(conn: sqlite3.Connection, key: bytes, now: float) -> bool:
     return conn.execute(queries.ADD_KEY, (key, now)).rowcount == 0
 
 
+def seen(conn: sqlite3.Connection, keys: list[bytes]) -> set[bytes]:
+    """Which of ``keys`` (digests) are stored, in statements of at most
+    ``queries.MAX_KEYS_PER_LOOKUP`` keys."""
+    found: set[bytes] = set()
+    step = queries.MAX_KEYS_PER_LOOKUP
+    for start in range(0, len(keys), step):
+        chunk = keys[start : start + step]
+        found.update(key for (key,) in conn.execute(queries.keys_seen(len(chunk)), chunk))
+    return found
+
+
 def _dead_letter(conn: sqlite3.Connection, row: queries.Row, detail: str, now: float) -> None:
     """Store ``row`` as a dead letter through the events table, so that it has an event id
     like every other dead letter and is made by the one query that makes them."""

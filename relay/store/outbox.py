@@ -20,7 +20,7 @@ from relay.config import OutboxSettings
 from relay.contract.accepted import AcceptedEvent
 from relay.contract.intake import ENVELOPE, ENVELOPE_BYTES
 from relay.store import outbox_file, queries
-from relay.store.once import Keyed, Once, Stored, digest
+from relay.store.once import Keyed, Once, Stored, digest, seen
 from relay.store.opening import open_file
 from relay.store.outbox_file import ServeLock
 from relay.store.writer import Writer, unavailable
@@ -174,10 +174,10 @@ class Outbox:
     async def seen_webhook_keys(self, keys: Sequence[str]) -> set[str]:
         """Which of ``keys`` are stored already (a look on the reader, before a delivery is
         mapped or validated; ``append_once`` decides in its own transaction)."""
-        digests = [(key, digest(key)) for key in keys]
+        by_digest = {digest(key): key for key in keys}
 
         def read(conn: sqlite3.Connection) -> set[str]:
-            return {key for key, d in digests if conn.execute(queries.KEY_SEEN, (d,)).fetchone()}
+            return {by_digest[found] for found in seen(conn, list(by_digest))}
 
         return await self._on_reader(read)
 

@@ -80,7 +80,8 @@ TO_DEAD_LETTERS = (
 # -- webhook keys (relay.store.once): what deduplicates webhooks, stored with their events
 
 ADD_KEY = "INSERT OR IGNORE INTO webhook_keys (key, seen_at) VALUES (?, ?)"
-KEY_SEEN = "SELECT 1 FROM webhook_keys WHERE key = ?"
+# At most this many keys are looked up by one statement (SQLite's bound is 32,766).
+MAX_KEYS_PER_LOOKUP = 500
 # The seen_at of the key that is the given number of places from the newest: keys at or
 # before it are past the bound (an index read of that many entries, on the reader).
 KEYS_PAST_BOUND = "SELECT seen_at FROM webhook_keys ORDER BY seen_at DESC LIMIT 1 OFFSET ?"
@@ -173,6 +174,12 @@ def migration_script(sql: str, version: int, name: str, applied_at: str) -> str:
         "INSERT INTO schema_migrations (version, name, applied_at) "
         f"VALUES ({version}, '{name}', '{applied_at}');\nCOMMIT;"
     )
+
+
+def keys_seen(count: int) -> str:
+    """The stored ones among ``count`` webhook keys (digests, as parameters): one statement,
+    a primary-key lookup each."""
+    return f"SELECT key FROM webhook_keys WHERE key IN ({', '.join('?' * count)})"
 
 
 def busy_timeout(seconds: float) -> str:

@@ -364,6 +364,14 @@ class WebhookSettings(_Group):
         return self
 
 
+class HistorySettings(_Group):
+    """The recent history behind ``GET /ui``: a compact record of each settled event."""
+
+    keep_h: float = Field(default=24.0, gt=0)
+    # At most this many records (about 300 bytes each); 0 keeps no history.
+    max_events: int = Field(default=100_000, ge=0)
+
+
 class LogSettings(_Group):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -403,6 +411,7 @@ class Settings(_FromFileAndEnvironment):
     flusher: FlusherSettings = Field(default_factory=FlusherSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    history: HistorySettings = Field(default_factory=HistorySettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     def redacted(self) -> dict[str, Any]:

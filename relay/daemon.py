@@ -38,7 +38,7 @@ from relay.ingest.binding import bind
 from relay.ingest.connections import ConnectionGuard, connection_bound, raise_open_file_limit
 from relay.keyfiles import KeyFile, check_pem_file
 from relay.store.outbox import Outbox
-from relay.store.upkeep import prune_webhook_keys
+from relay.store.upkeep import upkeep
 
 logger = structlog.get_logger(__name__)
 
@@ -80,7 +80,7 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         sockets = bind(settings.server.host, settings.server.port)
         for sock in sockets:
             stack.callback(sock.close)
-        outbox = await Outbox.open(settings.outbox)
+        outbox = await Outbox.open(settings.outbox, history=settings.history.max_events > 0)
         stack.push_async_callback(outbox.close)
         # After the outbox: a refused outbox is one line on stderr and nothing else.
         guard = _connection_guard(settings, tls)
@@ -94,7 +94,9 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         loop.add_signal_handler(signal.SIGUSR1, flusher.retry_now)
         watcher = asyncio.create_task(_watch_key_files(on_change), name="key-files")
         stack.callback(watcher.cancel)
-        pruner = asyncio.create_task(prune_webhook_keys(outbox, settings.webhooks), name="keys")
+        pruner = asyncio.create_task(
+            upkeep(outbox, settings.webhooks, settings.history), name="upkeep"
+        )
         stack.callback(pruner.cancel)
         app = create_app(
             outbox,

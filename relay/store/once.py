@@ -102,4 +102,6 @@ def _dead_letter(conn: sqlite3.Connection, row: queries.Row, detail: str, now: f
     assert event_id is not None
     ids = queries.json_ids([event_id])
     conn.execute(queries.TO_DEAD_LETTERS, (INVALID, None, detail, 0, now, now, ids))
+    # Its record in the history, if it is an event at all (the upkeep bounds the history).
+    conn.execute(queries.HISTORY_OF_IDS, (now, "dead_lettered", INVALID, ids))
     conn.execute(queries.DELETE_EVENTS, (ids,))

@@ -11,7 +11,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import aiosqlite
 import structlog
@@ -19,6 +19,7 @@ import structlog
 from relay.config import OutboxSettings
 from relay.contract.accepted import AcceptedEvent
 from relay.contract.intake import ENVELOPE, ENVELOPE_BYTES
+from relay.history.records import Record
 from relay.store import outbox_file, queries
 from relay.store.once import Keyed, Once, Stored, digest, seen
 from relay.store.opening import open_file
@@ -101,18 +102,22 @@ class Outbox:
         self.group_events = self._writer.group_events
         self._data_version = -1
         self._lock: ServeLock | None = None
+        self.history = True  # settled events leave a record (see open)
 
     @classmethod
-    async def open(cls, settings: OutboxSettings) -> Outbox:
+    async def open(cls, settings: OutboxSettings, history: bool = True) -> Outbox:
         """Lock, check and open the outbox file; OutboxError (path and cause) if it cannot be."""
         lock = ServeLock(settings.path)
         outbox_file.prepare_directory(settings.path)
         lock.acquire()
         try:
-            return await cls._open_locked(settings, lock)
+            outbox = await cls._open_locked(settings, lock)
         except BaseException:
             lock.release()
             raise
+        # Whether settled events leave a record in the history (history.max_events > 0).
+        outbox.history = history
+        return outbox
 
     @classmethod
     async def _open_locked(cls, settings: OutboxSettings, lock: ServeLock) -> Outbox:
@@ -181,6 +186,32 @@ class Outbox:
 
         return await self._on_reader(read)
 
+    async def pipeline_records(self, pipeline_id: str) -> list[Record]:
+        """Every record of one pipeline: settled ones from the history (an index read), then
+        pending ones read from the events' JSON (a scan of the pending events)."""
+        found = await self._read(queries.HISTORY_OF_PIPELINE, (pipeline_id,))
+        return [_record(row) for row in found.rows]
+
+    async def recent_records(self, settled: int, pending: int) -> list[Record]:
+        """The newest ``settled`` records of the history and the newest ``pending`` events."""
+        found = await self._read(queries.RECENT_HISTORY, (settled, pending))
+        return [_record(row) for row in found.rows]
+
+    async def prune_history(self, keep_s: float, max_records: int, now: float) -> int:
+        """Delete the records older than ``keep_s`` and, past ``max_records``, the oldest."""
+        past = await self._read(queries.HISTORY_PAST_BOUND, (max_records,))
+        bounded_at: float | None = past.first("recorded_at")
+        cutoff = now - keep_s if bounded_at is None else max(now - keep_s, bounded_at)
+        deleted = 0
+
+        def work(conn: sqlite3.Connection) -> tuple[int, int]:
+            nonlocal deleted
+            deleted = conn.execute(queries.PRUNE_HISTORY, (cutoff,)).rowcount
+            return 0, 0
+
+        await self._writer.apply(work, durable=False)
+        return deleted
+
     async def prune_webhook_keys(self, keep_s: float, max_keys: int, now: float) -> KeysPruned:
         """Delete the webhook keys older than ``keep_s`` and, past ``max_keys``, the oldest.
 
@@ -206,6 +237,7 @@ class Outbox:
 
         def work(conn: sqlite3.Connection) -> tuple[int, int]:
             added, added_bytes = self._absorb_changes(conn)
+            self._record(conn, queries.HISTORY_OF_IDS, "delivered", None, ids)
             conn.execute(queries.DELETE_EVENTS, (ids,))
             return len(events) - added, sum(e.size for e in events) - added_bytes
 
@@ -238,10 +270,18 @@ class Outbox:
             params = (reason, upstream_status, detail, sent, now, now, ids)
             added, added_bytes = self._absorb_changes(conn)
             conn.execute(queries.TO_DEAD_LETTERS, params)
+            self._record(conn, queries.HISTORY_OF_IDS, "dead_lettered", reason, ids)
             conn.execute(queries.DELETE_EVENTS, (ids,))
             return len(events) - added, sum(e.size for e in events) - added_bytes
 
         await self._writer.apply(work, dead_lettered=len(events))
+
+    def _record(
+        self, conn: sqlite3.Connection, query: str, fate: str, reason: str | None, *where: object
+    ) -> None:
+        """Inside a transaction that settles events: their records in the history."""
+        if self.history:
+            conn.execute(query, (time.time(), fate, reason, *where))
 
     async def next_batch(
         self, max_events: int, max_bytes: int, exclude: Collection[int] = ()
@@ -297,7 +337,9 @@ class Outbox:
 
         def work(conn: sqlite3.Connection) -> tuple[int, int]:
             added, added_bytes = self._absorb_changes(conn)
-            conn.execute(queries.DELETE_BETWEEN, (batch.first_id, batch.last_id, batch.excluded))
+            span = (batch.first_id, batch.last_id, batch.excluded)
+            self._record(conn, queries.HISTORY_OF_RANGE, "delivered", None, *span)
+            conn.execute(queries.DELETE_BETWEEN, span)
             return batch.events - added, batch.size - added_bytes
 
         await self._writer.apply(work, durable=False, delivered=batch.events)
@@ -390,6 +432,60 @@ class Outbox:
             finally:
                 if self._lock is not None:
                     self._lock.release()
+
+
+def _record(row: Sequence[Any]) -> Record:
+    """A history row (``fate, reason`` then ``queries._RECORD``'s columns) as a Record."""
+    (
+        fate,
+        reason,
+        received_at,
+        level,
+        id_,
+        pipeline_id,
+        pipeline_name,
+        name,
+        status,
+        start,
+        end,
+        queue_time,
+        url,
+        error,
+        stage_id,
+        stage_name,
+        job_id,
+        job_name,
+        partial_retry,
+    ) = row
+    return Record(
+        level=level,
+        id=id_ or "",
+        pipeline_id=pipeline_id or "",
+        pipeline_name=pipeline_name,
+        name=name or "",
+        status=status or "",
+        start=start,
+        end=end,
+        queue_time_ms=_integer(queue_time),
+        url=url,
+        error=error,
+        stage_id=stage_id,
+        stage_name=stage_name,
+        job_id=job_id,
+        job_name=job_name,
+        partial_retry=bool(partial_retry) and partial_retry not in ("false", "0"),
+        fate=fate,
+        reason=reason,
+        received_at=received_at,
+    )
+
+
+def _integer(value: Any) -> int | None:
+    """A JSON number read back by SQLite (an integer, or text for one past 64 bits)."""
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 async def _count_and_clear_changes(conn: aiosqlite.Connection) -> tuple[int, int]:

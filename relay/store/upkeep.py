@@ -1,6 +1,7 @@
 """The outbox's periodic upkeep: what the daemon prunes while it runs.
 
-Webhook keys (``relay.store.once``) are kept ``webhooks.dedup_keep_h`` hours and at most
+The recent history is kept ``history.keep_h`` hours and at most ``history.max_events``
+records. Webhook keys (``relay.store.once``) are kept ``webhooks.dedup_keep_h`` hours and at most
 ``webhooks.dedup_max_keys``; once a minute the older ones, and past the bound the oldest,
 are deleted in a short transaction of the writer. A failure is logged and tried again at
 the next round: upkeep never stops the relay.
@@ -13,7 +14,7 @@ import time
 
 import structlog
 
-from relay.config import WebhookSettings
+from relay.config import HistorySettings, WebhookSettings
 from relay.store.outbox import Outbox
 from relay.store.writer import OutboxClosed, OutboxUnavailable
 
@@ -25,6 +26,19 @@ UPKEEP_INTERVAL_S = 60.0
 MIN_DEDUP_WINDOW_S = 24 * 3600.0
 
 
+async def upkeep(
+    outbox: Outbox,
+    webhooks: WebhookSettings,
+    history: HistorySettings,
+    interval_s: float = UPKEEP_INTERVAL_S,
+) -> None:
+    """Prune the webhook keys and the history every ``interval_s``, until cancelled."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await prune_once(outbox, webhooks)
+        await prune_history_once(outbox, history)
+
+
 async def prune_webhook_keys(
     outbox: Outbox, settings: WebhookSettings, interval_s: float = UPKEEP_INTERVAL_S
 ) -> None:
@@ -32,6 +46,20 @@ async def prune_webhook_keys(
     while True:
         await asyncio.sleep(interval_s)
         await prune_once(outbox, settings)
+
+
+async def prune_history_once(outbox: Outbox, settings: HistorySettings) -> None:
+    """One round of history pruning: older than ``keep_h``, past ``max_events``."""
+    try:
+        deleted = await outbox.prune_history(
+            settings.keep_h * 3600, settings.max_events, time.time()
+        )
+    except Exception as exc:
+        # Upkeep must never stop the relay; a failed round is tried again at the next.
+        logger.warning("history not pruned; trying again later", error=repr(exc), exc_info=True)
+        return
+    if deleted:
+        logger.debug("history pruned", deleted=deleted)
 
 
 async def prune_once(outbox: Outbox, settings: WebhookSettings) -> None:

@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run the relay")
+    serve.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate, keep and show events (GET /ui), send nothing (upstream.enabled = false)",
+    )
     serve.set_defaults(run=_serve, load=load_settings)
 
     dead = commands.add_parser("dead-letters", help="inspect, replay or purge dead letters")
@@ -216,6 +221,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from relay.daemon import serve
 
     log.configure(settings.log.format, settings.log.level)
+    if args.dry_run:
+        upstream = settings.upstream.model_copy(update={"enabled": False})
+        settings = settings.model_copy(update={"upstream": upstream})
     return _run(serve(settings, args.config))
 
 

@@ -292,6 +292,9 @@ def proxy_variable(scheme: str) -> tuple[str, str] | None:
 
 
 class UpstreamSettings(_Group):
+    # false: a dry run (``serve --dry-run``): events are validated, kept in the history and
+    # shown, and nothing is sent.
+    enabled: bool = True
     site: Site = "datadoghq.com"
     url: Annotated[str, AfterValidator(_check_url)] | None = None
     api_key: Secret = None

@@ -80,7 +80,11 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
         sockets = bind(settings.server.host, settings.server.port)
         for sock in sockets:
             stack.callback(sock.close)
-        outbox = await Outbox.open(settings.outbox, history=settings.history.max_events > 0)
+        outbox = await Outbox.open(
+            settings.outbox,
+            history=settings.history.max_events > 0,
+            dry_run=not settings.upstream.enabled,
+        )
         stack.push_async_callback(outbox.close)
         # After the outbox: a refused outbox is one line on stderr and nothing else.
         guard = _connection_guard(settings, tls)
@@ -129,6 +133,8 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
             "upstream": upstream.display_url,
             "api_key": upstream.has_api_key,
         }
+        if upstream.dry_run:
+            listening["dry_run"] = "events are validated, kept and shown at /ui; nothing is sent"
         if not log.for_people():  # a person gets one short line; check-config shows the rest
             listening["config"] = settings.redacted()
         logger.info("listening", **listening)

@@ -308,13 +308,19 @@ class Upstream:
         self.answers: Counter[tuple[str, str]] = Counter()  # by (outcome, status class)
 
     @property
+    def dry_run(self) -> bool:
+        """True when nothing is sent (``upstream.enabled = false``)."""
+        return not self._settings.enabled
+
+    @property
     def has_api_key(self) -> bool:
-        return bool(self.api_key.value)
+        """Whether a request can be sent: a dry run sends none, so it needs no key."""
+        return self.dry_run or bool(self.api_key.value)
 
     @property
     def display_url(self) -> str:
         """The URL batches go to, any password redacted: the one to put in a log line."""
-        return self._settings.intake_url
+        return "nowhere (dry run)" if self.dry_run else self._settings.intake_url
 
     async def send_body(self, body: bytes) -> Outcome:
         """POST a request body already in the intake's envelope (``request_body``);
@@ -327,6 +333,8 @@ class Upstream:
 
     async def _post(self, body: bytes) -> tuple[Outcome, int | None]:
         """The outcome, and the answer's status (None when no answer came)."""
+        if self.dry_run:
+            return Delivered(), None  # settled as not sent (relay.store: the history's fate)
         headers = self._headers()
         if self._settings.compress:
             body = gzip.compress(body, compresslevel=5)

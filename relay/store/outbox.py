@@ -103,9 +103,12 @@ class Outbox:
         self._data_version = -1
         self._lock: ServeLock | None = None
         self.history = True  # settled events leave a record (see open)
+        self.acked_fate = "delivered"
 
     @classmethod
-    async def open(cls, settings: OutboxSettings, history: bool = True) -> Outbox:
+    async def open(
+        cls, settings: OutboxSettings, history: bool = True, dry_run: bool = False
+    ) -> Outbox:
         """Lock, check and open the outbox file; OutboxError (path and cause) if it cannot be."""
         lock = ServeLock(settings.path)
         outbox_file.prepare_directory(settings.path)
@@ -115,8 +118,10 @@ class Outbox:
         except BaseException:
             lock.release()
             raise
-        # Whether settled events leave a record in the history (history.max_events > 0).
+        # Whether settled events leave a record in the history (history.max_events > 0), and
+        # what an ack means: delivered, or (a dry run) settled without being sent.
         outbox.history = history
+        outbox.acked_fate = "not_sent" if dry_run else "delivered"
         return outbox
 
     @classmethod
@@ -237,7 +242,7 @@ class Outbox:
 
         def work(conn: sqlite3.Connection) -> tuple[int, int]:
             added, added_bytes = self._absorb_changes(conn)
-            self._record(conn, queries.HISTORY_OF_IDS, "delivered", None, ids)
+            self._record(conn, queries.HISTORY_OF_IDS, self.acked_fate, None, ids)
             conn.execute(queries.DELETE_EVENTS, (ids,))
             return len(events) - added, sum(e.size for e in events) - added_bytes
 
@@ -338,7 +343,7 @@ class Outbox:
         def work(conn: sqlite3.Connection) -> tuple[int, int]:
             added, added_bytes = self._absorb_changes(conn)
             span = (batch.first_id, batch.last_id, batch.excluded)
-            self._record(conn, queries.HISTORY_OF_RANGE, "delivered", None, *span)
+            self._record(conn, queries.HISTORY_OF_RANGE, self.acked_fate, None, *span)
             conn.execute(queries.DELETE_BETWEEN, span)
             return batch.events - added, batch.size - added_bytes
 

@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,10 @@ class RelayProcess:
         config: Path,
         env: dict[str, str] | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        arguments: Sequence[str] = (),
     ) -> None:
         self.config = config
+        self.arguments = tuple(arguments)  # after serve --config, e.g. --dry-run
         self.preexec_fn = preexec_fn  # runs in the child before exec, e.g. to set rlimits
         self.env = relay_free_env()
         self.env.update(env or {})
@@ -89,6 +91,7 @@ class RelayProcess:
             "serve",
             "--config",
             str(self.config),
+            *self.arguments,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=self.env | {"CI_RELAY_LOG__FORMAT": "json"},

@@ -11,9 +11,11 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, TypeVar, get_args
 
 import aiosqlite
+import orjson
 import structlog
 
 from relay.config import OutboxSettings
@@ -440,56 +442,48 @@ class Outbox:
 
 
 def _record(row: Sequence[Any]) -> Record:
-    """A history row (``fate, reason`` then ``queries._RECORD``'s columns) as a Record."""
-    (
-        fate,
-        reason,
-        received_at,
-        level,
-        id_,
-        pipeline_id,
-        pipeline_name,
-        name,
-        status,
-        start,
-        end,
-        queue_time,
-        url,
-        error,
-        stage_id,
-        stage_name,
-        job_id,
-        job_name,
-        partial_retry,
-    ) = row
+    """A history row (fate, reason, received_at, end_at, the fields array) as a Record."""
+    fate, reason, received_at, end_at, fields = row
+    named = dict(zip(queries.RECORD_FIELDS, orjson.loads(fields), strict=True))
+    error = named["error.message"] or named["error.type"]
     return Record(
-        level=level,
-        id=id_ or "",
-        pipeline_id=pipeline_id or "",
-        pipeline_name=pipeline_name,
-        name=name or "",
-        status=status or "",
-        start=start,
-        end=end,
-        queue_time_ms=_integer(queue_time),
-        url=url,
-        error=error,
-        stage_id=stage_id,
-        stage_name=stage_name,
-        job_id=job_id,
-        job_name=job_name,
-        partial_retry=bool(partial_retry) and partial_retry not in ("false", "0"),
+        level=named["level"],
+        id=_text(named["unique_id"] or named["id"]) or "",
+        pipeline_id=_text(named["pipeline_unique_id"] or named["unique_id"]) or "",
+        pipeline_name=_text(named["pipeline_name"]),
+        name=_text(named["name"]) or "",
+        status=_text(named["status"]) or "",
+        start=_epoch(named["start"]),
+        end=end_at,
+        queue_time_ms=named["queue_time"] if isinstance(named["queue_time"], int) else None,
+        url=_text(named["url"]),
+        error=str(error)[:_MAX_ERROR_SHOWN] if error else None,
+        stage_id=_text(named["stage_id"]),
+        stage_name=_text(named["stage_name"]),
+        job_id=_text(named["job_id"]),
+        job_name=_text(named["job_name"]),
+        partial_retry=named["partial_retry"] in (1, True),
         fate=fate,
         reason=reason,
         received_at=received_at,
     )
 
 
-def _integer(value: Any) -> int | None:
-    """A JSON number read back by SQLite (an integer, or text for one past 64 bits)."""
+# A record's error is shown, not kept whole: the dead letter or the upstream has all of it.
+_MAX_ERROR_SHOWN = 500
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _epoch(value: Any) -> float | None:
+    """An RFC3339 time (as the intake takes it) in epoch seconds; None if it is none."""
+    if not isinstance(value, str):
+        return None
     try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
+        return datetime.fromisoformat(value.upper().replace("Z", "+00:00")).timestamp()
+    except ValueError:
         return None
 
 

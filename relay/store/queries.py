@@ -79,72 +79,57 @@ TO_DEAD_LETTERS = (
 )
 # -- the recent history (migration 9): records made from events' own JSON, in SQL
 
-# A history record's columns, and how each is read from the event (``r`` is its resource;
-# an event whose body is not JSON, or not an event, makes no record).
-_RECORD = (
-    "received_at",
+# The resource's fields a record keeps, in the order of its ``fields`` array.
+RECORD_FIELDS = (
     "level",
+    "unique_id",
     "id",
-    "pipeline_id",
+    "pipeline_unique_id",
     "pipeline_name",
     "name",
     "status",
     "start",
-    "end_at",
-    "queue_time_ms",
+    "queue_time",
     "url",
-    "error",
+    "error.message",
+    "error.type",
     "stage_id",
     "stage_name",
     "job_id",
     "job_name",
     "partial_retry",
 )
-_FROM_RESOURCE = (
-    "received_at, r ->> '$.level', coalesce(r ->> '$.unique_id', r ->> '$.id'), "
-    "coalesce(r ->> '$.pipeline_unique_id', r ->> '$.unique_id'), r ->> '$.pipeline_name', "
-    "r ->> '$.name', r ->> '$.status', "
-    "round((julianday(upper(r ->> '$.start')) - 2440587.5) * 86400.0, 3), end_at, "
-    "r ->> '$.queue_time', r ->> '$.url', "
-    "substr(coalesce(r ->> '$.error.message', r ->> '$.error.type'), 1, 500), "
-    "r ->> '$.stage_id', r ->> '$.stage_name', r ->> '$.job_id', r ->> '$.job_name', "
-    "coalesce(r ->> '$.partial_retry', 0)"
+_FIELDS = (
+    "json_extract(body, " + ", ".join(f"'$.attributes.resource.{f}'" for f in RECORD_FIELDS) + ")"
 )
-
-
-def _resources(where: str) -> str:
-    return (
-        "(SELECT id AS event_id, received_at, end_at, "
-        "CASE WHEN json_valid(body) THEN json_extract(body, '$.attributes.resource') END AS r "
-        f"FROM events WHERE {where})"
-    )
-
-
-_INTO_HISTORY = f"INSERT INTO history (recorded_at, fate, reason, {', '.join(_RECORD)}) "
-_KEEP = "SELECT ?1, ?2, ?3, " + _FROM_RESOURCE + " FROM "
-_IS_EVENT = " WHERE json_type(r, '$.level') = 'text'"
+_PIPELINE_ID = (
+    "coalesce(json_extract(body, '$.attributes.resource.pipeline_unique_id'), "
+    "json_extract(body, '$.attributes.resource.unique_id'))"
+)
+# An event's body that is JSON and an event (a salvaged body may be neither: no record).
+_AN_EVENT = "json_valid(body) AND json_type(body, '$.attributes.resource.level') = 'text'"
+_INTO_HISTORY = (
+    "INSERT INTO history (recorded_at, fate, reason, received_at, pipeline_id, end_at, fields) "
+    f"SELECT ?1, ?2, ?3, received_at, {_PIPELINE_ID}, end_at, {_FIELDS} FROM events "
+)
 # (recorded_at, fate, reason, first id, last id, excluded ids): a batch acked by its range.
 HISTORY_OF_RANGE = (
     _INTO_HISTORY
-    + _KEEP
-    + _resources(f"id BETWEEN ?4 AND ?5 AND id NOT {_IN_IDS.replace('?', '?6')}")
-    + _IS_EVENT
+    + f"WHERE id BETWEEN ?4 AND ?5 AND id NOT {_IN_IDS.replace('?', '?6')} AND {_AN_EVENT}"
 )
 # (recorded_at, fate, reason, ids): events acked or dead-lettered by their ids.
-HISTORY_OF_IDS = _INTO_HISTORY + _KEEP + _resources(f"id {_IN_IDS.replace('?', '?4')}") + _IS_EVENT
-_RECORD_COLUMNS = ", ".join(_RECORD)
-# Records of a pipeline, settled ones then pending ones (read from the events' JSON).
+HISTORY_OF_IDS = _INTO_HISTORY + f"WHERE id {_IN_IDS.replace('?', '?4')} AND {_AN_EVENT}"
+_PENDING = f"SELECT 'pending', NULL, received_at, end_at, {_FIELDS} FROM events WHERE {_AN_EVENT}"
+# A pipeline's records: settled ones, then pending ones (a scan of the pending events).
 HISTORY_OF_PIPELINE = (
-    f"SELECT fate, reason, {_RECORD_COLUMNS} FROM history WHERE pipeline_id = ?1 "
-    f"UNION ALL SELECT 'pending', NULL, {_FROM_RESOURCE} FROM {_resources('1')}"
-    f"{_IS_EVENT} AND coalesce(r ->> '$.pipeline_unique_id', r ->> '$.unique_id') = ?1"
+    "SELECT fate, reason, received_at, end_at, fields FROM history WHERE pipeline_id = ?1 "
+    f"UNION ALL {_PENDING} AND {_PIPELINE_ID} = ?1"
 )
 # The newest records: settled (the latest ?1) and pending (the latest ?2).
 RECENT_HISTORY = (
-    f"SELECT * FROM (SELECT fate, reason, {_RECORD_COLUMNS} FROM history "
+    "SELECT * FROM (SELECT fate, reason, received_at, end_at, fields FROM history "
     "ORDER BY seq DESC LIMIT ?1) "
-    f"UNION ALL SELECT * FROM (SELECT 'pending', NULL, {_FROM_RESOURCE} FROM "
-    f"{_resources('id > (SELECT coalesce(max(id), 0) - ?2 FROM events)')}{_IS_EVENT})"
+    f"UNION ALL SELECT * FROM ({_PENDING} AND id > (SELECT coalesce(max(id), 0) - ?2 FROM events))"
 )
 # The recorded_at of the record the given number of places from the newest.
 HISTORY_PAST_BOUND = "SELECT recorded_at FROM history ORDER BY seq DESC LIMIT 1 OFFSET ?"

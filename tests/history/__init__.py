@@ -1,0 +1,1 @@
+"""The recent history read back as pipelines: trees, critical paths, the doctor."""

@@ -1,6 +1,6 @@
 """Reading a request body as JSON: one strict parser for every body, and each event's bytes.
 
-The rules (the README lists them for runners):
+The rules (docs/parsing.md lists them for runners):
 
 - The body is one RFC 8259 JSON text in UTF-8, read by orjson alone, whatever it holds:
   a byte order mark, a lone surrogate escape (``"\\ud800"``), a number too large for a

@@ -47,6 +47,7 @@ class RelayCollector(Collector):
         self.webhooks = WebhookCounts() if webhooks is None else webhooks
         self.started_at = time.time()
         self.readings = Readings(None, None, {})  # the handler reads the store before a scrape
+        self.problems: dict[str, int] = {}  # the doctor's counts by rule, read likewise
 
     def collect(self) -> Iterator[Metric]:
         build = GaugeMetricFamily(
@@ -97,6 +98,15 @@ class RelayCollector(Collector):
         for reason in DEAD_LETTER_REASONS:
             dead.add_metric([reason], readings.dead_letters.get(reason, 0))
         yield dead
+        problems = GaugeMetricFamily(
+            "ci_relay_pipeline_problems",
+            "Problems the doctor finds in the recent history, by rule (docs/doctor.md): "
+            "events Datadog would drop, misfile or show wrongly.",
+            labels=["rule"],
+        )
+        for rule, count in self.problems.items():
+            problems.add_metric([rule], count)
+        yield problems
 
     def _ingest(self) -> Iterator[Metric]:
         outbox, counts = self._outbox, self.ingest

@@ -18,6 +18,7 @@ from relay.ingest.guard import denied
 from relay.ops.metrics import RelayCollector, exposition
 from relay.ops.openapi import OPENAPI_PATH, document
 from relay.ops.probes import Verdict, liveness, readiness
+from relay.ops.problems import ProblemCounts
 from relay.ops.status import snapshot
 from relay.store.outbox import Outbox
 
@@ -25,6 +26,7 @@ from relay.store.outbox import Outbox
 OUTBOX = web.AppKey("ops_outbox", Outbox)
 OUTBOX_SETTINGS = web.AppKey("outbox_settings", OutboxSettings)
 METRICS = web.AppKey("metrics", RelayCollector)
+PROBLEMS = web.AppKey("problems", ProblemCounts)
 
 
 async def get_health(request: web.Request) -> web.Response:
@@ -48,6 +50,7 @@ async def get_metrics(request: web.Request) -> web.Response:
         return forbidden
     collector = request.app[METRICS]
     collector.readings = await request.app[OUTBOX].readings()
+    collector.problems = await request.app[PROBLEMS].current()
     return web.Response(body=exposition(collector), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -58,6 +61,7 @@ async def get_status(request: web.Request) -> web.Response:
         return forbidden
     collector = app[METRICS]
     readings = await app[OUTBOX].readings()
+    problems = await app[PROBLEMS].current()
     # Taken after the store's readings, as near as can be to the document's "now".
     delivery = None if collector.delivery is None else collector.delivery()
     document = snapshot(
@@ -69,6 +73,7 @@ async def get_status(request: web.Request) -> web.Response:
         collector.started_at,
         __version__,
         collector.webhooks,
+        problems,
     )
     return web.json_response(document)
 
@@ -98,3 +103,4 @@ def configure(
     app[OUTBOX] = outbox
     app[OUTBOX_SETTINGS] = outbox_settings
     app[METRICS] = collector
+    app[PROBLEMS] = ProblemCounts(outbox)

@@ -128,6 +128,7 @@ class StatusDocument(TypedDict):
     dead_letters: dict[str, int]
     delivery: DeliveryStatus | None
     webhooks: dict[str, WebhookSourceStatus]
+    problems: dict[str, int]  # the doctor's findings in the recent history, by rule
     conditions: list[str]
 
 
@@ -160,6 +161,7 @@ def snapshot(
     started_at: float,
     version: str,
     webhooks: WebhookCounts | None = None,
+    problems: dict[str, int] | None = None,
 ) -> StatusDocument:
     """The ``/status`` document: what the relay holds, what delivery does, what needs care."""
     now = time.time()
@@ -174,6 +176,7 @@ def snapshot(
         "dead_letters": readings.dead_letters,
         "delivery": delivery_status,
         "webhooks": {} if webhooks is None else _webhooks(webhooks),
+        "problems": problems or {},
         "conditions": _conditions(outbox_status, delivery_status, readings, warning_s, now),
     }
 
@@ -291,6 +294,7 @@ def render(document: Mapping[str, Any], url: str) -> str:
         f"next expiry   {_expiry(outbox['next_expiry'])}",
         f"dead letters  {_dead_letters(document['dead_letters'])}",
         *_webhook_lines(document.get("webhooks", {})),
+        *_problem_lines(document.get("problems", {})),
         f"outbox file   {outbox['path']} ({_bytes(outbox['file_bytes'])})",
         "",
         _verdict(document),
@@ -340,6 +344,12 @@ def _webhook_lines(sources: Mapping[str, Any]) -> list[str]:
 
 # Conditions that end sooner, once the upstream is fixed, with ``ci-relay retry``.
 _RETRYABLE = frozenset({"unauthorized", "rejecting", "misconfigured", "retrying"})
+
+
+def _problem_lines(problems: Mapping[str, int]) -> list[str]:
+    """The doctor's findings, when it has any (docs/doctor.md; the page shows where)."""
+    found = [f"{count:,} {rule}" for rule, count in problems.items() if count]
+    return [f"problems      {', '.join(found)} (see /ui, docs/doctor.md)"] if found else []
 
 
 def _verdict(document: Mapping[str, Any]) -> str:

@@ -11,11 +11,9 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal, TypeVar, get_args
+from typing import Literal, TypeVar, get_args
 
 import aiosqlite
-import orjson
 import structlog
 
 from relay.config import OutboxSettings
@@ -26,6 +24,7 @@ from relay.store import outbox_file, queries
 from relay.store.once import Keyed, Once, Stored, digest, seen
 from relay.store.opening import open_file
 from relay.store.outbox_file import ServeLock
+from relay.store.recent import as_record
 from relay.store.writer import Writer, unavailable
 
 logger = structlog.get_logger(__name__)
@@ -197,12 +196,12 @@ class Outbox:
         """Every record of one pipeline: settled ones from the history (an index read), then
         pending ones read from the events' JSON (a scan of the pending events)."""
         found = await self._read(queries.HISTORY_OF_PIPELINE, (pipeline_id,))
-        return [_record(row) for row in found.rows]
+        return [as_record(row) for row in found.rows]
 
     async def recent_records(self, settled: int, pending: int) -> list[Record]:
         """The newest ``settled`` records of the history and the newest ``pending`` events."""
         found = await self._read(queries.RECENT_HISTORY, (settled, pending))
-        return [_record(row) for row in found.rows]
+        return [as_record(row) for row in found.rows]
 
     async def prune_history(self, keep_s: float, max_records: int, now: float) -> int:
         """Delete the records older than ``keep_s`` and, past ``max_records``, the oldest."""
@@ -439,52 +438,6 @@ class Outbox:
             finally:
                 if self._lock is not None:
                     self._lock.release()
-
-
-def _record(row: Sequence[Any]) -> Record:
-    """A history row (fate, reason, received_at, end_at, the fields array) as a Record."""
-    fate, reason, received_at, end_at, fields = row
-    named = dict(zip(queries.RECORD_FIELDS, orjson.loads(fields), strict=True))
-    error = named["error.message"] or named["error.type"]
-    return Record(
-        level=named["level"],
-        id=_text(named["unique_id"] or named["id"]) or "",
-        pipeline_id=_text(named["pipeline_unique_id"] or named["unique_id"]) or "",
-        pipeline_name=_text(named["pipeline_name"]),
-        name=_text(named["name"]) or "",
-        status=_text(named["status"]) or "",
-        start=_epoch(named["start"]),
-        end=end_at,
-        queue_time_ms=named["queue_time"] if isinstance(named["queue_time"], int) else None,
-        url=_text(named["url"]),
-        error=str(error)[:_MAX_ERROR_SHOWN] if error else None,
-        stage_id=_text(named["stage_id"]),
-        stage_name=_text(named["stage_name"]),
-        job_id=_text(named["job_id"]),
-        job_name=_text(named["job_name"]),
-        partial_retry=named["partial_retry"] in (1, True),
-        fate=fate,
-        reason=reason,
-        received_at=received_at,
-    )
-
-
-# A record's error is shown, not kept whole: the dead letter or the upstream has all of it.
-_MAX_ERROR_SHOWN = 500
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _epoch(value: Any) -> float | None:
-    """An RFC3339 time (as the intake takes it) in epoch seconds; None if it is none."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.upper().replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 async def _count_and_clear_changes(conn: aiosqlite.Connection) -> tuple[int, int]:

@@ -26,6 +26,7 @@ from relay.ops import routes
 from relay.ops.metrics import RelayCollector
 from relay.ops.retry import RETRY, RETRY_PATH, post_retry
 from relay.store.outbox import Outbox
+from relay.ui import routes as ui
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -86,6 +87,8 @@ def create_app(
     for path, handler in routes.ROUTES:
         app.router.add_get(path, handler)  # and HEAD
         app.router.add_route("*", path, method_not_allowed)
+    # The page (GET /ui); the outbox settles events as not sent exactly in a dry run.
+    ui.configure(app, outbox, dry_run=outbox.acked_fate == "not_sent")
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
 

@@ -55,6 +55,7 @@ def create_app(
     ingest_token: KeyFile | None = None,
     webhook_secrets: dict[str, KeyFile] | None = None,
     retry: Callable[[], RetryAsked] | None = None,
+    dry_run: bool = False,
 ) -> web.Application:
     """The aiohttp application; run it with ``app_runner()`` so bodies arrive undecoded.
 
@@ -64,6 +65,7 @@ def create_app(
     ``webhook_secrets`` by source (``gitlab``, ``github``): a source is served when its
     secret holds a value (``relay.ingest.webhooks``); webhooks never need the ingest token.
     ``retry`` is delivery's "try now" (``Flusher.retry_now``) for ``POST /retry``.
+    ``dry_run``: nothing is sent upstream, which the page (``relay.ui``) says.
 
     404 and 405 are routes of their own rather than a middleware: they answer in
     Datadog's shape, and the ingest path does not pay for a middleware on every request.
@@ -88,7 +90,7 @@ def create_app(
         app.router.add_get(path, handler)  # and HEAD
         app.router.add_route("*", path, method_not_allowed)
     # The page (GET /ui); the outbox settles events as not sent exactly in a dry run.
-    ui.configure(app, outbox, dry_run=outbox.acked_fate == "not_sent")
+    ui.configure(app, outbox, dry_run=dry_run)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
 

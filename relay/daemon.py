@@ -112,6 +112,7 @@ async def serve(settings: Settings, config_file: Path | None = None) -> int:
             token,
             webhook_secrets,
             flusher.retry_now,
+            dry_run=upstream.dry_run,
         )
         web_runner = app_runner(app, guard, drain_s=budget.drain_s())
         await web_runner.setup()

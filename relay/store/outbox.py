@@ -24,7 +24,7 @@ from relay.store import outbox_file, queries
 from relay.store.once import Keyed, Once, Stored, digest, seen
 from relay.store.opening import open_file
 from relay.store.outbox_file import ServeLock
-from relay.store.recent import as_record
+from relay.store.recent import as_records
 from relay.store.writer import Writer, unavailable
 
 logger = structlog.get_logger(__name__)
@@ -196,12 +196,30 @@ class Outbox:
         """Every record of one pipeline: settled ones from the history (an index read), then
         pending ones read from the events' JSON (a scan of the pending events)."""
         found = await self._read(queries.HISTORY_OF_PIPELINE, (pipeline_id,))
-        return [as_record(row) for row in found.rows]
+        return as_records(found.rows)
 
     async def recent_records(self, settled: int, pending: int) -> list[Record]:
         """The newest ``settled`` records of the history and the newest ``pending`` events."""
         found = await self._read(queries.RECENT_HISTORY, (settled, pending))
-        return [as_record(row) for row in found.rows]
+        return as_records(found.rows)
+
+    async def compact_history(self, chunk: int = 2000) -> int:
+        """Compact the copies the drain made into the fields the page shows, ``chunk`` at a
+        time in transactions of their own (ingest's commits come between); how many."""
+        done = 0
+        while True:
+            found = await self._read(queries.RAW_HISTORY, (chunk,))
+            if not found.rows:
+                return done
+            seqs = queries.json_ids(seq for (seq,) in found.rows)
+
+            def work(conn: sqlite3.Connection, seqs: str = seqs) -> tuple[int, int]:
+                conn.execute(queries.COMPACT_HISTORY, (seqs,))
+                conn.execute(queries.DROP_NOT_EVENTS, (seqs,))
+                return 0, 0
+
+            await self._writer.apply(work, durable=False)
+            done += len(found.rows)
 
     async def prune_history(self, keep_s: float, max_records: int, now: float) -> int:
         """Delete the records older than ``keep_s`` and, past ``max_records``, the oldest."""

@@ -77,7 +77,7 @@ TO_DEAD_LETTERS = (
     "SELECT id, received_at, ?, ?, ?, attempts + ?, coalesce(first_failure_at, ?), ?, end_at, body "
     f"FROM events WHERE id {_IN_IDS} ORDER BY id"
 )
-# -- the recent history (migration 9): records made from events' own JSON, in SQL
+# -- the recent history (migration 9): copies of settled events, compacted by the upkeep
 
 # The resource's fields a record keeps, in the order of its ``fields`` array.
 RECORD_FIELDS = (
@@ -109,27 +109,42 @@ _PIPELINE_ID = (
 # An event's body that is JSON and an event (a salvaged body may be neither: no record).
 _AN_EVENT = "json_valid(body) AND json_type(body, '$.attributes.resource.level') = 'text'"
 _INTO_HISTORY = (
-    "INSERT INTO history (recorded_at, fate, reason, received_at, pipeline_id, end_at, fields) "
-    f"SELECT ?1, ?2, ?3, received_at, {_PIPELINE_ID}, end_at, {_FIELDS} FROM events "
+    "INSERT INTO history (recorded_at, fate, reason, received_at, end_at, body) "
+    "SELECT ?1, ?2, ?3, received_at, end_at, body FROM events "
 )
 # (recorded_at, fate, reason, first id, last id, excluded ids): a batch acked by its range.
 HISTORY_OF_RANGE = (
-    _INTO_HISTORY
-    + f"WHERE id BETWEEN ?4 AND ?5 AND id NOT {_IN_IDS.replace('?', '?6')} AND {_AN_EVENT}"
+    _INTO_HISTORY + f"WHERE id BETWEEN ?4 AND ?5 AND id NOT {_IN_IDS.replace('?', '?6')}"
 )
 # (recorded_at, fate, reason, ids): events acked or dead-lettered by their ids.
-HISTORY_OF_IDS = _INTO_HISTORY + f"WHERE id {_IN_IDS.replace('?', '?4')} AND {_AN_EVENT}"
-_PENDING = f"SELECT 'pending', NULL, received_at, end_at, {_FIELDS} FROM events WHERE {_AN_EVENT}"
-# A pipeline's records: settled ones, then pending ones (a scan of the pending events).
+HISTORY_OF_IDS = _INTO_HISTORY + f"WHERE id {_IN_IDS.replace('?', '?4')}"
+# Compaction, a chunk at a time: the oldest copies become their fields, and a copy that is
+# no event is dropped.
+RAW_HISTORY = "SELECT seq FROM history WHERE body IS NOT NULL ORDER BY seq LIMIT ?"
+COMPACT_HISTORY = (
+    f"UPDATE history SET pipeline_id = {_PIPELINE_ID}, fields = {_FIELDS}, body = NULL "
+    f"WHERE seq {_IN_IDS} AND {_AN_EVENT}"
+)
+DROP_NOT_EVENTS = f"DELETE FROM history WHERE seq {_IN_IDS} AND body IS NOT NULL"
+# Rows of records: (fate, reason, received_at, end_at, fields, body); a row has its fields
+# (compacted) or its body (read in Python, relay.store.recent).
+_ROW = "fate, reason, received_at, end_at, fields, body"
+_PENDING = (
+    "SELECT 'pending' AS fate, NULL AS reason, received_at, end_at, NULL AS fields, body "
+    "FROM events"
+)
+# A pipeline's records: settled ones (compacted, or copies not yet), then pending ones (a
+# scan of the pending events).
 HISTORY_OF_PIPELINE = (
-    "SELECT fate, reason, received_at, end_at, fields FROM history WHERE pipeline_id = ?1 "
-    f"UNION ALL {_PENDING} AND {_PIPELINE_ID} = ?1"
+    f"SELECT {_ROW} FROM history WHERE pipeline_id = ?1 "
+    f"OR (body IS NOT NULL AND json_valid(body) AND {_PIPELINE_ID} = ?1) "
+    f"UNION ALL {_PENDING} WHERE json_valid(body) AND {_PIPELINE_ID} = ?1"
 )
 # The newest records: settled (the latest ?1) and pending (the latest ?2).
 RECENT_HISTORY = (
-    "SELECT * FROM (SELECT fate, reason, received_at, end_at, fields FROM history "
-    "ORDER BY seq DESC LIMIT ?1) "
-    f"UNION ALL SELECT * FROM ({_PENDING} AND id > (SELECT coalesce(max(id), 0) - ?2 FROM events))"
+    f"SELECT * FROM (SELECT {_ROW} FROM history ORDER BY seq DESC LIMIT ?1) "
+    f"UNION ALL SELECT * FROM ({_PENDING} "
+    "WHERE id > (SELECT coalesce(max(id), 0) - ?2 FROM events))"
 )
 # The recorded_at of the record the given number of places from the newest.
 HISTORY_PAST_BOUND = "SELECT recorded_at FROM history ORDER BY seq DESC LIMIT 1 OFFSET ?"

@@ -1,8 +1,9 @@
 """The recent history's rows read back as records (``relay.history.records.Record``).
 
-A record's shown fields are one JSON array (``queries.RECORD_FIELDS``'s order), made by the
-transaction that settled the event; here it becomes a ``Record``, its start parsed from the
-event's RFC3339 text.
+A record holds a copy of the settled event until the upkeep compacts it into its shown
+fields, one JSON array in ``queries.RECORD_FIELDS``'s order; either way it becomes a
+``Record`` here, its start parsed from the event's RFC3339 text. Pending events are read
+from their bodies the same way.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from relay.history.records import Record
 from relay.store import queries
 
 
-def as_record(row: Sequence[Any]) -> Record:
-    """A history row (fate, reason, received_at, end_at, the fields array) as a Record."""
-    fate, reason, received_at, end_at, fields = row
-    named = dict(zip(queries.RECORD_FIELDS, orjson.loads(fields), strict=True))
+def as_record(row: Sequence[Any]) -> Record | None:
+    """A history row (fate, reason, received_at, end_at, fields, body) as a Record: from its
+    compacted fields, or from the event's body; None when the body is no event."""
+    fate, reason, received_at, end_at, fields, body = row
+    named = _from_fields(fields) if fields is not None else _from_body(body)
+    if named is None or not isinstance(named["level"], str):
+        return None
     error = named["error.message"] or named["error.type"]
     return Record(
         level=named["level"],
@@ -43,6 +47,35 @@ def as_record(row: Sequence[Any]) -> Record:
         reason=reason,
         received_at=received_at,
     )
+
+
+def as_records(rows: Sequence[Sequence[Any]]) -> list[Record]:
+    """The rows that are events, as Records."""
+    return [record for row in rows if (record := as_record(row)) is not None]
+
+
+def _from_fields(fields: str) -> dict[str, Any]:
+    return dict(zip(queries.RECORD_FIELDS, orjson.loads(fields), strict=True))
+
+
+def _from_body(body: bytes | str | None) -> dict[str, Any] | None:
+    """The same fields read from the event's JSON (a copy not compacted yet, a pending one)."""
+    try:
+        event = orjson.loads(body or b"")
+    except orjson.JSONDecodeError:
+        return None
+    attributes = event.get("attributes") if isinstance(event, dict) else None
+    resource = attributes.get("resource") if isinstance(attributes, dict) else None
+    if not isinstance(resource, dict):
+        return None
+    return {path: _at(resource, path) for path in queries.RECORD_FIELDS}
+
+
+def _at(resource: dict[str, Any], path: str) -> Any:
+    value: Any = resource
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 # A record's error is shown, not kept whole: the dead letter or the upstream has all of it.

@@ -49,8 +49,10 @@ async def prune_webhook_keys(
 
 
 async def prune_history_once(outbox: Outbox, settings: HistorySettings) -> None:
-    """One round of history pruning: older than ``keep_h``, past ``max_events``."""
+    """One round of history upkeep: the drain's copies compacted, then the records older
+    than ``keep_h`` or past ``max_events`` deleted."""
     try:
+        await outbox.compact_history()
         deleted = await outbox.prune_history(
             settings.keep_h * 3600, settings.max_events, time.time()
         )

@@ -3,8 +3,10 @@ dead-lettered, written in the transaction that settles it; pending events read a
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import AsyncIterator
+from contextlib import closing
 from datetime import datetime
 
 import orjson
@@ -106,6 +108,25 @@ async def test_a_body_that_is_no_event_is_acked_without_a_record(outbox: Outbox)
     await outbox.append([AcceptedEvent(b"not json", None), AcceptedEvent(b'{"a": 1}', None)])
     await deliver_all(outbox)
     assert (0, []) == (outbox.counts.events, await outbox.recent_records(100, 100))
+
+
+async def test_compaction_keeps_the_fields_and_drops_the_copies(
+    outbox: Outbox, outbox_settings: OutboxSettings
+) -> None:
+    """The drain copies bodies; the upkeep's compaction turns each into its shown fields
+    (the same record read back), and drops a copy that is no event."""
+    job = event("job", queue_time=2500)
+    await outbox.append([*accepted(job), AcceptedEvent(b"not json", None)])
+    await deliver_all(outbox)
+    pipeline_id = job["attributes"]["resource"]["pipeline_unique_id"]
+    before = await outbox.pipeline_records(pipeline_id)
+    assert 2 == await outbox.compact_history(chunk=1)
+    after = await outbox.pipeline_records(pipeline_id)
+    assert before == after
+    assert 2500 == after[0].queue_time_ms
+    with closing(sqlite3.connect(outbox_settings.path)) as db:
+        rows = db.execute("SELECT body IS NULL, fields IS NOT NULL FROM history").fetchall()
+    assert [(1, 1)] == rows
 
 
 async def test_records_are_pruned_by_age_and_bound(outbox: Outbox) -> None:

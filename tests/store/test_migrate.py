@@ -57,9 +57,10 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, int]]] = {
         ("recorded_at", "REAL", 1),
         ("fate", "TEXT", 1),
         ("reason", "TEXT", 0),
-        ("pipeline_id", "TEXT", 0),
         ("end_at", "REAL", 0),
-        ("fields", "TEXT", 1),
+        ("body", "BLOB", 0),
+        ("pipeline_id", "TEXT", 0),
+        ("fields", "TEXT", 0),
     ],
     "webhook_keys": [
         ("key", "BLOB", 1),

@@ -67,6 +67,18 @@ class KeysPruned:
     bound_age_s: float | None
 
 
+@dataclass(frozen=True)
+class _Pruned:
+    """A table the upkeep prunes by age and bound: its queries and its time column."""
+
+    past_bound: str
+    time: str
+    prune: str
+
+
+_HISTORY_TABLE = _Pruned(queries.HISTORY_PAST_BOUND, "recorded_at", queries.PRUNE_HISTORY)
+_KEYS_TABLE = _Pruned(queries.KEYS_PAST_BOUND, "seen_at", queries.PRUNE_KEYS)
+
 _R = TypeVar("_R")
 
 
@@ -223,37 +235,35 @@ class Outbox:
 
     async def prune_history(self, keep_s: float, max_records: int, now: float) -> int:
         """Delete the records older than ``keep_s`` and, past ``max_records``, the oldest."""
-        past = await self._read(queries.HISTORY_PAST_BOUND, (max_records,))
-        bounded_at: float | None = past.first("recorded_at")
-        cutoff = now - keep_s if bounded_at is None else max(now - keep_s, bounded_at)
-        deleted = 0
-
-        def work(conn: sqlite3.Connection) -> tuple[int, int]:
-            nonlocal deleted
-            deleted = conn.execute(queries.PRUNE_HISTORY, (cutoff,)).rowcount
-            return 0, 0
-
-        await self._writer.apply(work, durable=False)
+        deleted, _ = await self._prune(_HISTORY_TABLE, keep_s, max_records, now)
         return deleted
 
     async def prune_webhook_keys(self, keep_s: float, max_keys: int, now: float) -> KeysPruned:
-        """Delete the webhook keys older than ``keep_s`` and, past ``max_keys``, the oldest.
+        """Delete the webhook keys older than ``keep_s`` and, past ``max_keys``, the oldest."""
+        deleted, bounded_at = await self._prune(_KEYS_TABLE, keep_s, max_keys, now)
+        return KeysPruned(deleted, None if bounded_at is None else now - bounded_at)
 
-        The bound is read on the reader connection (an index walk of ``max_keys`` entries),
-        so the writer holds its transaction only for the delete.
+    async def _prune(
+        self, table: _Pruned, keep_s: float, bound: int, now: float
+    ) -> tuple[int, float | None]:
+        """Delete ``table``'s rows older than ``keep_s`` and, past ``bound`` rows, the oldest:
+        how many, and the time of the newest row the bound cut (None when it cut none).
+
+        The bound is read on the reader connection (an index walk of ``bound`` entries), so
+        the writer holds its transaction only for the delete.
         """
-        past = await self._read(queries.KEYS_PAST_BOUND, (max_keys,))
-        bounded_at: float | None = past.first("seen_at")
+        past = await self._read(table.past_bound, (bound,))
+        bounded_at: float | None = past.first(table.time)
         cutoff = now - keep_s if bounded_at is None else max(now - keep_s, bounded_at)
         deleted = 0
 
         def work(conn: sqlite3.Connection) -> tuple[int, int]:
             nonlocal deleted
-            deleted = conn.execute(queries.PRUNE_KEYS, (cutoff,)).rowcount
+            deleted = conn.execute(table.prune, (cutoff,)).rowcount
             return 0, 0
 
         await self._writer.apply(work, durable=False)
-        return KeysPruned(deleted, None if bounded_at is None else now - bounded_at)
+        return deleted, bounded_at
 
     async def ack(self, events: Sequence[StoredEvent]) -> None:
         """Delete events the upstream answered 2xx for, in one transaction."""

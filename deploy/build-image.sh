@@ -62,23 +62,8 @@ install_tools() {
         podman runc netavark aardvark-dns iptables catatonit debootstrap >/dev/null
 }
 
-# Root may not raise its open-file limit on some hosts, and crun cannot run with hybrid
-# cgroups: a containers.conf of this run's own (not the machine's) says so. A caller's
-# CONTAINERS_CONF is used as it is.
-configure_podman() {
-    local hard
-    if [ -n "${CONTAINERS_CONF:-}" ] && [ -f "$CONTAINERS_CONF" ]; then
-        return
-    fi
-    hard=$(ulimit -Hn)
-    cat >"$WORK/containers.conf" <<EOF
-[containers]
-default_ulimits = ["nofile=${hard}:${hard}", "nproc=32768:32768"]
-[engine]
-runtime = "runc"
-EOF
-    export CONTAINERS_CONF="$WORK/containers.conf"
-}
+# configure_podman: the containers.conf of this run (deploy/podman-conf.sh).
+. deploy/podman-conf.sh
 
 # The mirror apt already uses: no registry is needed, and none is named here.
 debian_mirror() {

@@ -35,19 +35,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Root may not raise its open-file limit here, and crun cannot run with hybrid cgroups:
-# a containers.conf of this run's own (not the machine's) says so; build-image.sh uses it too.
-configure_podman() {
-    local hard
-    hard=$(ulimit -Hn)
-    cat >"$WORK/containers.conf" <<EOF
-[containers]
-default_ulimits = ["nofile=${hard}:${hard}", "nproc=32768:32768"]
-[engine]
-runtime = "runc"
-EOF
-    export CONTAINERS_CONF="$WORK/containers.conf"
-}
+# configure_podman: the containers.conf of this run (deploy/podman-conf.sh).
+. deploy/podman-conf.sh
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

@@ -268,6 +268,13 @@ async def memory_scenarios(intake: CountingIntake) -> list[Result]:
     return results
 
 
+def _history_ratio(results: list[Result]) -> float:
+    """The drain rate with the history over the rate without, two runs of each (the table's
+    rows 2-3 without, 4-5 with)."""
+    without = results[1].events_per_s + results[2].events_per_s
+    return (results[3].events_per_s + results[4].events_per_s) / without
+
+
 def table(results: list[Result], n: int) -> str:
     base = results[0].events_per_s
     lines = [
@@ -286,8 +293,9 @@ def table(results: list[Result], n: int) -> str:
     checks = [
         ("drain rate >= 30,000 events/s", relay.events_per_s >= TARGET_EVENTS_PER_S),
         (
-            "the history costs at most 10% of the drain rate (with / without >= 0.90)",
-            relay.events_per_s >= HISTORY_MAX_COST * results[-2].events_per_s,
+            "the history costs at most 10% of the drain rate (with / without, both runs "
+            f"each: {_history_ratio(results):.2f} >= 0.90)",
+            _history_ratio(results) >= HISTORY_MAX_COST,
         ),
         (
             f"upstream requests == ceil(N/1000) = {expected_requests}",
@@ -315,11 +323,14 @@ async def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="ci-relay-drain-") as tmp:
             base = await baseline(intake, bodies)
-            bare = await relay_drain(
-                intake, Path(tmp) / "bare", bodies, "ci-relay: drain outbox, no history", False
-            )
+            # With and without the history in the order A B B A, so that neither gains from
+            # running first or last on a machine whose load drifts.
+            without = "ci-relay: drain outbox, no history"
+            bare = await relay_drain(intake, Path(tmp) / "bare", bodies, without, False)
             relay = await relay_drain(intake, Path(tmp) / "history", bodies)
             left = remaining(Path(tmp) / "history" / "outbox.db")
+            relay_2 = await relay_drain(intake, Path(tmp) / "history-2", bodies)
+            bare_2 = await relay_drain(intake, Path(tmp) / "bare-2", bodies, without, False)
         memory = [] if args.skip_memory else await memory_scenarios(intake)
     finally:
         await intake.close()
@@ -327,13 +338,13 @@ async def main() -> int:
         f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{platform.machine()}; N = {args.events}; command: {' '.join(sys.argv)}"
     )
-    print(table([base, bare, relay], args.events))
+    print(table([base, bare, bare_2, relay_2, relay], args.events))
     print(f"- events left in the outbox after the drain: {left}")
     if memory:
         print()
         print(memory_table(memory))
     if args.json:
-        runs = [base, bare, relay, *memory]
+        runs = [base, bare, relay, relay_2, bare_2, *memory]
         args.json.write_text(orjson.dumps([asdict(r) for r in runs]).decode())
     return 0
 

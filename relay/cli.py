@@ -113,6 +113,30 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default: 5")
     status.set_defaults(run=_status, load=lambda config: config)
 
+    top = commands.add_parser(
+        "top",
+        parents=[common],
+        help="watch the running relay live: rates, backlog, delivery lag, upstream, dead "
+        "letters, recent pipelines (q quits)",
+        description="A live view of the running relay (found as status finds it, or at\n"
+        "--url), read from GET /status every --interval; q quits (0), Ctrl-C too (130).\n"
+        "Without a terminal (--once, or stdout not one) it prints one frame as plain\n"
+        "text and exits as status does (docs/top.md).",
+        epilog=exit_statuses_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--url", metavar="URL", help=f"the relay's address, e.g. {DEFAULT_RELAY_URL}")
+    top.add_argument(
+        "--interval", type=float, default=1.0, metavar="SECONDS", help="between frames; default: 1"
+    )
+    top.add_argument(
+        "--once", action="store_true", help="print one frame as plain text, exit as status does"
+    )
+    top.add_argument(
+        "--timeout", type=float, default=5.0, metavar="SECONDS", help="per request; default: 5"
+    )
+    top.set_defaults(run=_top, load=lambda config: config)
+
     retry = commands.add_parser(
         "retry",
         parents=[common],
@@ -356,6 +380,12 @@ def _status(args: argparse.Namespace, config: Path | None) -> int:
     from relay.ops.status_client import status
 
     return status(config, args.url, args.json, args.timeout)
+
+
+def _top(args: argparse.Namespace, config: Path | None) -> int:
+    from relay.ops.top import top
+
+    return top(config, args.url, args.interval, args.once, args.timeout)
 
 
 def _retry(args: argparse.Namespace, config: Path | None) -> int:

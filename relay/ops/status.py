@@ -5,12 +5,19 @@ and what delivery publishes (``relay.delivery.snapshot``), with the conditions t
 an operator named in ``conditions``. The command fetches it, prints it for a person
 (``render``) or as JSON, and exits with the status of the most urgent condition
 (``exit_status``), so that a script can act on it.
+
+The counters since start (events accepted and delivered, runner requests by refusal
+reason, upstream requests by outcome, webhooks by source) are there for ``ci-relay top``,
+which computes rates from their differences between two reads; the upstream latency's
+quantiles over the last minute are computed here (``LatencyWindow``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+import weakref
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +31,8 @@ from typing_extensions import TypedDict
 from relay.contract.intake import WINDOW_HOURS, WINDOW_S
 
 if TYPE_CHECKING:
+    from prometheus_client import Histogram
+
     from relay.config import OutboxSettings
     from relay.delivery.snapshot import DeliverySnapshot
     from relay.ingest.counts import IngestCounts, WebhookCounts
@@ -96,6 +105,25 @@ class OutboxStatus(TypedDict):
     accepted_since_start: int
 
 
+class UpstreamLatency(TypedDict):
+    """Seconds per upstream request over the last ``window_s`` seconds (``LatencyWindow``):
+    how many requests, and their median and 99th percentile (null without a request)."""
+
+    window_s: float
+    requests: int
+    p50_s: float | None
+    p99_s: float | None
+
+
+class UpstreamStatus(TypedDict):
+    """What the upstream answered since start, and how fast of late."""
+
+    # By outcome (delivered, retry, too_large, rejected, unauthorized, misconfigured), then
+    # by the answer's status class (2xx ... 5xx; none: no answer).
+    requests_since_start: dict[str, dict[str, int]]
+    latency: UpstreamLatency
+
+
 class DeliveryStatus(TypedDict):
     state: str
     since: Moment
@@ -106,6 +134,18 @@ class DeliveryStatus(TypedDict):
     retries_since_start: int
     last_delivery: LastDelivery | None
     last_error: LastError | None
+    # Age of a pending event's end past which the "expiring" condition holds.
+    expiry_warning_s: float
+    upstream_requests: UpstreamStatus
+
+
+class IngestStatus(TypedDict):
+    """What runners sent to the ingest path since start (runner requests, not webhooks)."""
+
+    requests_since_start: int
+    requests_accepted_since_start: int
+    events_received_since_start: int  # in requests that passed validation, stored or not
+    refused_since_start: dict[str, int]  # requests, by reason
 
 
 class WebhookSourceStatus(TypedDict):
@@ -130,6 +170,7 @@ class StatusDocument(TypedDict):
     webhooks: dict[str, WebhookSourceStatus]
     problems: dict[str, int]  # the doctor's findings in the recent history, by rule
     conditions: list[str]
+    ingest: IngestStatus
 
 
 def exit_status(document: Mapping[str, Any]) -> int:
@@ -166,7 +207,9 @@ def snapshot(
     """The ``/status`` document: what the relay holds, what delivery does, what needs care."""
     now = time.time()
     outbox_status = _outbox(outbox, readings, ingest, settings, now)
-    delivery_status = None if delivery is None else _delivery(delivery, outbox.counts, now)
+    delivery_status = (
+        None if delivery is None else _delivery(delivery, outbox.counts, started_at, now)
+    )
     warning_s = None if delivery is None else delivery.expiry_warning_s
     return {
         "version": version,
@@ -178,6 +221,12 @@ def snapshot(
         "webhooks": {} if webhooks is None else _webhooks(webhooks),
         "problems": problems or {},
         "conditions": _conditions(outbox_status, delivery_status, readings, warning_s, now),
+        "ingest": {
+            "requests_since_start": ingest.requests,
+            "requests_accepted_since_start": ingest.requests_accepted,
+            "events_received_since_start": ingest.events,
+            "refused_since_start": dict(sorted(ingest.refused.items())),
+        },
     }
 
 
@@ -223,9 +272,14 @@ def _webhooks(counts: WebhookCounts) -> dict[str, WebhookSourceStatus]:
     }
 
 
-def _delivery(delivery: DeliverySnapshot, counts: OutboxCounts, now: float) -> DeliveryStatus:
+def _delivery(
+    delivery: DeliverySnapshot, counts: OutboxCounts, started_at: float, now: float
+) -> DeliveryStatus:
     last = delivery.last_delivery
     error = delivery.last_error
+    answers: dict[str, dict[str, int]] = {}
+    for (outcome, status_class), count in sorted(delivery.upstream_answers.items()):
+        answers.setdefault(outcome, {})[status_class] = count
     return {
         "state": delivery.state,
         "since": _moment(delivery.since, now),
@@ -240,7 +294,105 @@ def _delivery(delivery: DeliverySnapshot, counts: OutboxCounts, now: float) -> D
         "last_error": None
         if error is None
         else LastError(**_moment(error.at, now), state=error.state, answer=error.answer),
+        "expiry_warning_s": delivery.expiry_warning_s,
+        "upstream_requests": {
+            "requests_since_start": answers,
+            "latency": latency_window(delivery.upstream_latency, started_at).quantiles(now),
+        },
     }
+
+
+# --- upstream latency over the last minute ----------------------------------------------
+
+LATENCY_WINDOW_S = 60.0
+_READ_EVERY_S = 1.0  # at most one kept reading a second, however often /status is asked
+
+
+class LatencyWindow:
+    """Quantiles of one histogram over about the last minute, from its cumulative buckets.
+
+    A Prometheus histogram holds, per bucket upper bound, how many observations since start
+    were at most that bound. Each time the document is built the counts are read, and kept
+    at most once a second for a little over a minute (about 60 readings of 14 integers).
+    The requests of the window are the counts now less those of the newest kept reading at
+    least ``LATENCY_WINDOW_S`` old; until there is one, less the oldest kept, which at first
+    is zeros at the relay's start: the window is then shorter (or, when /status was not
+    asked for a while, longer), and ``window_s`` says how long it is.
+
+    A quantile q is found as Prometheus's ``histogram_quantile`` finds it: the first bucket
+    whose cumulative count reaches q of the window's requests, and a linear interpolation
+    between its lower and upper bounds (0 below the first); in the +Inf bucket, the largest
+    finite bound. It is so exact to a bucket (relay.meters: 5, 10, 25, 50, 100, 250 ms ...).
+    """
+
+    def __init__(self, histogram: Histogram, started_at: float) -> None:
+        self._histogram = weakref.ref(histogram)
+        # (epoch seconds, cumulative counts by bound): zeros at the start, then readings.
+        self._readings: deque[tuple[float, list[tuple[float, float]]]] = deque()
+        self._started_at = started_at
+
+    def quantiles(self, now: float) -> UpstreamLatency:
+        """The window's request count, p50 and p99 (seconds, rounded to 0.1 ms)."""
+        counts = self._read()
+        if not self._readings:
+            self._readings.append((self._started_at, [(bound, 0.0) for bound, _ in counts]))
+        while len(self._readings) > 1 and now - self._readings[1][0] >= LATENCY_WINDOW_S:
+            self._readings.popleft()  # the next one is old enough to be the baseline
+        since, before = self._readings[0]
+        if now - self._readings[-1][0] >= _READ_EVERY_S:
+            self._readings.append((now, counts))
+        window = [
+            (bound, count - was) for (bound, count), (_, was) in zip(counts, before, strict=False)
+        ]
+        total = window[-1][1] if window else 0.0
+        return {
+            "window_s": round(max(0.0, now - since), 1),
+            "requests": int(total),
+            "p50_s": _quantile(0.5, window),
+            "p99_s": _quantile(0.99, window),
+        }
+
+    def _read(self) -> list[tuple[float, float]]:
+        histogram = self._histogram()
+        if histogram is None:
+            return []
+        return [
+            (float(sample.labels["le"]), sample.value)
+            for metric in histogram.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_bucket")
+        ]
+
+
+_WINDOWS: weakref.WeakKeyDictionary[Histogram, LatencyWindow] = weakref.WeakKeyDictionary()
+
+
+def latency_window(histogram: Histogram, started_at: float) -> LatencyWindow:
+    """The window of ``histogram``: one per histogram, so one per relay (two relays in one
+    process keep theirs apart), gone with it."""
+    window = _WINDOWS.get(histogram)
+    if window is None:
+        window = _WINDOWS[histogram] = LatencyWindow(histogram, started_at)
+    return window
+
+
+def _quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """The q-quantile of cumulative ``buckets`` (upper bound, count), interpolated within
+    its bucket; None when they count nothing."""
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return round(lower, 4)
+            inside = count - below
+            share = 1.0 if inside <= 0 else (rank - below) / inside
+            return round(lower + (bound - lower) * share, 4)
+        lower, below = bound, count
+    return round(lower, 4)
 
 
 def _conditions(
@@ -286,18 +438,18 @@ def render(document: Mapping[str, Any], url: str) -> str:
     """A readable summary of a ``/status`` document, ending with the verdict line."""
     outbox, delivery = document["outbox"], document["delivery"]
     lines = [
-        f"ci-relay {document['version']} at {url}, up {_span(document['uptime_s'])}",
+        f"ci-relay {document['version']} at {url}, up {span(document['uptime_s'])}",
         *_delivery_lines(delivery),
-        f"pending       {_events(outbox['events'])}, {_bytes(outbox['bytes'])}"
-        f" (limits {outbox['max_events']:,} events, {_bytes(outbox['max_bytes'])})",
+        f"pending       {_events(outbox['events'])}, {byte_size(outbox['bytes'])}"
+        f" (limits {outbox['max_events']:,} events, {byte_size(outbox['max_bytes'])})",
         f"oldest        {_oldest(outbox)}",
         f"next expiry   {_expiry(outbox['next_expiry'])}",
         f"dead letters  {_dead_letters(document['dead_letters'])}",
         *_webhook_lines(document.get("webhooks", {})),
         *_problem_lines(document.get("problems", {})),
-        f"outbox file   {outbox['path']} ({_bytes(outbox['file_bytes'])})",
+        f"outbox file   {outbox['path']} ({byte_size(outbox['file_bytes'])})",
         "",
-        _verdict(document),
+        verdict(document),
     ]
     return "\n".join(lines)
 
@@ -307,22 +459,20 @@ def _delivery_lines(delivery: Mapping[str, Any] | None) -> list[str]:
         return ["delivery      not running"]
     since = delivery["since"]
     lines = [
-        f"delivery      {delivery['state']} for {_span(-since['in_s'])}"
+        f"delivery      {delivery['state']} for {span(-since['in_s'])}"
         f" (since {since['at']}) to {delivery['upstream']}",
     ]
     if delivery["next_try_in_s"] > 0:
-        lines.append(f"next try      in {_span(delivery['next_try_in_s'])}")
+        lines.append(f"next try      in {span(delivery['next_try_in_s'])}")
     last = delivery["last_delivery"]
     lines.append(
         "last delivery never"
         if last is None
-        else f"last delivery {_events(last['events'])} {_span(-last['in_s'])} ago ({last['at']})"
+        else f"last delivery {_events(last['events'])} {span(-last['in_s'])} ago ({last['at']})"
     )
     error = delivery["last_error"]
     if error is not None:
-        lines.append(
-            f"last error    {_span(-error['in_s'])} ago ({error['at']}): {error['answer']}"
-        )
+        lines.append(f"last error    {span(-error['in_s'])} ago ({error['at']}): {error['answer']}")
     return lines
 
 
@@ -352,7 +502,8 @@ def _problem_lines(problems: Mapping[str, int]) -> list[str]:
     return [f"problems      {', '.join(found)} (see /ui, docs/doctor.md)"] if found else []
 
 
-def _verdict(document: Mapping[str, Any]) -> str:
+def verdict(document: Mapping[str, Any]) -> str:
+    """``status: ok``, or each condition and what it means (the last line of ``render``)."""
     names = list(document.get("conditions", ()))
     if not names:
         return "status: ok"
@@ -364,13 +515,13 @@ def _verdict(document: Mapping[str, Any]) -> str:
 
 def _oldest(outbox: Mapping[str, Any]) -> str:
     age = outbox["oldest_pending_age_s"]
-    return "nothing pending" if age is None else f"received {_span(age)} ago"
+    return "nothing pending" if age is None else f"received {span(age)} ago"
 
 
 def _expiry(expiry: Mapping[str, Any] | None) -> str:
     if expiry is None:
         return "none (no pending event has ended)"
-    return f"in {_span(expiry['in_s'])} ({expiry['at']})"
+    return f"in {span(expiry['in_s'])} ({expiry['at']})"
 
 
 def _dead_letters(by_reason: Mapping[str, int]) -> str:
@@ -378,7 +529,7 @@ def _dead_letters(by_reason: Mapping[str, int]) -> str:
     return ", ".join(shown) if shown else "none"
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
     """A duration as a person reads it: 45s, 12m 3s, 5h 2m, 3d 4h."""
     seconds = max(0, round(seconds))
     for unit, size, smaller, smaller_size in (
@@ -396,7 +547,8 @@ def _events(count: int) -> str:
     return f"{count:,} event" if count == 1 else f"{count:,} events"
 
 
-def _bytes(count: int) -> str:
+def byte_size(count: int) -> str:
+    """A size as a person reads it: 512 B, 3.4 KiB, 12.0 MiB."""
     size = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":

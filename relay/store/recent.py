@@ -34,7 +34,7 @@ def as_record(row: Sequence[Any]) -> Record | None:
         name=_text(named["name"]) or "",
         status=_text(named["status"]) or "",
         start=_epoch(named["start"]),
-        end=end_at,
+        end=_number(end_at),
         queue_time_ms=named["queue_time"] if isinstance(named["queue_time"], int) else None,
         url=_text(named["url"]),
         error=str(error)[:_MAX_ERROR_SHOWN] if error else None,
@@ -45,7 +45,7 @@ def as_record(row: Sequence[Any]) -> Record | None:
         partial_retry=named["partial_retry"] in (1, True),
         fate=fate,
         reason=reason,
-        received_at=received_at,
+        received_at=_number(received_at) or 0.0,
     )
 
 
@@ -80,6 +80,11 @@ def _at(resource: dict[str, Any], path: str) -> Any:
 
 # A record's error is shown, not kept whole: the dead letter or the upstream has all of it.
 _MAX_ERROR_SHOWN = 500
+
+
+def _number(value: Any) -> float | None:
+    """A stored time as a number; None for anything else (a row another program wrote)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _text(value: Any) -> str | None:

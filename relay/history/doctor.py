@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, get_args
 
 from relay.history.records import LEVELS, Record
 
@@ -41,14 +41,7 @@ Rule = Literal[
     "duplicate-finished",
     "unknown-parent",
 ]
-RULES: Final[tuple[Rule, ...]] = (
-    "orphan",
-    "pipeline-name-mismatch",
-    "outside-parent",
-    "never-finished",
-    "duplicate-finished",
-    "unknown-parent",
-)
+RULES: Final[tuple[Rule, ...]] = get_args(Rule)
 
 
 @dataclass(frozen=True, slots=True)

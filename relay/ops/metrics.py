@@ -11,8 +11,8 @@ come from the store and are right after a restart. docs/metrics.md lists them al
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import get_args
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar, get_args
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -126,14 +126,14 @@ class RelayCollector(Collector):
             "Events accepted (answered 202) and committed to the outbox.",
             outbox.counts.accepted_total,
         )
-        refused = CounterMetricFamily(
-            "ci_relay_requests_refused",
-            "Runner requests refused, by reason." + _SINCE_START,
-            labels=["reason"],
+        yield _filled(
+            CounterMetricFamily(
+                "ci_relay_requests_refused",
+                "Runner requests refused, by reason." + _SINCE_START,
+                labels=["reason"],
+            ),
+            [((reason,), count) for reason, count in counts.refused.items()],
         )
-        for reason, count in sorted(counts.refused.items()):
-            refused.add_metric([reason], count)
-        yield refused
         yield from outbox.commit_seconds.collect()
         yield from outbox.group_events.collect()
 
@@ -154,17 +154,13 @@ class RelayCollector(Collector):
             "invalid, not_configured, unavailable)." + _SINCE_START,
             labels=["source", "kind", "outcome"],
         )
-        for (source, kind, outcome), count in sorted(counts.deliveries.items()):
-            deliveries.add_metric([source, kind, outcome], count)
-        yield deliveries
+        yield _filled(deliveries, counts.deliveries.items())
         events = CounterMetricFamily(
             "ci_relay_webhook_events_stored",
             "Events webhooks made and the outbox committed, by source." + _SINCE_START,
             labels=["source"],
         )
-        for source, count in sorted(counts.events.items()):
-            events.add_metric([source], count)
-        yield events
+        yield _filled(events, [((source,), count) for source, count in counts.events.items()])
 
     def _delivery(self, delivery: DeliverySnapshot) -> Iterator[Metric]:
         counts = self._outbox.counts
@@ -215,6 +211,16 @@ class RelayCollector(Collector):
             requests.add_metric([outcome, status_class], count)
         yield requests
         yield from delivery.upstream_latency.collect()
+
+
+_Family = TypeVar("_Family", CounterMetricFamily, GaugeMetricFamily)
+
+
+def _filled(family: _Family, values: Iterable[tuple[tuple[str, ...], float]]) -> _Family:
+    """``family`` with one sample per label values, in their order."""
+    for labels, value in sorted(values):
+        family.add_metric(list(labels), value)
+    return family
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hmac
 import os
 import stat
 import threading
@@ -66,6 +67,12 @@ _KINDS = {
     stat.S_IFDIR: "a directory",
     stat.S_IFSOCK: "a socket",
 }
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Whether ``given`` (from a request) is the secret ``expected``, in constant time: how
+    long a refusal takes says nothing about how much of a guess matched."""
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
 
 
 class KeyFile:

@@ -18,9 +18,7 @@ MOVED = [
     for name in ("configuration.md", "delivery.md", "parsing.md", "operations.md", "benchmarks.md")
 ]
 FIRST_SCREEN = 50
-# The newcomer's sections plus two short views of the relay at work (the page's screenshot,
-# a frame of `ci-relay top`); the reference lives in docs/.
-MOST_LINES = 200
+MOST_LINES = 150
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _LINK = re.compile(r"(?<!!)\[(?:[^\]\\]|\\.)*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")

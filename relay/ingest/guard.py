@@ -9,14 +9,12 @@ refusals are counted with the runner requests.
 
 from __future__ import annotations
 
-import hmac
-
 import structlog
 from aiohttp import web
 
 from relay.errors import error_response
 from relay.ingest.counts import IngestCounts
-from relay.keyfiles import KeyFile
+from relay.keyfiles import KeyFile, same_secret
 
 logger = structlog.get_logger(__name__)
 
@@ -40,10 +38,7 @@ def _authorized(request: web.Request, token: str) -> bool:
     if given is None:
         scheme, _, credentials = headers.get("Authorization", "").partition(" ")
         given = credentials.strip() if scheme.lower() == "bearer" else None
-    # Constant time: how long a refusal takes says nothing about how much of a guess matched.
-    return given is not None and hmac.compare_digest(
-        given.encode("utf-8", "replace"), token.encode()
-    )
+    return given is not None and same_secret(given, token)
 
 
 def denied(request: web.Request) -> web.Response | None:

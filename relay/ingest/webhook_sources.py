@@ -3,7 +3,7 @@ shape of a 2xx answer (which ``GET /openapi.json`` describes).
 
 GitLab sends its hook's secret token as it is (``X-Gitlab-Token``); GitHub signs each body
 with its hook's secret (``X-Hub-Signature-256: sha256=<hex HMAC-SHA256>``). Both are checked
-in constant time: how long a refusal takes says nothing of how much of a guess matched.
+in constant time (relay.keyfiles.same_secret).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from multidict import CIMultiDictProxy
 # typing's TypedDict is not enough for pydantic before Python 3.12 (GET /openapi.json).
 from typing_extensions import TypedDict
 
+from relay.keyfiles import same_secret
 from relay.webhooks.github import map_github
 from relay.webhooks.gitlab import JOB_HOOK, PIPELINE_HOOK, map_gitlab
 from relay.webhooks.mapped import Mapped
@@ -79,15 +80,11 @@ class Source:
         return f"{self.name}:body:{hashlib.sha256(body).hexdigest()}"
 
 
-def _same(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
-
-
 def _gitlab_token(headers: Headers, _body: bytes, token: str) -> str | None:
     given = headers.get(GITLAB_TOKEN_HEADER)
     if given is None:
         return "X-Gitlab-Token is missing: set the hook's secret token to webhooks.gitlab_token"
-    if not _same(given, token):
+    if not same_secret(given, token):
         return "X-Gitlab-Token does not match webhooks.gitlab_token"
     return None
 
@@ -99,7 +96,7 @@ def _github_signature(headers: Headers, body: bytes, secret: str) -> str | None:
     if not given.startswith(_SIGNATURE_PREFIX):
         return "X-Hub-Signature-256 must be sha256= and the hex HMAC-SHA256 of the body"
     expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    if not _same(given[len(_SIGNATURE_PREFIX) :].lower(), expected):
+    if not same_secret(given[len(_SIGNATURE_PREFIX) :].lower(), expected):
         return "X-Hub-Signature-256 does not match the body signed with webhooks.github_secret"
     return None
 

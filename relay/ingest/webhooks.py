@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -51,13 +50,6 @@ UNUSABLE_EXCERPT_BYTES = 64 * 1024
 
 _T = TypeVar("_T")
 Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
-
-
-@dataclass(frozen=True)
-class _Made:
-    """What a delivery's body makes to store."""
-
-    items: tuple[Keyed, ...] = ()
 
 
 class _Delivery:
@@ -147,7 +139,7 @@ async def _store(delivery: _Delivery, body: bytes) -> web.Response:
     key = delivery.source.delivery_key(request.headers, body)
     try:
         if await outbox.seen_webhook_keys([key]):
-            return _stored(delivery, _Made(), Stored(0, duplicate=True))
+            return _stored(delivery, (), Stored(0, duplicate=True))
         await budget.acquire(len(body))
         try:
             maker = _Maker(delivery.source, delivery.kind, body)
@@ -155,8 +147,8 @@ async def _store(delivery: _Delivery, body: bytes) -> web.Response:
             if mapped.ignored is not None:
                 return delivery.answer(200, {"status": "ignored", "reason": mapped.ignored})
             seen = await outbox.seen_webhook_keys(mapped.keys)
-            made = await _off_loop(partial(maker.items, mapped, seen), len(body))
-            stored = await outbox.append_once(key, made.items)
+            items = await _off_loop(partial(maker.items, mapped, seen), len(body))
+            stored = await outbox.append_once(key, items)
         finally:
             budget.release(len(body))
     except _BadBody as exc:
@@ -166,7 +158,7 @@ async def _store(delivery: _Delivery, body: bytes) -> web.Response:
         return delivery.refuse(
             "unavailable", 503, f"the relay cannot store it now: {exc}", headers=retry
         )
-    return _stored(delivery, made, stored)
+    return _stored(delivery, items, stored)
 
 
 async def _off_loop(work: Callable[[], _T], size: int) -> _T:
@@ -175,12 +167,12 @@ async def _off_loop(work: Callable[[], _T], size: int) -> _T:
     return work() if size <= PARSE_INLINE_MAX_BYTES else await asyncio.to_thread(work)
 
 
-def _stored(delivery: _Delivery, made: _Made, stored: Stored) -> web.Response:
+def _stored(delivery: _Delivery, items: Sequence[Keyed], stored: Stored) -> web.Response:
     source = delivery.source.name
     delivery.counts.events[source] += stored.events
     delivery.counts.dead_letters[source] += stored.dead_letters
     if stored.dead_letters:
-        refused = [item.refused for item in made.items if item.refused is not None]
+        refused = [item.refused for item in items if item.refused is not None]
         # Once per delivery stored: the same content sent again makes no new dead letter.
         logger.warning(
             "webhook content kept as a dead letter: it cannot become a valid event",
@@ -227,13 +219,13 @@ class _Maker:
         except WrongKind as exc:
             raise _BadBody(str(exc)) from None
 
-    def items(self, mapped: Mapped, seen: set[str]) -> _Made:
+    def items(self, mapped: Mapped, seen: set[str]) -> tuple[Keyed, ...]:
         """The items to store: the events whose keys were not ``seen``, validated, or the
         unusable payload."""
         if mapped.unusable is not None:
-            return _Made(items=(self._unusable(mapped.unusable),))
+            return (self._unusable(mapped.unusable),)
         fresh = [(e, k) for e, k in zip(mapped.events, mapped.keys, strict=True) if k not in seen]
-        return _Made(items=tuple(_validated(fresh, f"{self.source.title} {self.kind}")))
+        return tuple(_validated(fresh, f"{self.source.title} {self.kind}"))
 
     def _unusable(self, reason: str) -> Keyed:
         """The payload kept as it came, named by its digest; a long one as its start (a JSON

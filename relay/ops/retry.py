@@ -9,25 +9,21 @@ SIGUSR1 to the daemon does the same.
 from __future__ import annotations
 
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
 from aiohttp import web
 
 # typing's TypedDict is not enough for pydantic before Python 3.12 (GET /openapi.json).
 from typing_extensions import TypedDict
 
 from relay.config import load_settings
-from relay.contract.exceptions import UserError
 from relay.delivery.snapshot import RetryAsked
 from relay.errors import error_response
 from relay.ingest.guard import denied
 from relay.keyfiles import KeyFile
 from relay.ops.status import EXIT_UNREACHABLE
-from relay.ops.status_client import direct_opener, relay_address
+from relay.ops.status_client import Unreachable, ask, relay_address
 
 RETRY_PATH = "/retry"
 RETRY: web.AppKey[Callable[[], RetryAsked]] = web.AppKey("retry")
@@ -64,26 +60,10 @@ def retry(config: Path | None, url: str | None, timeout_s: float) -> int:
     server = load_settings(config).server
     address = relay_address(server, url)
     token = KeyFile.ingest_token(server).value
-    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-    asking = urllib.request.Request(  # noqa: S310 (relay_address checked the scheme)
-        f"{address}{RETRY_PATH}", data=b"", headers=headers, method="POST"
-    )
     try:
-        with direct_opener().open(asking, timeout=timeout_s) as answered:
-            answer = orjson.loads(answered.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 403:
-            raise UserError(
-                f"the relay at {address} refuses the request: it requires its ingest token, "
-                "which this command reads from server.ingest_token(_file) of --config"
-            ) from None
-        print(f"ci-relay: the relay at {address} answered {exc.code} {exc.reason}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except (OSError, ValueError) as exc:
-        print(
-            f"ci-relay: no relay answers at {address}: {getattr(exc, 'reason', exc)}",
-            file=sys.stderr,
-        )
+        answer = ask(address, RETRY_PATH, token, timeout_s, method="POST")
+    except Unreachable as exc:
+        print(f"ci-relay: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     print(_said(answer))
     return 0

@@ -23,7 +23,12 @@ from relay.ops.status import EXIT_UNREACHABLE, exit_status, render
 
 
 class Unreachable(RelayError):
-    """No relay answers at the URL (refused, timed out, an HTTP error, not JSON)."""
+    """No relay answers at the URL (refused, timed out, an HTTP error, not JSON);
+    ``status`` is the HTTP error's status when it answered one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def status(config: Path | None, url: str | None, as_json: bool, timeout_s: float) -> int:
@@ -54,13 +59,20 @@ def relay_address(server: ServerSettings, given: str | None) -> str:
 
 
 def fetch(url: str, token: str | None, timeout_s: float) -> Any:
-    """The /status document of the relay at ``url``, asked with ``token``.
+    """The /status document of the relay at ``url``, asked with ``token`` (``ask``)."""
+    return ask(url, "/status", token, timeout_s)
 
-    Unreachable when no relay answers it; UserError when the relay requires its token and
-    this command has none (or the wrong one).
+
+def ask(url: str, path: str, token: str | None, timeout_s: float, method: str = "GET") -> Any:
+    """The JSON answer of the relay at ``url`` to ``method path``, asked with ``token``
+    through ``direct_opener``.
+
+    Unreachable when no relay answers it (with the status of an HTTP error); UserError when
+    the relay requires its token and this command has none (or the wrong one).
     """
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-    asking = urllib.request.Request(f"{url}/status", headers=headers)  # noqa: S310
+    data = b"" if method == "POST" else None
+    asking = urllib.request.Request(f"{url}{path}", data, headers, method=method)  # noqa: S310
     try:
         with direct_opener().open(asking, timeout=timeout_s) as answer:
             return orjson.loads(answer.read())
@@ -70,7 +82,8 @@ def fetch(url: str, token: str | None, timeout_s: float) -> Any:
                 f"the relay at {url} refuses the request: it requires its ingest token, "
                 "which this command reads from server.ingest_token(_file) of --config"
             ) from None
-        raise Unreachable(f"no relay answers at {url}: answered {exc.code} {exc.reason}") from None
+        message = f"no relay answers at {url}: answered {exc.code} {exc.reason}"
+        raise Unreachable(message, exc.code) from None
     except (OSError, ValueError) as exc:  # refused, timed out, not JSON
         reason = getattr(exc, "reason", None) or exc
         raise Unreachable(f"no relay answers at {url}: {reason}") from None

@@ -38,14 +38,11 @@ import termios
 import threading
 import time
 import tty
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import orjson
 from rich.console import Console
 from rich.live import Live
 
@@ -53,7 +50,7 @@ from relay.config import ServerSettings, load_settings
 from relay.contract.exceptions import UserError
 from relay.keyfiles import KeyFile
 from relay.ops.status import EXIT_UNREACHABLE, exit_status
-from relay.ops.status_client import Unreachable, direct_opener, fetch, relay_address
+from relay.ops.status_client import Unreachable, ask, fetch, relay_address
 from relay.ops.top_view import frame
 from relay.ops.top_watch import Document, Reading, Watch
 
@@ -108,14 +105,11 @@ class Source:
     def _recent_pipelines(self) -> Sequence[Document] | None:
         """The recent pipelines; None when the relay serves none (404); the last ones seen
         when they cannot be read now."""
-        headers = {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
-        asking = urllib.request.Request(f"{self.address}{PIPELINES_PATH}", headers=headers)  # noqa: S310
         try:
-            with direct_opener().open(asking, timeout=self.timeout_s) as answer:
-                found: Any = orjson.loads(answer.read())
-        except urllib.error.HTTPError as exc:
-            return None if exc.code == 404 else self._pipelines
-        except (OSError, ValueError):
+            found: Any = ask(self.address, PIPELINES_PATH, self.token, self.timeout_s)
+        except Unreachable as exc:
+            return None if exc.status == 404 else self._pipelines
+        except UserError:
             return self._pipelines
         pipelines = found.get("pipelines") if isinstance(found, dict) else None
         return pipelines if isinstance(pipelines, list) else None

@@ -39,15 +39,6 @@ async def upkeep(
         await prune_history_once(outbox, history)
 
 
-async def prune_webhook_keys(
-    outbox: Outbox, settings: WebhookSettings, interval_s: float = UPKEEP_INTERVAL_S
-) -> None:
-    """Prune the webhook keys every ``interval_s``, until cancelled."""
-    while True:
-        await asyncio.sleep(interval_s)
-        await prune_once(outbox, settings)
-
-
 async def prune_history_once(outbox: Outbox, settings: HistorySettings) -> None:
     """One round of history upkeep: the drain's copies compacted, then the records older
     than ``keep_h`` or past ``max_events`` deleted."""

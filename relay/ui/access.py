@@ -17,6 +17,7 @@ import hmac
 from aiohttp import web
 
 from relay.ingest.guard import INGEST_TOKEN
+from relay.keyfiles import same_secret
 
 COOKIE = "ci_relay_ui"
 _LABEL = b"ci-relay ui session v1"
@@ -40,13 +41,13 @@ def has_session(request: web.Request) -> bool:
     if token is None:
         return True
     given = request.cookies.get(COOKIE)
-    return given is not None and _same(given, session_value(token))
+    return given is not None and same_secret(given, session_value(token))
 
 
 def token_matches(request: web.Request, given: str) -> bool:
     """True when ``given`` is the relay's token (constant time); False without a token."""
     token = token_of(request)
-    return token is not None and _same(given, token)
+    return token is not None and same_secret(given, token)
 
 
 def set_session(response: web.StreamResponse, request: web.Request, token: str) -> None:
@@ -71,8 +72,3 @@ def safe_next(value: str | None) -> str:
     if any(c == "\\" or c.isspace() or ord(c) < 0x20 for c in value):
         return HOME_PATH
     return value
-
-
-def _same(given: str, expected: str) -> bool:
-    # Constant time: how long a refusal takes says nothing about how much of a guess matched.
-    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())

@@ -9,10 +9,10 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from relay.config import OutboxSettings, WebhookSettings
+from relay.config import HistorySettings, OutboxSettings, WebhookSettings
 from relay.store.once import Keyed, Stored
 from relay.store.outbox import Outbox
-from relay.store.upkeep import prune_once, prune_webhook_keys
+from relay.store.upkeep import prune_once, upkeep
 
 
 @pytest.fixture
@@ -57,7 +57,9 @@ async def test_a_closed_outbox_is_warned_about_and_the_loop_goes_on(
     outbox = await Outbox.open(outbox_settings)
     await outbox.close()
     with capture_logs() as logs:
-        loop = asyncio.create_task(prune_webhook_keys(outbox, WebhookSettings(), interval_s=0.01))
+        loop = asyncio.create_task(
+            upkeep(outbox, WebhookSettings(), HistorySettings(), interval_s=0.01)
+        )
         await asyncio.sleep(0.1)
         assert not loop.done()
         loop.cancel()
